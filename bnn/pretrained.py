@@ -1,0 +1,122 @@
+"""Loading weights users bring: official BNext ImageNet checkpoints and local timm weight files.
+
+Nothing is downloaded. Weight files are looked up in ``$BNN_PRETRAINED_DIR`` if set, else in
+``./pretrained/``; a missing file is an error that says what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+PRETRAINED_ENV = "BNN_PRETRAINED_DIR"
+DEFAULT_PRETRAINED_DIR = "pretrained"
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys or shapes do not match the model it is loaded into."""
+
+
+def pretrained_dir() -> Path:
+    """The folder where weight files are looked up (``$BNN_PRETRAINED_DIR`` or ``./pretrained``)."""
+    return Path(os.environ.get(PRETRAINED_ENV, DEFAULT_PRETRAINED_DIR)).expanduser()
+
+
+def resolve_weights(backbone: str, pretrained: str | os.PathLike | bool) -> Path:
+    """Returns the weights path for ``backbone``.
+
+    Args:
+        backbone: Registered backbone name.
+        pretrained: A path, or ``True`` for the registered file name inside ``pretrained_dir()``.
+
+    Raises:
+        FileNotFoundError: The file is missing; the message says what to download and where.
+    """
+    from bnn.backbones import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    if pretrained is True:
+        if spec.weights_file is None:
+            raise ValueError(f"backbone {backbone!r} has no published weights ({spec.weights_source})")
+        path = pretrained_dir() / spec.weights_file
+    else:
+        path = Path(pretrained).expanduser()
+    if not path.is_file():
+        expected = spec.weights_file or "a weights file"
+        raise FileNotFoundError(
+            f"weights for {backbone!r} not found at '{path}'. Download {expected} from "
+            f"{spec.weights_source} and put it in '{pretrained_dir()}/' (or set {PRETRAINED_ENV} "
+            "to the folder holding it, or pass its path)."
+        )
+    return path
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Reads a flat state dict from ``path``.
+
+    Accepts ``.safetensors`` files and torch files holding either a flat state dict or a dict with
+    ``state_dict`` (official BNext ``*_checkpoint.pth.tar``, Lightning ``.ckpt``) or ``model``.
+    A leading ``module.`` (DataParallel / the official ``ModuleDict``) is stripped from every key.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"'{path}' holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Raises ``CheckpointMismatchError`` listing missing/unexpected keys and shape mismatches."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        problems = []
+        for title, items in [("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)]:
+            if items:
+                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                problems.append(f"  {len(items)} {title}:\n    {shown}")
+        raise CheckpointMismatchError(
+            f"checkpoint '{source}' does not match {type(module).__name__}:\n" + "\n".join(problems)
+        )
+
+
+def load_pretrained(module: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Loads an official BNext checkpoint (or any matching state dict) into ``module``, strictly.
+
+    Args:
+        module: The model, e.g. ``create_backbone("bnext_tiny")`` (1000-class head).
+        path: A ``.pth``/``.pth.tar``/``.safetensors`` file; see ``read_state_dict``.
+
+    Returns:
+        ``module``, with the weights loaded.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointMismatchError: Keys or shapes differ; the message lists them.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: '{path}'")
+    state = read_state_dict(path)
+    check_state_dict(module, state, str(path))
+    module.load_state_dict(state, strict=True)
+    return module

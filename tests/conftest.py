@@ -1,0 +1,25 @@
+"""Shared fixtures: a fixed seed per test and the official BNext key/shape spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+# Copy of shared/spec/bnext_official_state_dict_keys.json: every key and shape of the official
+# BNext ImageNet checkpoints ({tiny,small,middle,large}_checkpoint.pth.tar).
+KEY_SPEC = Path(__file__).resolve().parent / "data" / "bnext_official_state_dict_keys.json"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def bnext_key_spec() -> dict[str, dict[str, list[int]]]:
+    """size -> {key without 'module.': shape}."""
+    data = json.loads(KEY_SPEC.read_text())
+    return {size: {k.removeprefix("module."): v for k, v in keys.items()} for size, keys in data["sizes"].items()}

@@ -1,0 +1,144 @@
+"""Contract tests of the detector over every registered backbone x feature set, frozen mode, and
+loading the authors' released Lightning checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+import torch
+
+from bnn import Detector, create_detector, list_backbones
+from bnn.detector import parse_features
+
+EXTRA = ("sobel", "fft", "lbp")
+FEATURE_SETS = [
+    "+".join(("rgb", *combo)) for r in range(len(EXTRA) + 1) for combo in itertools.combinations(EXTRA, r)
+]
+
+
+@functools.cache
+def _backbone(name: str):
+    """One backbone per name for the whole session (building BNext-L takes seconds)."""
+    torch.manual_seed(0)
+    return create_detector(name, "rgb").backbone
+
+
+def _unused_in_official_bnext(detector: Detector, name: str) -> bool:
+    """The stem's PReLU and the feed-forward units' activation1 exist in checkpoints, unused."""
+    if name == "backbone.feature.0.prelu.weight":
+        return True
+    if name.endswith(".activation1.weight"):
+        unit = detector.get_submodule(name.removesuffix(".activation1.weight"))
+        return not unit.elm_attention
+    return False
+
+
+def test_feature_sets_cover_table_4():
+    assert len(FEATURE_SETS) == 8 and FEATURE_SETS[0] == "rgb" and FEATURE_SETS[-1] == "rgb+sobel+fft+lbp"
+
+
+@pytest.mark.parametrize("features", FEATURE_SETS)
+@pytest.mark.parametrize("backbone", list_backbones())
+def test_contract_forward_backward(backbone, features):
+    detector = Detector(_backbone(backbone), parse_features(features)).train()
+    detector.zero_grad(set_to_none=True)
+    images = torch.rand(2, 3, 32, 32)
+    logits = detector(images)
+    assert logits.shape == (2,)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    for name, param in detector.named_parameters():
+        if param.grad is None:  # only the parameters the official BNext forward never applies
+            assert _unused_in_official_bnext(detector, name), name
+        else:
+            assert torch.isfinite(param.grad).all(), name
+    if features != "rgb":
+        assert detector.adapter.weight.grad.abs().sum() > 0
+
+
+def test_adapter_shape_and_absence():
+    assert create_detector("bnext_micro", "rgb").adapter.__class__.__name__ == "Identity"
+    adapter = create_detector("bnext_micro", ["rgb", "lbp", "magnitude"]).adapter
+    assert tuple(adapter.weight.shape) == (3, 5, 3, 3) and adapter.padding == (1, 1)
+
+
+def test_feature_order_is_canonical_and_aliases_resolve():
+    assert parse_features(["rgb", "lbp", "fft", "magnitude"]) == ("sobel", "fft", "lbp")
+    assert create_detector("bnext_micro", "rgb+lbp+fft").features_label == "rgb+fft+lbp"
+    with pytest.raises(ValueError, match="must include 'rgb'"):
+        parse_features(["fft"])
+    with pytest.raises(KeyError, match="unknown feature 'fftt'"):
+        parse_features(["rgb", "fftt"])
+
+
+def test_frozen_backbone_does_not_train_and_keeps_batchnorm_statistics():
+    detector = create_detector("bnext_micro", "rgb+fft+lbp", freeze_backbone=True).train()
+    assert not detector.backbone.training and detector.adapter.training
+    before = {k: v.clone() for k, v in detector.backbone.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            detector(torch.rand(4, 3, 32, 32)), torch.tensor([0.0, 1.0, 0.0, 1.0])
+        ).backward()
+        optimizer.step()
+    after = detector.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not p.requires_grad for p in detector.backbone.parameters())
+    assert detector.adapter.weight.grad is not None and detector.fc.weight.grad is not None
+
+
+def test_normalisation_is_imagenet_after_the_adapter():
+    detector = create_detector("bnext_micro", "rgb").eval()
+    seen = {}
+    detector.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    images = torch.rand(1, 3, 32, 32)
+    detector(images)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen["x"], (images - mean) / std)
+
+
+def _authors_checkpoint(detector: Detector, hyper_parameters: dict) -> dict:
+    """A checkpoint in the layout of the authors' BNext4DFR Lightning module (predicts "real")."""
+    state = {}
+    for key, value in detector.state_dict().items():
+        key = "base_model." + key.removeprefix("backbone.") if key.startswith("backbone.") else key
+        state[key] = -value if key in ("fc.weight", "fc.bias") else value
+    return {"state_dict": state, "hyper_parameters": hyper_parameters, "epoch": 4, "pytorch-lightning_version": "2.2.0"}
+
+
+def test_load_authors_lightning_checkpoint(tmp_path):
+    from bnn import load_authors_checkpoint
+
+    source = create_detector("bnext_tiny", "rgb+sobel+fft+lbp", compat="authors").eval()
+    hp = {
+        "num_classes": 2, "backbone": "BNext-T", "freeze_backbone": True,
+        "add_magnitude_channel": True, "add_fft_channel": True, "add_lbp_channel": True,
+    }
+    path = tmp_path / "authors.ckpt"
+    torch.save(_authors_checkpoint(source, hp), path)
+    loaded = load_authors_checkpoint(path)
+    assert loaded.extra_features == ("sobel", "fft", "lbp") and loaded.compat == "authors"
+    assert loaded.freeze_backbone and loaded.backbone_name == "bnext_tiny"
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(images), source(images))
+    assert "base_model.feature.0.conv1.weight" in torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_authors_checkpoint_without_hyper_parameters_needs_arguments(tmp_path):
+    from bnn import load_authors_checkpoint
+
+    source = create_detector("bnext_micro", "rgb+fft").eval()
+    path = tmp_path / "bare.ckpt"
+    torch.save(_authors_checkpoint(source, {}), path)
+    with pytest.raises(ValueError, match="pass backbone="):
+        load_authors_checkpoint(path)
+    loaded = load_authors_checkpoint(path, backbone="bnext_micro", features="rgb+fft", freeze_backbone=False)
+    images = torch.rand(1, 3, 32, 32)
+    # compat differs (authors vs exact grey levels), so compare on the channel path only.
+    x = torch.rand(1, 4, 32, 32)
+    assert torch.equal(loaded.forward_channels(x), source.forward_channels(x))
+    assert loaded(images).shape == (1,)

@@ -1,4 +1,4 @@
-"""Command line of the bnn package: ``python -m bnn cost [...]``."""
+"""Command line of the bnn package: ``python -m bnn cost|train|evaluate|detect``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,135 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_EXAMPLES = """examples:
+  python -m bnn train run.yaml                          # keys of bnn.config.FitConfig
+  python -m bnn train run.yaml --set epochs=1 --set batch_size=32
+  python -m bnn train --set dataset=synthetic --set resolution=64 --set backbone=bnext_micro
+
+A YAML run file, e.g.:
+  backbone: bnext_tiny
+  features: rgb+fft+lbp
+  dataset: synthetic
+  resolution: 64
+  epochs: 5
+  output_dir: runs/tiny64
+Re-running the same command resumes from output_dir/last.pt.
+"""
+
+EVALUATE_EXAMPLES = """examples:
+  python -m bnn evaluate --checkpoint runs/tiny64/best.pt                 # its own dataset, test split
+  python -m bnn evaluate --checkpoint best.pt --dataset cifake --data-root ~/data/cifake --split test
+"""
+
+DETECT_EXAMPLES = """examples:
+  python -m bnn detect photo.jpg --checkpoint runs/tiny64/best.pt
+  python -m bnn detect ~/images/ --checkpoint best.pt --json > predictions.jsonl
+"""
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+    from pydantic import ValidationError
+
+    from bnn.config import FitConfig
+    from bnn.train import fit
+
+    data = {}
+    if args.config:
+        data = yaml.safe_load(open(args.config)) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.config}: expected a mapping of FitConfig keys")
+    data.update(_parse_sets(args.set))
+    try:
+        config = FitConfig(**data)
+    except ValidationError as err:
+        source = args.config or "--set"
+        lines = [f"{source}: invalid training config"]
+        lines += [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        raise ValueError("\n".join(lines)) from None
+    result = fit(config)
+    print(f"data: {result.data['train']}")
+    print(f"best epoch {result.best_epoch}: val acc {result.val.accuracy:.4f} auc {result.val.auc:.4f}")
+    print(f"test: acc {result.test.accuracy:.4f} auc {result.test.auc:.4f} eer {result.test.eer:.4f} ap {result.test.ap:.4f}")
+    print(f"checkpoint: {result.checkpoint}  skipped images: {result.skipped_images}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from bnn.data import create_dataset
+    from bnn.train import _loader, evaluate, load_detector, resolve_device
+
+    model, config = load_detector(args.checkpoint, args.device)
+    dataset = args.dataset or config.dataset
+    root = args.data_root if args.dataset else (args.data_root or config.data_root)
+    params = {} if args.dataset else dict(config.data_params)
+    ds = create_dataset(dataset, args.split, root=root, resolution=config.resolution, **params)
+    device = resolve_device(args.device)
+    loader = _loader(ds, config.model_copy(update={"batch_size": args.batch_size}), device, shuffle=False)
+    loss, metrics, _, skipped, ips = evaluate(model, loader, device, amp=config.amp, desc=args.split)
+    print(f"data: {ds.describe()}")
+    print(json.dumps({"split": args.split, "loss": loss, **metrics.scalars(), "skipped_images": skipped,
+                      "images_per_second": ips}, indent=2))
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from bnn.data.transforms import IMAGE_SUFFIXES, eval_transform, load_rgb
+    from bnn.train import load_detector
+
+    model, config = load_detector(args.checkpoint, args.device)
+    device = next(model.parameters()).device
+    transform = eval_transform(config.resolution)
+    paths = []
+    for item in args.inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise ValueError(f"no such file or folder: '{p}'")
+    status = 0
+    for start in range(0, len(paths), args.batch_size):
+        chunk, images = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                images.append(transform(load_rgb(path)))
+                chunk.append(path)
+            except OSError as err:
+                print(f"warning: skipping unreadable image '{path}': {err}", file=sys.stderr)
+                status = 1
+        if not images:
+            continue
+        probs = model.predict_proba(torch.stack(images).to(device)).tolist()
+        for path, prob in zip(chunk, probs, strict=True):
+            label = "fake" if prob >= 0.5 else "real"
+            if args.json:
+                print(json.dumps({"path": str(path), "prob_fake": prob, "label": label}))
+            else:
+                print(f"{prob:.4f}  {label:4}  {path}")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,11 +191,38 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
     cost.add_argument("--format", choices=["text", "markdown", "latex", "csv"], default="text")
     cost.set_defaults(func=_cost)
+
+    def command(name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    train = command("train", "train one configuration (no Optuna or MLflow needed)", TRAIN_EXAMPLES)
+    train.add_argument("config", nargs="?", help="YAML file of bnn.config.FitConfig keys")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    train.set_defaults(func=_train)
+
+    ev = command("evaluate", "evaluate a checkpoint written by train on a dataset split", EVALUATE_EXAMPLES)
+    ev.add_argument("--checkpoint", required=True, help="best.pt written by train")
+    ev.add_argument("--dataset", help="registered dataset (default: the checkpoint's)")
+    ev.add_argument("--data-root", help="dataset root (default: the checkpoint's or the env variable)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_evaluate)
+
+    det = command("detect", "print the fake probability of images", DETECT_EXAMPLES)
+    det.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    det.add_argument("--checkpoint", required=True, help="best.pt written by train")
+    det.add_argument("--json", action="store_true", help="one JSON object per line")
+    det.add_argument("--batch-size", type=int, default=32)
+    det.add_argument("--device", default="auto")
+    det.set_defaults(func=_detect)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

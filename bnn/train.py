@@ -1,0 +1,418 @@
+"""Training and evaluation of one detector configuration: ``fit(config) -> FitResult``.
+
+Follows the recipe of Lanzino et al., CVPRW 2024 (AdamW, BCE with pos_weight, linear learning-rate
+decay over 5 epochs), with what a study runner needs on top: the checkpoint is selected on
+validation accuracy (ties: lower validation loss), the test split is evaluated once with it, every
+epoch leaves a resumable checkpoint, and CPU runs repeat exactly for a given seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from bnn.config import FitConfig
+from bnn.cost import Cost, count
+from bnn.detector import Detector, create_detector
+from bnn.metrics import Metrics, compute_metrics
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class EpochStats:
+    """What callbacks receive after every epoch (``epoch`` counts from 0)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_auc: float
+    lr: float
+    epoch_seconds: float
+    train_images_per_second: float
+    eval_images_per_second: float
+    skipped_images: int
+
+
+@dataclass
+class FitResult:
+    """Outcome of ``fit``.
+
+    Attributes:
+        config: The resolved configuration.
+        best_epoch: Epoch whose checkpoint was selected on validation.
+        history: One ``EpochStats`` per finished epoch.
+        val: Validation metrics of the selected checkpoint.
+        test: Test metrics of the selected checkpoint (the test split is read once, at the end).
+        cost: Cost of the detector per image at the configured resolution.
+        checkpoint: Path of the selected checkpoint (``best.pt``).
+        skipped_images: Unreadable images skipped over the whole run.
+        data: Which data the run used (the datasets' ``describe()``), per split.
+        data_digest: Digests of the splits' file lists.
+        test_predictions: Per test image: path, label (1 = fake), fake probability.
+        device: Where it ran.
+        resumed_from_epoch: Last finished epoch found in a checkpoint, or -1 for a fresh run.
+    """
+
+    config: FitConfig
+    best_epoch: int
+    history: list[EpochStats]
+    val: Metrics
+    test: Metrics
+    cost: Cost
+    checkpoint: Path
+    skipped_images: int
+    data: dict[str, str]
+    data_digest: dict[str, str]
+    test_predictions: list[dict] = field(repr=False, default_factory=list)
+    device: str = "cpu"
+    resumed_from_epoch: int = -1
+
+
+Callback = Callable[[EpochStats], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _stratified_cap(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded subset of at most ``limit`` items keeping the real/fake proportion."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    labels = np.array([label for _, label in dataset.items])
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in (0, 1):
+        idx = np.flatnonzero(labels == cls)
+        take = round(limit * len(idx) / len(labels))
+        chosen.extend(rng.permutation(idx)[:take].tolist())
+    subset = Subset(dataset, sorted(chosen))
+    subset.items = [dataset.items[i] for i in subset.indices]
+    return subset
+
+
+def _load_splits(config: FitConfig) -> dict[str, Dataset]:
+    from bnn.data import create_dataset
+
+    caps = {"train": config.max_train_samples, "val": config.max_val_samples, "test": config.max_test_samples}
+    splits = {}
+    for split, cap in caps.items():
+        ds = create_dataset(
+            config.dataset, split, root=config.data_root, resolution=config.resolution, **config.data_params
+        )
+        splits[split] = _stratified_cap(ds, cap, config.seed)
+    return splits
+
+
+def _describe(ds: Dataset) -> str:
+    base = ds.dataset if isinstance(ds, Subset) else ds
+    text = base.describe()
+    return text if base is ds else f"{text} (capped to {len(ds)} images)"
+
+
+def _class_counts(ds: Dataset) -> dict[str, int]:
+    labels = [label for _, label in ds.items]
+    return {"real": labels.count(0), "fake": labels.count(1)}
+
+
+def _loader(ds: Dataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:
+    from bnn.data import collate_skip
+
+    workers = config.num_workers
+    if workers is None:
+        cpus = os.cpu_count() or 1
+        workers = 0 if device.type == "cpu" and cpus <= 2 else min(8, max(cpus - 1, 0))
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    return DataLoader(
+        ds,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_skip,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def _amp_context(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _progress(iterable, **kwargs):
+    return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Detector,
+    loader: DataLoader,
+    device: torch.device,
+    pos_weight: float = 1.0,
+    amp: bool = True,
+    max_batches: int | None = None,
+    desc: str = "eval",
+) -> tuple[float, Metrics, list[dict], int, float]:
+    """Runs ``model`` over ``loader``.
+
+    Returns:
+        (mean loss, metrics, per-sample predictions, skipped images, images per second).
+    """
+    model.eval()
+    losses, labels_all, probs_all, paths_all = [], [], [], []
+    skipped, seen, start = 0, 0, time.perf_counter()
+    weight = torch.tensor(pos_weight, device=device)
+    for i, (images, labels, paths, n_skipped) in enumerate(_progress(loader, desc=desc)):
+        if max_batches is not None and i >= max_batches:
+            break
+        skipped += n_skipped
+        if len(labels) == 0:
+            continue
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _amp_context(device, amp):
+            logits = model(images).float()
+        losses.append(F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight, reduction="sum").item())
+        labels_all.append(labels.cpu())
+        probs_all.append(torch.sigmoid(logits).cpu())
+        paths_all.extend(paths)
+        seen += len(labels)
+    elapsed = time.perf_counter() - start
+    if seen == 0:
+        return float("nan"), compute_metrics([], []), [], skipped, 0.0
+    y = torch.cat(labels_all).numpy()
+    p = torch.cat(probs_all).numpy()
+    predictions = [{"path": path, "label": int(t), "prob_fake": float(q)} for path, t, q in zip(paths_all, y, p, strict=True)]
+    return sum(losses) / seen, compute_metrics(y, p), predictions, skipped, seen / max(elapsed, 1e-9)
+
+
+def _lr_at(config: FitConfig, epoch: int) -> float:
+    """Linear decay from ``lr`` at epoch 0 to ``min_lr`` at epoch ``lr_decay_epochs``, then flat."""
+    t = min(epoch, config.lr_decay_epochs) / config.lr_decay_epochs
+    return config.lr + t * (config.min_lr - config.lr)
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _better(candidate: EpochStats, best: EpochStats | None) -> bool:
+    if best is None or math.isnan(best.val_accuracy):
+        return True
+    if candidate.val_accuracy != best.val_accuracy:
+        return candidate.val_accuracy > best.val_accuracy
+    return candidate.val_loss < best.val_loss
+
+
+def default_output_dir(config: FitConfig) -> Path:
+    return Path("runs") / f"{config.backbone}-{config.features}-{config.content_id()}"
+
+
+def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Trains one detector configuration, resuming from ``output_dir/last.pt`` when present.
+
+    Args:
+        config: The run's settings.
+        callbacks: Called with an ``EpochStats`` after every finished epoch, in order. An exception
+            raised by a callback stops the run after that epoch's checkpoint was written.
+
+    Returns:
+        A ``FitResult``; the selected checkpoint is ``output_dir/best.pt``.
+    """
+    device = resolve_device(config.device)
+    out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+
+    splits = _load_splits(config)
+    data = {name: _describe(ds) for name, ds in splits.items()}
+    for name, text in data.items():
+        log.info("data %s: %s", name, text)
+    counts = _class_counts(splits["train"])
+    if counts["fake"] == 0 or counts["real"] == 0:
+        raise ValueError(f"train split has no {'fake' if counts['fake'] == 0 else 'real'} images: {data['train']}")
+    pos_weight = counts["real"] / counts["fake"]
+
+    model = create_detector(
+        config.backbone, config.features, config.freeze_backbone, pretrained=config.pretrained, compat=config.compat
+    ).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    use_scaler = config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    weight = torch.tensor(pos_weight, device=device)
+
+    history: list[EpochStats] = []
+    best: EpochStats | None = None
+    skipped_total = 0
+    start_epoch = 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    resumed_from = -1
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        if state.get("content_id") != config.content_id():
+            raise RuntimeError(
+                f"'{last_path}' belongs to a different configuration ({state.get('content_id')} != "
+                f"{config.content_id()}); use another output_dir or delete it"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history = [EpochStats(**h) for h in state["history"]]
+        best = EpochStats(**state["best"]) if state["best"] else None
+        skipped_total = state["skipped_images"]
+        start_epoch = state["epoch"] + 1
+        resumed_from = state["epoch"]
+        log.info("resuming %s after epoch %d", out, state["epoch"])
+
+    val_loader = _loader(splits["val"], config, device, shuffle=False)
+    epochs = _progress(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch, total=config.epochs)
+    for epoch in epochs:
+        torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws; same on resume
+        lr = _lr_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss_sum, seen, epoch_skipped = 0.0, 0, 0
+        loader = _loader(splits["train"], config, device, shuffle=True, epoch=epoch)
+        n_batches = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
+        for i, (images, labels, _, n_skipped) in enumerate(_progress(loader, desc=f"epoch {epoch}", total=n_batches)):
+            if i >= n_batches:
+                break
+            epoch_skipped += n_skipped
+            if len(labels) == 0:
+                continue
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with _amp_context(device, config.amp):
+                logits = model(images).float()
+            loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+            scaler.scale(loss / config.grad_accumulation).backward()
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+            if (i + 1) % config.grad_accumulation == 0 or i + 1 == n_batches:
+                if config.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+        train_seconds = time.perf_counter() - start
+        val_loss, val_metrics, _, val_skipped, eval_ips = evaluate(
+            model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, desc="val"
+        )
+        skipped_total += epoch_skipped + val_skipped
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=loss_sum / max(seen, 1),
+            val_loss=val_loss,
+            val_accuracy=val_metrics.accuracy,
+            val_auc=val_metrics.auc,
+            lr=lr,
+            epoch_seconds=time.perf_counter() - start,
+            train_images_per_second=seen / max(train_seconds, 1e-9),
+            eval_images_per_second=eval_ips,
+            skipped_images=epoch_skipped + val_skipped,
+        )
+        history.append(stats)
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val auc %.4f, %.1f img/s",
+            epoch, stats.train_loss, val_loss, val_metrics.accuracy, val_metrics.auc, stats.train_images_per_second,
+        )
+        if _better(stats, best):
+            best = stats
+            _save_atomic({"model": model.state_dict(), "config": config.model_dump(mode="json"), "epoch": epoch}, best_path)
+        _save_atomic(
+            {
+                "version": CHECKPOINT_VERSION,
+                "content_id": config.content_id(),
+                "config": config.model_dump(mode="json"),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "history": [asdict(h) for h in history],
+                "best": asdict(best),
+                "skipped_images": skipped_total,
+            },
+            last_path,
+        )
+        for callback in callbacks:
+            callback(stats)
+
+    # Selected checkpoint -> validation metrics and the single read of the test split.
+    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+    _, val_metrics, _, _, _ = evaluate(model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val")
+    test_loader = _loader(splits["test"], config, device, shuffle=False)
+    _, test_metrics, predictions, test_skipped, _ = evaluate(
+        model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, desc="test"
+    )
+    skipped_total += test_skipped
+    model_cost = count(model, (1, 3, config.resolution, config.resolution))
+    return FitResult(
+        config=config,
+        best_epoch=best.epoch,
+        history=history,
+        val=val_metrics,
+        test=test_metrics,
+        cost=model_cost,
+        checkpoint=best_path,
+        skipped_images=skipped_total,
+        data=data,
+        data_digest={name: _digest(ds) for name, ds in splits.items()},
+        test_predictions=predictions,
+        device=str(device),
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _digest(ds: Dataset) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for path, label in ds.items:
+        h.update(f"{Path(path).name}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Detector, FitConfig]:
+    """Rebuilds the detector saved by ``fit`` (``best.pt``) in eval mode, with its config."""
+    device_ = resolve_device(device)
+    state = torch.load(checkpoint, map_location=device_, weights_only=False)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ValueError(f"'{checkpoint}' is not a checkpoint written by bnn.train.fit (best.pt / last.pt)")
+    config = FitConfig(**state["config"])
+    model = create_detector(config.backbone, config.features, config.freeze_backbone, compat=config.compat)
+    model.load_state_dict(state["model"])
+    return model.to(device_).eval(), config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from bnn.backbones import list_backbones
@@ -136,17 +137,18 @@ def _detect(args: argparse.Namespace) -> int:
 
     import torch
 
-    from bnn.data.transforms import IMAGE_SUFFIXES, eval_transform, load_rgb
+    from bnn.data import build_transform, load_rgb
+    from bnn.data.layout import is_image
     from bnn.train import load_detector
 
     model, config = load_detector(args.checkpoint, args.device)
     device = next(model.parameters()).device
-    transform = eval_transform(config.resolution)
+    transform = build_transform(config.resolution, train=False)
     paths = []
     for item in args.inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(f for f in p.rglob("*") if f.is_file() and is_image(f.name))
         elif p.is_file():
             paths.append(p)
         else:
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     det.add_argument("--device", default="auto")
     det.set_defaults(func=_detect)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError) as err:

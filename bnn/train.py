@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bnn.config import FitConfig
 from bnn.cost import Cost, count
+from bnn.data import ImageDataset, collate_skip, create_dataset
 from bnn.detector import Detector, create_detector
 from bnn.metrics import Metrics, compute_metrics
 
@@ -101,49 +102,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _stratified_cap(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A seeded subset of at most ``limit`` items keeping the real/fake proportion."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    labels = np.array([label for _, label in dataset.items])
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        take = round(limit * len(idx) / len(labels))
-        chosen.extend(rng.permutation(idx)[:take].tolist())
-    subset = Subset(dataset, sorted(chosen))
-    subset.items = [dataset.items[i] for i in subset.indices]
-    return subset
-
-
-def _load_splits(config: FitConfig) -> dict[str, Dataset]:
-    from bnn.data import create_dataset
-
+def _load_splits(config: FitConfig) -> dict[str, ImageDataset]:
     caps = {"train": config.max_train_samples, "val": config.max_val_samples, "test": config.max_test_samples}
     splits = {}
     for split, cap in caps.items():
         ds = create_dataset(
             config.dataset, split, root=config.data_root, resolution=config.resolution, **config.data_params
         )
-        splits[split] = _stratified_cap(ds, cap, config.seed)
+        splits[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
     return splits
 
 
-def _describe(ds: Dataset) -> str:
-    base = ds.dataset if isinstance(ds, Subset) else ds
-    text = base.describe()
-    return text if base is ds else f"{text} (capped to {len(ds)} images)"
-
-
-def _class_counts(ds: Dataset) -> dict[str, int]:
-    labels = [label for _, label in ds.items]
-    return {"real": labels.count(0), "fake": labels.count(1)}
-
-
-def _loader(ds: Dataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:
-    from bnn.data import collate_skip
-
+def _loader(ds: ImageDataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:
     workers = config.num_workers
     if workers is None:
         cpus = os.cpu_count() or 1
@@ -255,10 +225,10 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
     seed_everything(config.seed)
 
     splits = _load_splits(config)
-    data = {name: _describe(ds) for name, ds in splits.items()}
+    data = {name: ds.describe() for name, ds in splits.items()}
     for name, text in data.items():
         log.info("data %s: %s", name, text)
-    counts = _class_counts(splits["train"])
+    counts = splits["train"].class_counts()
     if counts["fake"] == 0 or counts["real"] == 0:
         raise ValueError(f"train split has no {'fake' if counts['fake'] == 0 else 'real'} images: {data['train']}")
     pos_weight = counts["real"] / counts["fake"]
@@ -390,20 +360,11 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
         checkpoint=best_path,
         skipped_images=skipped_total,
         data=data,
-        data_digest={name: _digest(ds) for name, ds in splits.items()},
+        data_digest={name: ds.digest() for name, ds in splits.items()},
         test_predictions=predictions,
         device=str(device),
         resumed_from_epoch=resumed_from,
     )
-
-
-def _digest(ds: Dataset) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for path, label in ds.items:
-        h.update(f"{Path(path).name}\t{label}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Detector, FitConfig]:

@@ -1,0 +1,115 @@
+"""Data: readers for COCOFake, DFFD, CIFAKE, any real/fake folder tree and the built-in synthetic
+benchmark, behind one registry; the preprocessing of Lanzino et al., "Faster Than Lies: Real-time
+Deepfake Detection using Binary Neural Networks", CVPRW 2024.
+
+Every dataset is an ``ImageDataset`` of ``(path, label)`` items, label 1 = fake and 0 = real,
+whose samples are ``(image (3, R, R) in [0, 1], label, path)`` or ``None`` for an unreadable file
+(use ``collate_skip`` as the DataLoader's ``collate_fn``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from bnn.data import cifake, cocofake, dffd, folder, synthetic  # noqa: F401  (fills the registry)
+from bnn.data._registry import DATASETS, DatasetSpec, Listing
+from bnn.data.dataset import ImageDataset, collate_skip
+from bnn.data.layout import SPLITS, DatasetLayoutError, check_split
+from bnn.data.synthetic import generate_synthetic
+from bnn.data.transforms import build_transform, load_rgb
+
+COMMON_PARAMS = ("max_samples", "seed")
+
+
+def create_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike | None = None,
+    resolution: int = 224,
+    train_augment: bool | None = None,
+    **params,
+) -> ImageDataset:
+    """Builds one split of a registered dataset.
+
+    Args:
+        name: ``cocofake``, ``dffd``, ``cifake``, ``folder`` or ``synthetic``.
+        split: ``train``, ``val`` or ``test`` (see each reader for how val/test are defined).
+        root: Dataset folder; ``None`` reads the dataset's environment variable
+            (``BNN_DATA_COCO2014``, ``BNN_DATA_DFFD``, ``BNN_DATA_CIFAKE``, ``BNN_DATA_FOLDER``) or,
+            for ``synthetic``, uses the cache (``$BNN_CACHE_DIR/synthetic``).
+        resolution: Side R of the returned images.
+        train_augment: Random augmentation; default ``True`` for ``train``, ``False`` otherwise.
+        **params: Reader parameters (``dataset_params(name)`` lists them), e.g. ``fake_root`` and
+            ``val_fraction`` for cocofake, ``count``/``image_size``/``difficulty`` for synthetic,
+            plus for every dataset ``max_samples`` (a stratified subsample, seeded by ``seed``) and
+            ``seed`` (split hashing / generation seed where the reader has one, default 0).
+
+    Raises:
+        KeyError: Unknown dataset name.
+        ValueError: Unknown split.
+        TypeError: Unknown parameter (the message lists the valid ones).
+        DatasetLayoutError: Missing root or a layout that does not match.
+    """
+    canonical = DATASETS.canonical(name)
+    spec = DATASETS.get(canonical)
+    check_split(split)
+    reader_params = _reader_params(spec)
+    valid = sorted({*reader_params, *COMMON_PARAMS})
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown parameter(s) {', '.join(unknown)} for dataset {canonical!r}; "
+            f"valid: {', '.join(valid)}"
+        )
+    max_samples = params.pop("max_samples", None)
+    seed = params.get("seed", 0)
+    if "seed" not in reader_params:
+        params.pop("seed", None)
+    listing = spec.read(split, root, **params)
+    if train_augment is None:
+        train_augment = split == "train"
+    dataset = ImageDataset(
+        listing.items,
+        name=canonical,
+        split=split,
+        description=listing.description,
+        roots=listing.roots,
+        transform=build_transform(resolution, train=train_augment),
+    )
+    if max_samples is not None:
+        dataset = dataset.subsample(max_samples, seed=seed)
+    return dataset
+
+
+def dataset_params(name: str) -> list[str]:
+    """Parameters ``create_dataset`` accepts for ``name`` besides its own arguments."""
+    return sorted({*_reader_params(DATASETS.get(name)), *COMMON_PARAMS})
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names."""
+    return DATASETS.names()
+
+
+def _reader_params(spec: DatasetSpec) -> list[str]:
+    """Keyword parameters of a reader after ``split`` and ``root``."""
+    parameters = list(inspect.signature(spec.read).parameters.values())[2:]
+    return [p.name for p in parameters]
+
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DatasetLayoutError",
+    "DatasetSpec",
+    "ImageDataset",
+    "Listing",
+    "build_transform",
+    "collate_skip",
+    "create_dataset",
+    "dataset_params",
+    "generate_synthetic",
+    "list_datasets",
+    "load_rgb",
+]

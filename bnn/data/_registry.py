@@ -1,0 +1,50 @@
+"""The dataset registry: name -> DatasetSpec (a reader listing files, plus what the data is).
+
+Part of the data layer of the reproduction of Lanzino et al., "Faster Than Lies: Real-time Deepfake
+Detection using Binary Neural Networks", CVPRW 2024.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bnn.data.dataset import Item
+from bnn.registry import Registry
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a reader found for one split.
+
+    Attributes:
+        items: ``(path, label)`` pairs, label 1 = fake, 0 = real, in a fixed order.
+        roots: Folders the paths live under (for relative-path digests).
+        description: Which data this is and where, e.g. ``"COCOFake val2014 at /data/coco"``.
+    """
+
+    items: list[Item]
+    roots: list[Path]
+    description: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to list one named dataset and where users get it.
+
+    Attributes:
+        read: ``read(split, root, **params) -> Listing``; ``root`` may be ``None`` (then the
+            reader uses ``env_var`` or its own default).
+        env_var: Environment variable naming the root folder, or ``None``.
+        layout: The expected folder layout, shown in errors.
+        source: Where the data comes from (paper and download page), shown in errors.
+    """
+
+    read: Callable[..., Listing]
+    env_var: str | None
+    layout: str
+    source: str
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")

@@ -1,0 +1,170 @@
+"""The dataset every reader returns: a list of (path, label) files, label 1 = fake and 0 = real,
+plus the collate function that drops unreadable files instead of crashing an epoch.
+
+Part of the data layer of the reproduction of Lanzino et al., "Faster Than Lies: Real-time Deepfake
+Detection using Binary Neural Networks", CVPRW 2024.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from bnn.data.transforms import load_rgb
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, int]
+Sample = tuple[Tensor, int, str]
+
+
+class ImageDataset(Dataset):
+    """Image files with real/fake labels, decoded and preprocessed on access.
+
+    Args:
+        items: ``(path, label)`` pairs, label 1 = fake, 0 = real.
+        name: Registered dataset name (``"cocofake"``, ...).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        description: What this data is and where it lies; ``describe()`` adds the counts.
+        roots: Folders the paths live under; ``digest()`` hashes paths relative to them.
+        transform: RGB PIL image -> float tensor (3, R, R) in [0, 1].
+
+    Attributes:
+        items: The ``(path, label)`` list, in a fixed order.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        *,
+        name: str,
+        split: str,
+        description: str,
+        roots: Sequence[str | os.PathLike],
+        transform: Callable[[Image.Image], Tensor],
+    ) -> None:
+        self.items: list[Item] = [(str(path), int(label)) for path, label in items]
+        self.name = name
+        self.split = split
+        self.description = description
+        self.roots = [Path(r) for r in roots]
+        self.transform = transform
+        self._warned: set[str] = set()
+
+    @property
+    def root(self) -> Path | None:
+        """The first root (the only one for every reader except ``cocofake``)."""
+        return self.roots[0] if self.roots else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample | None:
+        """Returns ``(image (3, R, R) in [0, 1], label, path)``, or ``None`` if unreadable."""
+        path, label = self.items[index]
+        try:
+            image = load_rgb(path)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("skipping unreadable image %s: %s", path, error)
+            return None
+        return self.transform(image), label, path
+
+    def labels(self) -> list[int]:
+        """Labels in item order."""
+        return [label for _, label in self.items]
+
+    def class_counts(self) -> dict[str, int]:
+        """``{"real": n0, "fake": n1}``."""
+        fake = sum(self.labels())
+        return {"real": len(self.items) - fake, "fake": fake}
+
+    def describe(self) -> str:
+        """One line saying which data this is, where it lies and how many images of each class."""
+        counts = self.class_counts()
+        return (
+            f"{self.description}; split {self.split}: {len(self)} images "
+            f"({counts['real']} real, {counts['fake']} fake), digest {self.digest()}"
+        )
+
+    def digest(self) -> str:
+        """Short sha256 (16 hex digits) over the sorted relative paths and labels."""
+        lines = sorted(f"{self._relative(path)}\t{label}" for path, label in self.items)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+    def _relative(self, path: str) -> str:
+        """``"<root index>/<path relative to that root>"``, or the path itself outside all roots."""
+        for i, root in enumerate(self.roots):
+            try:
+                return f"{i}/{Path(path).relative_to(root).as_posix()}"
+            except ValueError:
+                continue
+        return Path(path).as_posix()
+
+    def subset(self, indices: Sequence[int], note: str | None = None) -> ImageDataset:
+        """The items at ``indices`` (same transform); ``note`` is added to the description."""
+        description = self.description if note is None else f"{self.description}, {note}"
+        return ImageDataset(
+            [self.items[i] for i in indices],
+            name=self.name,
+            split=self.split,
+            description=description,
+            roots=self.roots,
+            transform=self.transform,
+        )
+
+    def subsample(self, max_samples: int, seed: int = 0) -> ImageDataset:
+        """At most ``max_samples`` items, stratified by label and chosen with a seeded shuffle.
+
+        Each class keeps its share (rounded, at least one image when the class is present and
+        ``max_samples >= 2``); the chosen items keep their original order.
+        """
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        if max_samples >= len(self):
+            return self
+        by_label = {0: [], 1: []}
+        for i, (_, label) in enumerate(self.items):
+            by_label[label].append(i)
+        n_fake = round(max_samples * len(by_label[1]) / len(self))
+        if max_samples >= 2 and by_label[0] and by_label[1]:
+            n_fake = min(max(n_fake, 1), max_samples - 1)
+        takes = {0: max_samples - n_fake, 1: n_fake}
+        rng = random.Random(seed)
+        chosen: list[int] = []
+        for label, indices in by_label.items():
+            shuffled = list(indices)
+            rng.shuffle(shuffled)
+            chosen.extend(shuffled[: takes[label]])
+        note = f"subsample of {max_samples} of {len(self)} (stratified, seed={seed})"
+        return self.subset(sorted(chosen), note=note)
+
+
+def collate_skip(
+    batch: Sequence[Sample | None],
+) -> tuple[Tensor, Tensor, list[str], int]:
+    """DataLoader ``collate_fn`` that drops unreadable items (``None``) and counts them.
+
+    Returns:
+        ``(images (B, 3, R, R), labels (B,) float, paths, skipped)``. When every item is ``None``
+        the tensors are empty (``images`` (0, 3, 0, 0), ``labels`` (0,)) and ``skipped`` is the
+        batch size, so callers test ``len(labels) == 0``.
+    """
+    kept = [sample for sample in batch if sample is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return torch.empty(0, 3, 0, 0), torch.empty(0), [], skipped
+    images = torch.stack([image for image, _, _ in kept])  # (B, 3, R, R)
+    labels = torch.tensor([label for _, label, _ in kept], dtype=torch.float32)  # (B,)
+    paths = [path for _, _, path in kept]
+    return images, labels, paths, skipped

@@ -1,0 +1,239 @@
+"""Command line: ``python -m studies run|plan|status|validate|ui FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+
+EXAMPLES = {
+    "run": """examples:
+  python -m studies run quickstart.yaml               # bundled study, synthetic data, ~10 min on 2 CPUs
+  python -m studies run ablation_cocofake.yaml        # Table 4; needs COCO 2014 + COCOFake and a GPU
+  python -m studies run quickstart.yaml --set epochs=1 --set tracking_uri=sqlite:///tmp/mlflow.db
+Run the same command in several terminals (or machines sharing a PostgreSQL storage and an MLflow
+server) to split the cells between workers; re-running resumes where it stopped.""",
+    "plan": """examples:
+  python -m studies plan quickstart.yaml
+  python -m studies plan results_cocofake.yaml --set seeds=[0,1,2]""",
+    "status": """examples:
+  python -m studies status quickstart.yaml""",
+    "validate": """examples:
+  python -m studies validate my_study.yaml            # exit code 2 and file:line: key: message if invalid""",
+    "ui": """examples:
+  python -m studies ui quickstart.yaml                # MLflow UI on http://127.0.0.1:5000
+  python -m studies ui quickstart.yaml --port 5001""",
+}
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def _load(args):
+    from studies.spec import load_study
+
+    return load_study(args.file, _overrides(args.set))
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials: dict | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("cell")
+    for axis in list(study.cells[0].axes) if study.cells else []:
+        table.add_column(axis)
+    table.add_column("status")
+    if with_ops:
+        table.add_column("OPs (M)", justify="right")
+        table.add_column("params (M)", justify="right")
+    if trials is not None:
+        table.add_column("val acc", justify="right")
+        table.add_column("test acc", justify="right")
+        table.add_column("test AUC", justify="right")
+    for cell in study.cells:
+        status = states.get(cell.cell_id, "pending")
+        style = {"done": "green", "failed": "red", "running": "yellow"}.get(status, "")
+        row = [cell.cell_id, *(str(v) for v in cell.axes.values()), f"[{style}]{status}[/]" if style else status]
+        if with_ops:
+            cost = _cost(cell.config)
+            row += [f"{cost.ops / 1e6:.1f}", f"{cost.params / 1e6:.2f}"]
+        if trials is not None:
+            attrs = trials.get(cell.cell_id, {})
+            row += [_fmt(attrs.get("val_accuracy")), _fmt(attrs.get("test_accuracy")), _fmt(attrs.get("test_auc"))]
+        table.add_row(*row)
+    return table
+
+
+def _cost(config):
+    import torch
+
+    from bnn.cost import count
+    from bnn.detector import create_detector
+
+    with torch.device("meta"):
+        model = create_detector(config.backbone, config.features, config.freeze_backbone)
+    return count(model, (1, 3, config.resolution, config.resolution))
+
+
+def _states(study):
+    from studies.runner import cell_states, load_optuna_study
+
+    optuna_study = load_optuna_study(study, create=False)
+    trials = {}
+    if optuna_study is not None:
+        from optuna.trial import TrialState
+
+        for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            trials[t.user_attrs.get("cell_id")] = t.user_attrs
+    return cell_states(optuna_study), trials
+
+
+def cmd_validate(args) -> int:
+    study = _load(args)
+    what = f"search of {study.spec.search.trials} trials" if study.is_search else f"{len(study.cells)} cells"
+    console.print(f"{study.path}: ok, study '{study.name}', {what}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    study = _load(args)
+    states, _ = _states(study)
+    console.print(f"study [bold]{study.name}[/] ({study.path})")
+    console.print(f"  tracking: {study.tracking_uri}   optuna storage: {study.storage}")
+    console.print(f"  dataset: {study.base.dataset}   resolution: {study.base.resolution}   "
+                  f"epochs: {study.base.epochs}   batch size: {study.base.batch_size}")
+    if study.is_search:
+        console.print(f"  search: {study.spec.search.trials} TPE trials over {list(study.spec.search.space)}")
+        return 0
+    console.print(_cell_table(study, states, f"{len(study.cells)} cells", with_ops=True))
+    return 0
+
+
+def cmd_status(args) -> int:
+    study = _load(args)
+    states, trials = _states(study)
+    counts = {k: sum(1 for c in study.cells if states.get(c.cell_id, "pending") == k)
+              for k in ("done", "running", "waiting", "failed", "pending")}
+    console.print(f"study [bold]{study.name}[/]: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+                  + f" of {len(study.cells)} cells")
+    console.print(_cell_table(study, states, "", trials=trials))
+    console.print(f"MLflow: {study.tracking_uri} (experiment '{study.name}'); "
+                  f"browse with: python -m studies ui {args.file}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from studies.runner import Runner, check_data, epoch_text
+
+    study = _load(args)
+    check_data(study)
+    total = study.spec.search.trials if study.is_search else len(study.cells)
+    console.print(f"study [bold]{study.name}[/]: {total} cells, data: {study.base.dataset}, "
+                  f"tracking {study.tracking_uri}")
+    bar = tqdm(total=total, desc=study.name, unit="cell", disable=not sys.stderr.isatty() or args.quiet)
+
+    def on_event(kind: str, info: dict) -> None:
+        if kind == "cell_start":
+            bar.set_postfix_str(f"{info['cell'].cell_id} {info['cell'].axes_label()}")
+            logging.getLogger("studies").info("cell %s start: %s", info["cell"].cell_id, info["cell"].axes_label())
+        elif kind == "epoch":
+            bar.set_postfix_str(f"{info['cell'].cell_id} {epoch_text(info['stats'])}")
+        elif kind == "cell_end":
+            bar.update(1)
+            logging.getLogger("studies").info("cell %s %s", info["cell"].cell_id, info["status"])
+        elif kind == "waiting":
+            bar.set_postfix_str(f"waiting for {info['running']} cell(s) running elsewhere")
+
+    runner = Runner(study, on_event=on_event)
+    done_before = sum(1 for s in _states(study)[0].values() if s == "done")
+    bar.update(done_before)
+    summary = runner.run()
+    bar.close()
+    states, trials = _states(study)
+    if not study.is_search:
+        console.print(_cell_table(study, states, f"study {study.name}", trials=trials))
+    console.print(f"this run: {len(summary.completed)} cells finished, {len(summary.failed)} failed, "
+                  f"{summary.skipped_done} already done before")
+    for cell_id, message in summary.failed.items():
+        console.print(f"[red]failed[/] {cell_id}: {message}")
+    console.print(f"browse: python -m studies ui {args.file}")
+    if summary.interrupted:
+        console.print("[yellow]interrupted[/]: re-run the same command to resume")
+        return 130
+    return 1 if summary.failed else 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    study = _load(args)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study.tracking_uri,
+               "--host", "127.0.0.1", "--port", str(args.port)]
+    console.print(f"MLflow UI for study '{study.name}' on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    return subprocess.call(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bnn.data import DatasetLayoutError
+    from studies.yaml_lines import StudyFileError
+
+    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "validate": cmd_validate, "ui": cmd_ui}
+    helps = {
+        "run": "run a study's cells (resumes; several workers may share a storage)",
+        "plan": "list the cells with their status and cost, without running anything",
+        "status": "progress and results of a study",
+        "validate": "check a study file only",
+        "ui": "start the MLflow UI on 127.0.0.1 for the study's tracking store",
+    }
+    for name, handler in handlers.items():
+        p = sub.add_parser(name, help=helps[name], description=helps[name], epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("file", help="study file; a bare name resolves to the bundled studies/ folder")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a study key or a defaults (FitConfig) key, e.g. epochs=1")
+        if name == "run":
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "ui":
+            p.add_argument("--port", type=int, default=5000)
+        p.set_defaults(func=handler)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow", "optuna", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except StudyFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except DatasetLayoutError as err:
+        print(f"error: data missing for study {args.file}:\n{err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Study files: schema, validation with file/line/key errors, and expansion into cells.
+
+A study file declares ``defaults`` (keys of ``bnn.config.FitConfig``), a ``grid`` whose cartesian
+product gives the cells (any FitConfig key can be an axis; ``features`` can be a ``powerset``), seeds
+as replicates, an optional Optuna ``search`` space, where to track (MLflow) and where to keep the
+Optuna storage. Each cell is a fully resolved ``FitConfig`` with a content id (hash of the config).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bnn.config import FitConfig
+from studies.yaml_lines import StudyFileError, line_of, load_with_lines
+
+BUNDLED_DIR = Path(__file__).resolve().parent
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+FIT_KEYS = list(FitConfig.model_fields)
+
+
+class Powerset(BaseModel):
+    """All subsets of ``of`` added to ``base``: ``{powerset: [sobel, fft, lbp]}`` -> 8 feature sets."""
+
+    model_config = ConfigDict(extra="forbid")
+    powerset: list[str] = Field(min_length=1)
+    base: list[str] = ["rgb"]
+
+    def values(self) -> list[str]:
+        subsets = [c for r in range(len(self.powerset) + 1) for c in itertools.combinations(self.powerset, r)]
+        return ["+".join([*self.base, *subset]) for subset in subsets]
+
+
+class SearchParam(BaseModel):
+    """One dimension of an Optuna search space."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchParam:
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("categorical needs 'choices'")
+        if self.type != "categorical" and (self.low is None or self.high is None):
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        return self
+
+
+class Search(BaseModel):
+    """Optuna TPE search over ``space`` with a budget of ``trials``."""
+
+    model_config = ConfigDict(extra="forbid")
+    trials: int = Field(ge=1)
+    space: dict[str, SearchParam] = Field(min_length=1)
+    sampler_seed: int = 0
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str = "val_accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class StudyFile(BaseModel):
+    """The schema of a study file (see README, "Study files")."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    dataset: str | None = None
+    data_root: str | None = None
+    data_params: dict[str, Any] | None = None
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    storage: str | None = None
+    runs_dir: str = "runs"
+    defaults: dict[str, Any] = {}
+    grid: dict[str, list[Any] | Powerset] = {}
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    search: Search | None = None
+    objective: Objective = Objective()
+    log_checkpoint: bool = True
+
+
+@dataclass
+class Cell:
+    """One fully resolved training configuration of a study."""
+
+    cell_id: str
+    config: FitConfig
+    axes: dict[str, Any] = field(default_factory=dict)
+
+    def axes_label(self) -> str:
+        return "|".join(f"{k}={v}" for k, v in self.axes.items())
+
+
+@dataclass
+class Study:
+    """A validated study: its file, settings and cells (empty for search studies)."""
+
+    name: str
+    path: Path
+    spec: StudyFile
+    cells: list[Cell]
+    tracking_uri: str
+    storage: str
+    base: FitConfig
+    runs_dir: Path
+
+    @property
+    def is_search(self) -> bool:
+        return self.spec.search is not None
+
+    def make_cell(self, config: FitConfig, axes: dict[str, Any]) -> Cell:
+        """A cell for ``config`` with its output folder under the study's runs folder."""
+        cell_id = config.content_id()
+        return Cell(cell_id, config.model_copy(update={"output_dir": str(self.runs_dir / cell_id)}), axes)
+
+
+def resolve_path(name: str | os.PathLike) -> Path:
+    """A bare file name resolves to the bundled ``studies/`` folder when not found locally."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (BUNDLED_DIR / path.name, BUNDLED_DIR / f"{path.name}.yaml"):
+        if path.parent == Path(".") and candidate.exists():
+            return candidate
+    bundled = ", ".join(sorted(p.name for p in BUNDLED_DIR.glob("*.yaml")))
+    raise StudyFileError(path, None, None, f"no such study file (bundled studies: {bundled})")
+
+
+def default_storage(tracking_uri: str) -> str:
+    """An Optuna SQLite file beside the MLflow SQLite database, else ``optuna.db`` here."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        return f"sqlite:///{(db.parent / 'optuna.db').as_posix()}"
+    return "sqlite:///optuna.db"
+
+
+def _expand_env(value: Any) -> Any:
+    """``$VAR`` / ``${VAR}`` in strings; an unset variable leaves ``None`` (the reader's env default)."""
+    if isinstance(value, str) and "$" in value:
+        names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", value)
+        if any(name not in os.environ for name in names):
+            return None
+        return os.path.expandvars(value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    return value
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _unknown_key_error(path: Path, lines: dict, where: tuple, key: str, valid: list[str]) -> StudyFileError:
+    return StudyFileError(
+        path, line_of(lines, (*where, key)), ".".join((*where, key)),
+        f"unknown key; {_suggest(key, valid)}valid keys: {', '.join(valid)}",
+    )
+
+
+def _check_absolute_paths(path: Path, lines: dict, spec: StudyFile) -> None:
+    """Shipped study files must not contain absolute data paths (use env variables)."""
+    candidates = {("data_root",): spec.data_root, ("runs_dir",): spec.runs_dir}
+    for key, value in (spec.data_params or {}).items():
+        candidates[("data_params", key)] = value
+    for key in ("data_root", "output_dir"):
+        candidates[("defaults", key)] = spec.defaults.get(key)
+    for key, value in (spec.defaults.get("data_params") or {}).items():
+        candidates[("defaults", "data_params", key)] = value
+    for key, value in candidates.items():
+        if isinstance(value, str) and (value.startswith("/") or re.match(r"^[A-Za-z]:\\", value)):
+            raise StudyFileError(
+                path, line_of(lines, key), ".".join(key),
+                "absolute paths are not allowed in shipped study files; use an environment "
+                "variable such as ${BNN_DATA_COCO2014} or leave it out (readers use their env variable)",
+            )
+
+
+def _cell_values(spec: StudyFile) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(axis values, overrides) for every grid combination x seed."""
+    axes = {k: (v.values() if isinstance(v, Powerset) else v) for k, v in spec.grid.items()}
+    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())] or [{}]
+    out = []
+    for combo in combos:
+        for seed in spec.seeds:
+            labels = dict(combo)
+            if len(spec.seeds) > 1:
+                labels["seed"] = seed
+            out.append((labels, {**combo, "seed": seed}))
+    return out
+
+
+def set_dotted(target: dict, key: str, value: Any) -> None:
+    head, _, rest = key.partition(".")
+    if rest:
+        target[head] = dict(target.get(head) or {})
+        set_dotted(target[head], rest, value)
+    else:
+        target[head] = value
+
+
+def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Study:
+    """Reads, validates and expands a study file.
+
+    Args:
+        name: A path, or a bare file name of a bundled study (``quickstart.yaml``).
+        overrides: ``--set`` values: ``key=value`` with study keys (``tracking_uri``, ``seeds``) or
+            FitConfig keys (applied to ``defaults``; dotted keys like ``data_params.count``).
+
+    Raises:
+        StudyFileError: Anything invalid; the message names file, line and key.
+    """
+    path = resolve_path(name)
+    data, lines = load_with_lines(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StudyFileError(path, 1, None, "a study file is a mapping of keys (name, defaults, grid, ...)")
+    valid_top = list(StudyFile.model_fields)
+    for key in data:
+        if key not in valid_top:
+            raise _unknown_key_error(path, lines, (), str(key), valid_top)
+    data = dict(data)
+    for key, value in (overrides or {}).items():
+        top = key.split(".")[0]
+        if top in valid_top and top not in ("defaults", "grid"):
+            set_dotted(data, key, value)
+        elif top in FIT_KEYS:
+            data["defaults"] = dict(data.get("defaults") or {})
+            set_dotted(data["defaults"], key, value)
+        else:
+            raise StudyFileError(path, None, f"--set {key}", f"unknown key; {_suggest(top, valid_top + FIT_KEYS)}"
+                                 f"valid: study keys {', '.join(valid_top)} or FitConfig keys {', '.join(FIT_KEYS)}")
+    try:
+        spec = StudyFile(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Powerset")))
+        raise StudyFileError(path, line_of(lines, loc), ".".join(loc), first["msg"]) from None
+
+    for section in ("defaults", "grid"):
+        for key in getattr(spec, section):
+            if key.split(".")[0] not in FIT_KEYS:
+                raise _unknown_key_error(path, lines, (section,), key, FIT_KEYS)
+    if spec.search:
+        for key in spec.search.space:
+            if key.split(".")[0] not in FIT_KEYS:
+                raise _unknown_key_error(path, lines, ("search", "space"), key, FIT_KEYS)
+        if spec.grid:
+            raise StudyFileError(path, line_of(lines, ("search",)), "search",
+                                 "a study has either a grid or a search space; split it into one study per grid cell")
+    for key in ("dataset", "data_root", "data_params"):
+        if getattr(spec, key) is not None and key in spec.defaults:
+            raise StudyFileError(path, line_of(lines, (key,)), key, f"given twice: at top level and in defaults.{key}")
+        if key in spec.grid and getattr(spec, key) is not None:
+            raise StudyFileError(path, line_of(lines, ("grid", key)), f"grid.{key}", f"also set at top level ({key})")
+    if path.resolve().parent == BUNDLED_DIR:
+        _check_absolute_paths(path, lines, spec)
+
+    study_name = spec.name or path.stem
+    base = dict(spec.defaults)
+    for key in ("dataset", "data_root", "data_params"):
+        if getattr(spec, key) is not None:
+            base[key] = getattr(spec, key)
+    base = _expand_env(base)
+    runs_dir = Path(os.path.expandvars(spec.runs_dir)) / study_name
+
+    cells: list[Cell] = []
+    seen: dict[str, dict] = {}
+    first: FitConfig | None = None
+    combos = [({}, {"seed": spec.seeds[0]})] if spec.search else _cell_values(spec)
+    for labels, values in combos:
+        resolved = dict(base)
+        for key, value in values.items():
+            set_dotted(resolved, key, _expand_env(value))
+        resolved.pop("output_dir", None)
+        try:
+            config = FitConfig(**resolved)
+        except (ValidationError, KeyError, ValueError) as err:
+            raise _config_error(path, lines, spec, labels, err) from None
+        first = first or config
+        if spec.search:
+            break
+        cell_id = config.content_id()
+        if cell_id in seen:
+            raise StudyFileError(path, line_of(lines, ("grid",)), "grid",
+                                 f"two grid entries resolve to the same configuration ({seen[cell_id]} and {labels})")
+        seen[cell_id] = labels
+        config = config.model_copy(update={"output_dir": str(runs_dir / cell_id)})
+        cells.append(Cell(cell_id, config, labels))
+    if spec.search:
+        _check_search_space(path, lines, spec, first)
+    storage = spec.storage or default_storage(spec.tracking_uri)
+    return Study(study_name, path, spec, cells, spec.tracking_uri, storage, first, runs_dir)
+
+
+def _check_search_space(path: Path, lines: dict, spec: StudyFile, base: FitConfig) -> None:
+    """Every bound of the search space must give a valid FitConfig."""
+    for key, param in spec.search.space.items():
+        samples = param.choices if param.type == "categorical" else [param.low, param.high]
+        for value in samples:
+            if param.type == "int":
+                value = int(value)
+            update = base.model_dump()
+            set_dotted(update, key, value)
+            try:
+                FitConfig(**update)
+            except (ValidationError, KeyError, ValueError) as err:
+                detail = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
+                raise StudyFileError(path, line_of(lines, ("search", "space", key)), f"search.space.{key}",
+                                     f"value {value!r} is invalid: {detail}") from None
+
+
+def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: Exception) -> StudyFileError:
+    """Maps a FitConfig error of one cell back to the study file's key and line."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown key; {_suggest(key, FIT_KEYS)}valid keys: {', '.join(FIT_KEYS)}"
+    else:
+        key, message = "", str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        for name in ("backbone", "features", "compat"):
+            if name in message:
+                key = name
+    top = key.split(".")[0]
+    if top in spec.grid:
+        where = ("grid", top)
+    elif top in ("dataset", "data_root", "data_params") and getattr(spec, top) is not None:
+        where = (top,)
+    else:
+        where = ("defaults", *key.split("."))
+    cell = f" (in grid cell {labels})" if labels else ""
+    return StudyFileError(path, line_of(lines, where), ".".join(where), message + cell)

@@ -63,7 +63,10 @@ class FitConfig(BaseModel):
         if isinstance(value, list | tuple):
             value = "+".join(value)
         if isinstance(value, str):
-            return feature_set_label(parse_features(value))
+            try:
+                return feature_set_label(parse_features(value))
+            except KeyError as err:  # pydantic reports ValueErrors with the field's name
+                raise ValueError(err.args[0]) from None
         return value
 
     @field_validator("backbone")
@@ -71,7 +74,10 @@ class FitConfig(BaseModel):
     def _known_backbone(cls, value: str) -> str:
         from bnn.backbones import BACKBONES
 
-        return BACKBONES.canonical(value)
+        try:
+            return BACKBONES.canonical(value)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
 
     def content_id(self) -> str:
         """Short hash of the settings that change the result (not where outputs are written)."""

@@ -145,10 +145,10 @@ def cmd_status(args) -> int:
 def cmd_run(args) -> int:
     from tqdm.auto import tqdm
 
-    from studies.runner import Runner, check_data, epoch_text
+    from studies.runner import Runner, check_inputs, epoch_text
 
     study = _load(args)
-    check_data(study)
+    check_inputs(study)
     total = study.spec.search.trials if study.is_search else len(study.cells)
     console.print(f"study [bold]{study.name}[/]: {total} cells, data: {study.base.dataset}, "
                   f"tracking {study.tracking_uri}")
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DatasetLayoutError as err:
         print(f"error: data missing for study {args.file}:\n{err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: input missing for study {args.file}:\n{err}", file=sys.stderr)
         return 2
 
 

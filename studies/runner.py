@@ -66,9 +66,24 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage | 
         path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     interval = heartbeat_seconds()
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=3 * interval
+    return retry_on_race(
+        lambda: optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=3 * interval
+        ),
+        "opening the Optuna storage",
     )
+
+
+def retry_on_race(fn, what: str, attempts: int = 6):
+    """Retries ``fn`` when workers starting together race to create the same database schema."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # IntegrityError / "database is locked" from a concurrent creator
+            if attempt == attempts - 1:
+                raise
+            log.info("%s: retrying after %s", what, type(err).__name__)
+            time.sleep(0.5 * (attempt + 1))
 
 
 def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
@@ -79,8 +94,11 @@ def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
     direction = study.spec.objective.direction
     sampler = optuna.samplers.TPESampler(seed=study.spec.search.sampler_seed) if study.spec.search else None
     if create:
-        return optuna.create_study(
-            study_name=study.name, storage=storage, direction=direction, load_if_exists=True, sampler=sampler
+        return retry_on_race(
+            lambda: optuna.create_study(
+                study_name=study.name, storage=storage, direction=direction, load_if_exists=True, sampler=sampler
+            ),
+            "creating the Optuna study",
         )
     try:
         return optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
@@ -104,17 +122,18 @@ def cell_states(optuna_study: optuna.Study | None) -> dict[str, str]:
     return states
 
 
-def check_data(study: Study) -> None:
-    """Fails before anything is created when a cell's dataset is missing (clear reader error)."""
+def check_inputs(study: Study) -> None:
+    """Fails before anything is created when a cell's dataset or pretrained weights are missing."""
     from bnn.data import create_dataset
+    from bnn.pretrained import resolve_weights
 
-    seen = set()
-    for cell in study.cells:
-        c = cell.config
-        key = (c.dataset, c.data_root, repr(sorted(c.data_params.items())))
-        if key not in seen:
-            seen.add(key)
-            create_dataset(c.dataset, "train", root=c.data_root, resolution=c.resolution, **c.data_params)
+    configs = [cell.config for cell in study.cells] or [study.base]
+    datasets = {(c.dataset, c.data_root, repr(sorted(c.data_params.items()))): c for c in configs}
+    for c in datasets.values():
+        create_dataset(c.dataset, "train", root=c.data_root, resolution=c.resolution, **c.data_params)
+    for c in configs:
+        if c.pretrained:
+            resolve_weights(c.backbone, c.pretrained)
 
 
 class _Heartbeat:
@@ -155,7 +174,7 @@ class Runner:
         self.on_event = on_event or (lambda kind, info: None)
         self.optuna_study = load_optuna_study(study, create=True)
         self.storage = self.optuna_study._storage
-        self.tracker = Tracker(study)
+        self.tracker = retry_on_race(lambda: Tracker(study), "opening the MLflow store")
         self.cells = {cell.cell_id: cell for cell in study.cells}
 
     # --- queue -------------------------------------------------------------------------------

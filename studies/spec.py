@@ -248,9 +248,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None)
     try:
         spec = StudyFile(**data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Powerset")))
-        raise StudyFileError(path, line_of(lines, loc), ".".join(loc), first["msg"]) from None
+        raise _schema_error(path, lines, err) from None
 
     for section in ("defaults", "grid"):
         for key in getattr(spec, section):
@@ -323,6 +321,24 @@ def _check_search_space(path: Path, lines: dict, spec: StudyFile, base: FitConfi
                 detail = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
                 raise StudyFileError(path, line_of(lines, ("search", "space", key)), f"search.space.{key}",
                                      f"value {value!r} is invalid: {detail}") from None
+
+
+def _schema_error(path: Path, lines: dict, err: ValidationError) -> StudyFileError:
+    """The first schema error, with grid axes explained (a list, or a powerset mapping)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Powerset")))
+    message = first["msg"]
+    if loc[:1] == ("grid",) and len(loc) == 2:
+        details = [
+            f"{'.'.join(str(p) for p in e['loc'][3:]) or 'value'}: {e['msg']}"
+            for e in errors
+            if tuple(str(p) for p in e["loc"][:3]) == ("grid", loc[1], "Powerset")
+        ]
+        message = "a grid axis is a list of values or {powerset: [names], base: [rgb]}"
+        if details and isinstance(err.errors()[0].get("input"), dict):
+            message += f" ({'; '.join(details)})"
+    return StudyFileError(path, line_of(lines, loc), ".".join(loc), message)
 
 
 def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: Exception) -> StudyFileError:

@@ -1,0 +1,467 @@
+"""A study's MLflow record as tidy pandas frames.
+
+The record (written by ``studies.tracking``): one experiment per study, named after it; one parent
+run tagged ``bnn.role=study``; one child run per cell tagged ``bnn.role=cell`` with ``cell_id``,
+``bnn.model``, ``bnn.family``, ``bnn.binary``, ``bnn.data``, ``bnn.synthetic``, ``git_commit``;
+params = the flattened training config (strings) plus ``axes``; final metrics ``val_*``,
+``test_*`` (the test split of the checkpoint selected on validation) and the cost per image
+(``ops``, ``bops``, ``flops``, ``params``, ...); per-epoch metrics ``epoch_*`` with step = epoch;
+artifacts including ``metrics/roc_test.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+
+from analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EPOCH_METRICS = (
+    "epoch_train_loss",
+    "epoch_val_loss",
+    "epoch_val_accuracy",
+    "epoch_val_auc",
+    "epoch_lr",
+    "epoch_seconds",
+    "epoch_images_per_second",
+)
+COST_METRICS = (
+    "ops",
+    "bops",
+    "flops",
+    "params",
+    "binary_params",
+    "trainable_params",
+    "storage_bytes",
+    "feature_flops",
+)
+# Params that do not define a configuration: replicates differ only in these.
+REPLICATE_EXCLUDE = ("seed", "output_dir", "axes", "device", "num_workers")
+# Columns that describe a run rather than its configuration.
+RUN_COLUMNS = (
+    "run_id",
+    "run_name",
+    "status",
+    "cell_id",
+    "study",
+    "model",
+    "family",
+    "binary",
+    "data",
+    "synthetic",
+    "data_digest",
+    "git_commit",
+    "parent_run_id",
+    "start_time",
+    "end_time",
+    "duration_s",
+)
+# Tag -> column; every other tag is left out of the frame.
+_TAG_COLUMNS = {
+    "cell_id": "cell_id",
+    "study": "study",
+    "bnn.model": "model",
+    "bnn.family": "family",
+    "bnn.binary": "binary",
+    "bnn.data": "data",
+    "bnn.synthetic": "synthetic",
+    "bnn.data_digest": "data_digest",
+    "git_commit": "git_commit",
+    "mlflow.parentRunId": "parent_run_id",
+}
+_INT = re.compile(r"[+-]?\d+")
+
+
+class StudyNotFoundError(LookupError):
+    """No experiment of that study at the tracking URI.
+
+    Attributes:
+        study: The name asked for.
+        tracking_uri: Where it was looked for (credentials removed).
+        experiments: Names of the experiments that exist there.
+    """
+
+    def __init__(self, study: str, tracking_uri: str, experiments: list[str], reason: str = "") -> None:
+        self.study = study
+        self.tracking_uri = tracking_uri
+        self.experiments = experiments
+        known = ", ".join(experiments) if experiments else "(none)"
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"no study {study!r} at {tracking_uri}{detail}; experiments there: {known}"
+        )
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (``postgresql://user:***@host/db``), safe to print in reports."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _missing_sqlite(uri: str) -> str | None:
+    """The path of a ``sqlite:///`` database file that does not exist (None otherwise)."""
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if path and path != ":memory:" and not Path(path).exists():
+            return path
+    return None
+
+
+def client_for(tracking_uri: str | None = None):
+    """An ``MlflowClient`` for the URI; a SQLite file that does not exist is an error, not created."""
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    missing = _missing_sqlite(uri)
+    if missing:
+        raise FileNotFoundError(f"no MLflow database at {missing} (tracking URI {uri})")
+    return MlflowClient(tracking_uri=uri)
+
+
+def list_experiments(tracking_uri: str | None = None) -> list[str]:
+    """Names of the active experiments at the tracking URI."""
+    return [e.name for e in client_for(tracking_uri).search_experiments()]
+
+
+def find_experiment(study: str, tracking_uri: str | None = None):
+    """The MLflow experiment of a study (by experiment name, else by the ``bnn.study`` tag).
+
+    Raises:
+        StudyNotFoundError: Listing the experiments that exist at the URI.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    missing = _missing_sqlite(uri)
+    if missing:
+        raise StudyNotFoundError(study, redact_uri(uri), [], reason=f"no MLflow database at {missing}")
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is not None and experiment.lifecycle_stage == "active":
+        return experiment
+    experiments = client.search_experiments()
+    if "'" not in study:
+        for candidate in experiments:
+            found = client.search_runs(
+                [candidate.experiment_id],
+                filter_string=f"tags.`bnn.study` = '{study}'",
+                max_results=1,
+            )
+            if found:
+                return candidate
+    raise StudyNotFoundError(study, redact_uri(uri), [e.name for e in experiments])
+
+
+def _search_all(client, experiment_id: str, filter_string: str) -> list:
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _typed(values: list[str | None]) -> pd.Series:
+    """Param strings back to bool / int / float where every present value allows it."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return pd.Series(values, dtype=object)
+    missing = len(present) < len(values)
+    if all(v in ("True", "False") for v in present):
+        converted = [None if v is None else v == "True" for v in values]
+        return pd.Series(converted, dtype="boolean" if missing else bool)
+    if all(_INT.fullmatch(v) for v in present):
+        converted = [None if v is None else int(v) for v in values]
+        return pd.Series(converted, dtype="Int64" if missing else "int64")
+    try:
+        return pd.Series([np.nan if v is None else float(v) for v in values], dtype=float)
+    except ValueError:
+        return pd.Series(values, dtype=object)
+
+
+def _row(run) -> tuple[dict, dict, dict]:
+    info, data = run.info, run.data
+    tags = data.tags
+    meta = {
+        "run_id": info.run_id,
+        "run_name": info.run_name,
+        "status": info.status,
+        "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
+        "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
+    }
+    meta["duration_s"] = (
+        (info.end_time - info.start_time) / 1000.0 if info.end_time and info.start_time else np.nan
+    )
+    for tag, column in _TAG_COLUMNS.items():
+        meta[column] = tags.get(tag)
+    metrics = {k: v for k, v in data.metrics.items() if not k.startswith("epoch_")}
+    params = {k: (None if v == "None" else v) for k, v in data.params.items()}
+    return meta, params, metrics
+
+
+def _fill_model_tags(frame: pd.DataFrame) -> None:
+    """Fills model/family/binary from the backbone registry for runs that lack those tags."""
+    if "backbone" not in frame or not frame[["model", "family", "binary"]].isna().any().any():
+        return
+    from bnn.backbones import BACKBONES
+
+    for i, name in frame["backbone"].items():
+        if name in BACKBONES:
+            spec = BACKBONES.get(name)
+            for column, value in (("model", spec.display_name), ("family", spec.family),
+                                  ("binary", str(spec.binary).lower())):
+                if frame.at[i, column] is None:
+                    frame.at[i, column] = value
+
+
+def load_runs(
+    study: str,
+    tracking_uri: str | None = None,
+    include_unfinished: bool = False,
+) -> pd.DataFrame:
+    """One tidy row per cell run of a study.
+
+    Args:
+        study: Study name (= experiment name), or an experiment whose parent run has
+            ``bnn.study`` = this name.
+        tracking_uri: Any MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
+        include_unfinished: Also return FAILED / KILLED / RUNNING runs (their metrics may be NaN).
+
+    Returns:
+        Columns: the run columns (``run_id``, ``cell_id``, ``seed`` among the params, ``model``,
+        ``family``, ``binary`` and ``synthetic`` as bools, ``data``, ``git_commit``, ``status``,
+        times), every param typed back (``freeze_backbone`` bool, ``seed`` int, numbers numeric,
+        ``"None"`` as missing), and every final metric (``val_*``, ``test_*``, cost). ``attrs``:
+        ``study``, ``tracking_uri`` (redacted), ``experiment_id``, ``parent_run_id``,
+        ``parent_git_commit``, ``params``, ``metrics``, ``unfinished`` ({status: count} of the
+        runs not FINISHED, whether or not included), ``loaded_at``.
+
+    Raises:
+        StudyNotFoundError: No such study; the message lists the experiments at the URI.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    experiment = find_experiment(study, uri)
+    client = client_for(uri)
+    parents = _search_all(client, experiment.experiment_id, "tags.`bnn.role` = 'study'")
+    cells = _search_all(client, experiment.experiment_id, "tags.`bnn.role` = 'cell'")
+    unfinished = Counter(r.info.status for r in cells if r.info.status != "FINISHED")
+    if not include_unfinished:
+        cells = [r for r in cells if r.info.status == "FINISHED"]
+
+    metas, params, metrics = [], [], []
+    for run in cells:
+        meta, param, metric = _row(run)
+        metas.append(meta)
+        params.append(param)
+        metrics.append(metric)
+    param_names = sorted({k for p in params for k in p})
+    metric_names = sorted({k for m in metrics for k in m})
+
+    frame = pd.DataFrame(metas, columns=list(RUN_COLUMNS))
+    for name in param_names:
+        if name not in frame:
+            frame[name] = _typed([p.get(name) for p in params]).to_numpy()
+    for name in metric_names:
+        frame[name] = pd.Series([m.get(name, np.nan) for m in metrics], dtype=float).to_numpy()
+    _fill_model_tags(frame)
+    for column in ("binary", "synthetic"):
+        frame[column] = frame[column].map({"true": True, "false": False}).astype("boolean")
+        if not frame[column].isna().any():
+            frame[column] = frame[column].astype(bool)
+    if "study" in frame:
+        frame["study"] = frame["study"].fillna(study)
+    frame = frame.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
+
+    parent = parents[0] if parents else None
+    frame.attrs.update(
+        study=parent.data.tags.get("bnn.study", study) if parent else study,
+        experiment=experiment.name,
+        experiment_id=experiment.experiment_id,
+        tracking_uri=redact_uri(uri),
+        parent_run_id=parent.info.run_id if parent else None,
+        parent_git_commit=parent.data.tags.get("git_commit") if parent else None,
+        params=param_names,
+        metrics=metric_names,
+        unfinished=dict(sorted(unfinished.items())),
+        loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    return frame
+
+
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    """The config params of a frame from ``load_runs`` (``attrs["params"]``, else inferred)."""
+    names = frame.attrs.get("params")
+    if names is None:
+        metrics = set(metric_columns(frame))
+        names = [c for c in frame.columns if c not in RUN_COLUMNS and c not in metrics]
+    return [c for c in names if c in frame.columns]
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The final metrics of a frame from ``load_runs`` (``attrs["metrics"]``, else inferred)."""
+    names = frame.attrs.get("metrics")
+    if names is None:
+        names = [
+            c for c in frame.columns
+            if c.startswith(("val_", "test_")) or c in COST_METRICS or c in ("best_epoch", "skipped_images")
+        ]
+    return [c for c in names if c in frame.columns]
+
+
+def replicate_keys(frame: pd.DataFrame) -> list[str]:
+    """Params that define a configuration: all but seed, output dir, axes label, device, workers."""
+    return [c for c in param_columns(frame) if c not in REPLICATE_EXCLUDE]
+
+
+def _join(values) -> str:
+    return ",".join(str(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v)))
+
+
+def group_replicates(
+    frame: pd.DataFrame,
+    by: list[str] | None = None,
+    metrics: list[str] | None = None,
+    level: float = DEFAULT_LEVEL,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Replicates (seeds) of the same configuration folded into one row.
+
+    Args:
+        frame: From ``load_runs``.
+        by: Columns that identify a configuration; default every param but ``seed``,
+            ``output_dir``, ``axes``, ``device`` and ``num_workers``.
+        metrics: Metrics to aggregate; default every final metric.
+        level: Coverage of the bootstrap interval.
+        resamples: Bootstrap resamples.
+        seed: Seed of the bootstrap (the same frame always gives the same intervals).
+
+    Returns:
+        One row per configuration, in order of first appearance: the ``by`` columns, the
+        descriptive columns (``model``, ``family``, ``binary``, ``data``, ``synthetic``,
+        ``study``), ``n`` (replicates), ``seeds``, ``run_ids`` and ``cell_ids`` (comma-joined),
+        and per metric ``<metric>`` (mean over replicates, NaNs skipped); quality metrics
+        (``val_*``, ``test_*``) also get ``<metric>_std`` (sample std, NaN for n = 1),
+        ``<metric>_ci_low`` and ``<metric>_ci_high`` (percentile bootstrap of the mean, NaN
+        for n < 2). ``attrs`` carries over, plus ``grouped_by``.
+    """
+    keys = list(by) if by is not None else replicate_keys(frame)
+    missing = [k for k in keys if k not in frame.columns]
+    if missing:
+        raise KeyError(f"group_replicates: no column(s) {missing}; columns: {list(frame.columns)}")
+    metrics = list(metrics) if metrics is not None else metric_columns(frame)
+    descriptive = [c for c in ("model", "family", "binary", "data", "synthetic", "study")
+                   if c in frame.columns and c not in keys]
+
+    rows = []
+    grouped = frame.groupby(keys, dropna=False, sort=False) if keys else [((), frame)]
+    for key, group in grouped:
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key, strict=True))
+        for column in descriptive:
+            row[column] = group[column].iloc[0]
+        row["n"] = len(group)
+        row["seeds"] = _join(group["seed"]) if "seed" in group else ""
+        row["run_ids"] = _join(group["run_id"]) if "run_id" in group else ""
+        row["cell_ids"] = _join(group["cell_id"]) if "cell_id" in group else ""
+        for metric in metrics:
+            values = group[metric].to_numpy(dtype=float)
+            finite = values[~np.isnan(values)]
+            row[metric] = finite.mean() if finite.size else np.nan
+            if metric.startswith(("val_", "test_")):
+                row[f"{metric}_std"] = finite.std(ddof=1) if finite.size > 1 else np.nan
+                low, high = bootstrap_ci(finite, level=level, resamples=resamples, seed=seed)
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for key in keys:  # keep the dtypes of the key columns (bool stays bool, ints stay ints)
+        if key in out and len(out):
+            out[key] = out[key].astype(frame[key].dtype)
+    out.attrs.update(frame.attrs)
+    out.attrs["grouped_by"] = keys
+    return out
+
+
+def is_grouped(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` comes from ``group_replicates``."""
+    return "grouped_by" in frame.attrs
+
+
+def load_epoch_history(
+    run_ids,
+    tracking_uri: str | None = None,
+    metrics=EPOCH_METRICS,
+) -> pd.DataFrame:
+    """Per-epoch metrics of runs, for learning curves.
+
+    Args:
+        run_ids: Run ids (e.g. ``frame["run_id"]``).
+        tracking_uri: MLflow URI (default as in ``load_runs``).
+        metrics: Per-epoch metric names to read.
+
+    Returns:
+        Long frame with columns ``run_id``, ``step`` (epoch, from 0), ``metric``, ``value``,
+        sorted by run, metric and step; metrics a run never logged are simply absent.
+    """
+    client = client_for(tracking_uri)
+    rows = []
+    for run_id in run_ids:
+        for metric in metrics:
+            for point in client.get_metric_history(run_id, metric):
+                rows.append((run_id, int(point.step), metric, float(point.value)))
+    frame = pd.DataFrame(rows, columns=["run_id", "step", "metric", "value"])
+    frame = frame.astype({"run_id": str, "step": "int64", "metric": str, "value": float})
+    return frame.sort_values(["run_id", "metric", "step"], kind="stable").reset_index(drop=True)
+
+
+def load_roc(run_id: str, tracking_uri: str | None = None, split: str = "test") -> dict[str, np.ndarray]:
+    """ROC points of a run from its ``metrics/roc_<split>.json`` artifact.
+
+    Args:
+        run_id: The cell's run id.
+        tracking_uri: MLflow URI (default as in ``load_runs``).
+        split: ``"test"`` (the artifact the runner logs).
+
+    Returns:
+        ``{"fpr": array, "tpr": array, "thresholds": array}``.
+
+    Raises:
+        FileNotFoundError: The run has no such artifact.
+    """
+    client = client_for(tracking_uri)
+    artifact = f"metrics/roc_{split}.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, artifact, tmp)
+        except Exception as err:  # MLflow raises several types for a missing artifact
+            raise FileNotFoundError(f"run {run_id} has no artifact {artifact}: {err}") from err
+        data = json.loads(Path(path).read_text())
+    return {key: np.asarray(data.get(key, []), dtype=float) for key in ("fpr", "tpr", "thresholds")}

@@ -1,0 +1,356 @@
+"""Parity of the batched torch features with the OpenCV / NumPy / scikit-image references."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data as skdata
+from skimage.feature import local_binary_pattern
+
+from bnn import features as bf
+from bnn.features import (
+    FEATURES,
+    canonical_order,
+    extract,
+    feature_flops,
+    feature_flops_by_name,
+    grey_levels,
+)
+
+# The FFT output is 20 ln(|z| + 1e-9) / 255, which crosses zero where |z| ~ 1; there the ~1e-12
+# absolute round-off of either FFT (and the float32 output, ~5e-9 absolute) is large relative to
+# the value, so a small absolute floor is added to rtol=1e-4. 1e-6 is ~1e-6 of the output range.
+FFT_ATOL = 1e-6
+SIZES = [(31, 47), (64, 64), (47, 31), (13, 9)]
+
+
+# ---- references -----------------------------------------------------------------------------
+
+
+def to_uint8(image: torch.Tensor, compat: str) -> np.ndarray:
+    """(3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8 as each pipeline quantises."""
+    x = image.permute(1, 2, 0).numpy()
+    if compat == "authors":
+        return (x * 255).astype(np.uint8)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def ref_grey(image: torch.Tensor, compat: str = "exact") -> np.ndarray:
+    code = cv2.COLOR_BGR2GRAY if compat == "authors" else cv2.COLOR_RGB2GRAY
+    return cv2.cvtColor(to_uint8(image, compat), code)
+
+
+def ref_sobel(grey: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(grey, cv2.CV_64F, 1, 0, ksize=7)
+    gy = cv2.Sobel(grey, cv2.CV_64F, 0, 1, ksize=7)
+    return np.sqrt(gx**2 + gy**2) / 255
+
+
+def ref_fft(grey: np.ndarray) -> np.ndarray:
+    return 20 * np.log(np.abs(np.fft.fftshift(np.fft.fft2(grey))) + 1e-9) / 255
+
+
+def ref_lbp_codes(grey: np.ndarray) -> np.ndarray:
+    return local_binary_pattern(grey, 3, 6, method="uniform")
+
+
+def assert_matches_reference(images: torch.Tensor, compat: str = "exact") -> None:
+    out = extract(images, ["sobel", "fft", "lbp"], compat=compat).double().numpy()
+    for i, image in enumerate(images):
+        grey = ref_grey(image, compat)
+        np.testing.assert_allclose(out[i, 0], ref_sobel(grey), rtol=1e-4, atol=0)
+        np.testing.assert_allclose(out[i, 1], ref_fft(grey), rtol=1e-4, atol=FFT_ATOL)
+        np.testing.assert_array_equal(np.rint(out[i, 2] * 255), ref_lbp_codes(grey))
+
+
+def natural(name: str, height: int, width: int, resize: bool = False) -> torch.Tensor:
+    """(1, 3, height, width) crop (or resize) of a scikit-image sample image, in [0, 1]."""
+    img = getattr(skdata, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+    if resize:
+        return F.interpolate(x, size=(height, width), mode="area").clamp(0, 1)
+    top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
+    return x[:, :, top : top + height, left : left + width].contiguous()
+
+
+def grey_to_rgb(grey: np.ndarray) -> torch.Tensor:
+    """A (1, 3, H, W) image whose exact grey levels are ``grey`` (R = G = B = level / 255)."""
+    x = torch.from_numpy(grey.astype(np.float32) / 255)
+    return x[None, None].expand(1, 3, *grey.shape).contiguous()
+
+
+# ---- grey levels ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compat", ["exact", "authors"])
+def test_grey_matches_opencv_on_all_colours(compat):
+    code = cv2.COLOR_BGR2GRAY if compat == "authors" else cv2.COLOR_RGB2GRAY
+    levels = torch.arange(256, dtype=torch.int64)
+    green, blue = torch.meshgrid(levels, levels, indexing="ij")
+    for red_block in levels.split(64):  # 64 x 256 x 256 colours at a time
+        rgb = torch.stack(torch.broadcast_tensors(red_block[:, None, None], green, blue))
+        u = rgb.reshape(3, 64 * 256, 256).to(torch.uint8)  # (3, 16384, 256)
+        # (u + 0.5) / 255 survives both rounding (exact) and truncation (authors) as u.
+        x = ((u.float() + (0.5 if compat == "authors" else 0.0)) / 255)[None]
+        ours = grey_levels(x, compat)[0].to(torch.uint8).numpy()
+        expected = cv2.cvtColor(np.ascontiguousarray(u.permute(1, 2, 0).numpy()), code)
+        np.testing.assert_array_equal(ours, expected)
+
+
+@pytest.mark.parametrize("compat", ["exact", "authors"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grey_matches_reference_pipeline_on_random_floats(compat, dtype):
+    images = torch.rand(4, 3, 31, 47, dtype=dtype)
+    images[0, :, 0, :6] = torch.tensor([0.0, 1.0, 0.5 / 255, 1.5 / 255, 254.5 / 255, 0.999999])
+    grey = grey_levels(images, compat)
+    assert grey.shape == (4, 31, 47) and grey.dtype == torch.float32
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(grey[i].numpy(), ref_grey(image, compat))
+
+
+def test_grey_compat_modes_differ_and_clamp():
+    x = torch.tensor([0.9, 0.5, 0.1]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    assert grey_levels(x, "exact")[0, 0, 0] != grey_levels(x, "authors")[0, 0, 0]
+    out_of_range = torch.tensor([1.5, -0.2, 2.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    clamped = out_of_range.clamp(0, 1)
+    for compat in ("exact", "authors"):
+        assert torch.equal(grey_levels(out_of_range, compat), grey_levels(clamped, compat))
+
+
+def test_grey_rejects_bad_compat_and_inputs():
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="exact, authors"):
+        grey_levels(x, "opencv")
+    with pytest.raises(ValueError, match="exact, authors"):
+        extract(x, ["fft"], compat="numpy")
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        grey_levels(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match="floating"):
+        grey_levels(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+# ---- parity with the references ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_random_images_match_references(size):
+    assert_matches_reference(torch.rand(3, 3, *size))
+
+
+def test_random_224_matches_references():
+    assert_matches_reference(torch.rand(2, 3, 224, 224))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera", "coffee"])
+def test_natural_images_match_references(name):
+    assert_matches_reference(natural(name, 64, 97))  # crop
+    assert_matches_reference(natural(name, 224, 224, resize=True))  # whole image, resized
+
+
+@pytest.mark.parametrize("size", [(64, 64), (31, 47)])
+def test_authors_compat_matches_authors_pipeline(size):
+    images = torch.cat([torch.rand(2, 3, *size), natural("astronaut", *size)])
+    assert_matches_reference(images, compat="authors")
+
+
+@pytest.mark.parametrize("size", [(4, 4), (4, 9), (7, 7), (5, 12)])
+def test_sobel_small_images_match_opencv(size):
+    images = torch.rand(2, 3, *size)
+    out = extract(images, ["sobel"])[:, 0].double().numpy()
+    for i, image in enumerate(images):
+        np.testing.assert_allclose(out[i], ref_sobel(ref_grey(image)), rtol=1e-4, atol=0)
+
+
+def test_sobel_is_exact_integer_arithmetic():
+    # Extreme contrast: |Gx| reaches 255 * 64 * 20 - a float32 rounding would show.
+    grey = np.zeros((16, 16), np.uint8)
+    grey[:, 8:] = 255
+    grey[::2, ::3] = 255
+    ours = extract(grey_to_rgb(grey), ["magnitude"])[0, 0].double().numpy()
+    np.testing.assert_allclose(ours, ref_sobel(grey), rtol=1e-6, atol=0)
+
+
+# ---- LBP edge cases ---------------------------------------------------------------------------
+
+
+def lbp_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    cases = [np.full((20, 24), v, np.uint8) for v in (0, 1, 128, 255)]  # flat: ties everywhere
+    cases += [rng.integers(0, 3, (33, 29)).astype(np.uint8)]  # low range: many ties
+    cases += [rng.integers(0, 256, (5, 9)).astype(np.uint8)]  # smaller than the radius
+    cases += [rng.integers(0, 256, (1, 1)).astype(np.uint8), rng.integers(0, 256, (2, 40))]
+    checker = (np.indices((24, 24)).sum(0) % 2 * 255).astype(np.uint8)
+    cases += [checker, np.tile(np.arange(0, 256, 8, dtype=np.uint8), (40, 1))]
+    return [c.astype(np.uint8) for c in cases]
+
+
+@pytest.mark.parametrize("index", range(len(lbp_cases())))
+def test_lbp_codes_identical_on_edge_cases(index):
+    grey = lbp_cases()[index]
+    expected = ref_lbp_codes(grey)
+    ours = extract(grey_to_rgb(grey), ["lbp"])[0, 0]
+    np.testing.assert_array_equal(np.rint(ours.double().numpy() * 255), expected)
+    # The float64 replica of skimage's interpolation (used for very tall images) agrees too.
+    replica = bf._lbp_codes_float64(torch.from_numpy(grey).float()[None])[0]
+    np.testing.assert_array_equal(replica.numpy(), expected)
+
+
+def test_lbp_codes_are_bit_counts():
+    codes = np.rint(extract(torch.rand(2, 3, 40, 40), ["lbp"]).numpy() * 255)
+    assert set(np.unique(codes)) <= {0, 1, 2, 3}  # skimage never emits P + 1 = 4 for P = 3
+
+
+def test_lbp_tie_rule_holds():
+    # _lbp assumes skimage's float64 (1 - d) a + d a is never below a (equal neighbours and
+    # centre give bit 1); re-check the first 4096 rows for both interpolated samples.
+    rows = np.arange(4096, dtype=np.float64)[:, None]
+    levels = np.arange(256, dtype=np.float64)[None, :]
+    for dr, _ in bf._LBP_OFFSETS[1:]:
+        pos = rows + dr
+        d = pos - np.floor(pos)
+        assert np.all((1 - d) * levels + d * levels >= levels)
+
+
+# ---- FFT edge cases ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 1, 100, 255])
+@pytest.mark.parametrize("size", [(64, 64), (31, 47)])
+def test_fft_of_flat_image_is_exact(value, size):
+    grey = np.full(size, value, np.uint8)
+    ours = extract(grey_to_rgb(grey), ["fft"])[0, 0].double().numpy()
+    expected = np.full(size, 20 * np.log(1e-9) / 255)
+    expected[size[0] // 2, size[1] // 2] = 20 * np.log(value * grey.size + 1e-9) / 255
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    if size == (64, 64):  # NumPy's FFT is exact here too (elsewhere it leaves ~1e-12 noise)
+        np.testing.assert_allclose(ours, ref_fft(grey), rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 6), (5, 1), (2, 2), (3, 8), (8, 3)])
+def test_fft_tiny_and_degenerate_shapes(size):
+    images = torch.rand(2, 3, *size)
+    out = extract(images, ["fft", "lbp"]).double().numpy()
+    for i, image in enumerate(images):
+        grey = ref_grey(image)
+        np.testing.assert_allclose(out[i, 0], ref_fft(grey), rtol=1e-4, atol=FFT_ATOL)
+        np.testing.assert_array_equal(np.rint(out[i, 1] * 255), ref_lbp_codes(grey))
+
+
+# ---- contracts shared by every feature --------------------------------------------------------
+
+
+def test_registry_order_and_alias():
+    assert FEATURES.names() == ["sobel", "fft", "lbp"]
+    assert FEATURES.canonical("magnitude") == "sobel"
+    assert "magnitude" in FEATURES and "rgb" not in FEATURES
+
+
+@pytest.mark.parametrize("name", FEATURES.names())
+def test_feature_shape_dtype_finite(name):
+    images = torch.rand(3, 3, 24, 40)
+    out = extract(images, [name])
+    assert out.shape == (3, 1, 24, 40) and out.dtype == torch.float32
+    assert out.device == images.device and torch.isfinite(out).all()
+    direct = FEATURES.get(name)(grey_levels(images))
+    assert direct.shape == (3, 24, 40) and direct.dtype == torch.float32
+    torch.testing.assert_close(out[:, 0], direct, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", FEATURES.names())
+def test_batch_equals_per_image(name):
+    images = torch.cat([torch.rand(3, 3, 33, 50), natural("coffee", 33, 50)])
+    batched = extract(images, [name])
+    single = torch.cat([extract(image[None], [name]) for image in images])
+    torch.testing.assert_close(batched, single, rtol=1e-6, atol=1e-7)
+    if name != "fft":  # integer pipelines: bit-identical
+        assert torch.equal(batched, single)
+
+
+@pytest.mark.parametrize("name", FEATURES.names())
+def test_cpu_chunking_does_not_change_results(name, monkeypatch):
+    images = torch.rand(7, 3, 20, 30)
+    whole, whole_grey = extract(images, [name]), grey_levels(images)
+    monkeypatch.setattr(bf, "_CPU_CHUNK_PIXELS", 2 * 20 * 30)  # 2 images per chunk
+    torch.testing.assert_close(extract(images, [name]), whole, rtol=0, atol=0)
+    assert torch.equal(grey_levels(images), whole_grey)
+
+
+@pytest.mark.parametrize("name", FEATURES.names())
+def test_not_differentiable_and_autocast_safe(name):
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    plain = extract(images, [name])
+    assert not plain.requires_grad
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = extract(images, [name])
+    assert under_amp.dtype == torch.float32
+    torch.testing.assert_close(under_amp, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_output_dtype_follows_input(dtype):
+    images = torch.rand(2, 3, 16, 16)
+    out = extract(images.to(dtype), ["sobel", "fft", "lbp"])
+    assert out.dtype == dtype and out.shape == (2, 3, 16, 16)
+    reference = extract(images.to(dtype).float(), ["sobel", "fft", "lbp"])
+    torch.testing.assert_close(out.float(), reference.to(dtype).float(), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    images = torch.cat([torch.rand(3, 3, 64, 80), natural("astronaut", 64, 80)])
+    cpu = extract(images, ["sobel", "fft", "lbp"])
+    gpu = extract(images.cuda(), ["sobel", "fft", "lbp"])
+    assert gpu.device.type == "cuda"
+    gpu = gpu.cpu()
+    torch.testing.assert_close(gpu[:, 0], cpu[:, 0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(gpu[:, 1], cpu[:, 1], rtol=1e-5, atol=FFT_ATOL)
+    assert torch.equal(gpu[:, 2], cpu[:, 2])
+
+
+# ---- extract / canonical_order / flops API ---------------------------------------------------
+
+
+def test_extract_order_alias_and_channels():
+    images = torch.rand(2, 3, 20, 22)
+    out = extract(images, ["lbp", "magnitude", "fft"])
+    assert out.shape == (2, 3, 20, 22)
+    assert torch.equal(out[:, 0], extract(images, ["lbp"])[:, 0])
+    assert torch.equal(out[:, 1], extract(images, ["sobel"])[:, 0])
+    assert torch.equal(out[:, 2], extract(images, ["fft"])[:, 0])
+
+
+def test_extract_empty_and_errors():
+    images = torch.rand(2, 3, 20, 22)
+    assert extract(images, []).shape == (2, 0, 20, 22)
+    with pytest.raises(KeyError, match="registered: .*fft.*lbp.*magnitude.*sobel"):
+        extract(images, ["sobel", "dct"])
+    with pytest.raises(KeyError, match="rgb"):
+        extract(images, ["rgb"])
+    with pytest.raises(ValueError, match="at least 4x4"):
+        extract(torch.rand(1, 3, 3, 20), ["fft", "sobel"])
+    assert extract(torch.rand(1, 3, 3, 20), ["fft", "lbp"]).shape == (1, 2, 3, 20)
+
+
+def test_canonical_order():
+    assert canonical_order(["lbp", "magnitude", "fft"]) == ("sobel", "fft", "lbp")
+    assert canonical_order(["fft"]) == ("fft",)
+    assert canonical_order([]) == ()
+    with pytest.raises(ValueError, match="duplicate"):
+        canonical_order(["sobel", "magnitude"])
+    with pytest.raises(KeyError, match="registered"):
+        canonical_order(["rgb", "fft"])
+
+
+def test_feature_flops():
+    by_name = feature_flops_by_name(["lbp", "magnitude", "fft"], 224, 224)
+    assert list(by_name) == ["sobel", "fft", "lbp"]
+    assert all(isinstance(v, int) and v > 0 for v in by_name.values())
+    assert feature_flops(["sobel", "fft", "lbp"], 224, 224) == sum(by_name.values())
+    assert by_name["sobel"] == 57 * 224 * 224
+    assert feature_flops([], 224, 224) == 0
+    assert feature_flops(["fft"], 448, 448) > 4 * feature_flops(["fft"], 224, 224)

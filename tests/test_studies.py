@@ -1,0 +1,312 @@
+"""Study files, the Optuna runner and the MLflow record, against real SQLite stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from studies import StudyFileError, load_study
+from studies.__main__ import main
+from studies.spec import BUNDLED_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = sorted(p.name for p in BUNDLED_DIR.glob("*.yaml"))
+
+TINY = """\
+name: tiny
+dataset: synthetic
+data_params: {{count: {count}, image_size: 36, difficulty: 0.0}}
+tracking_uri: sqlite:///{root}/mlflow.db
+runs_dir: {root}/runs
+defaults:
+  backbone: bnext_micro
+  resolution: 32
+  epochs: {epochs}
+  batch_size: 32
+  lr: 1.0e-3
+grid:
+  features: [rgb, rgb+fft, rgb+lbp, rgb+sobel+fft+lbp]
+log_checkpoint: {checkpoint}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, tmp_path_factory, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bnn-cache"))
+    monkeypatch.setenv("BNN_HEARTBEAT_SECONDS", "1")
+
+
+def _tiny(tmp_path, count=64, epochs=1, checkpoint="false") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(root=tmp_path, count=count, epochs=epochs, checkpoint=checkpoint))
+    return path
+
+
+def _write(tmp_path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def test_quickstart_expands_to_the_eight_feature_sets():
+    study = load_study("quickstart.yaml")
+    assert [c.config.features for c in study.cells] == [
+        "rgb", "rgb+sobel", "rgb+fft", "rgb+lbp", "rgb+sobel+fft", "rgb+sobel+lbp", "rgb+fft+lbp", "rgb+sobel+fft+lbp",
+    ]
+    assert len({c.cell_id for c in study.cells}) == 8
+    assert all(c.config.backbone == "bnext_tiny" and c.config.dataset == "synthetic" for c in study.cells)
+    assert all(c.config.output_dir.endswith(c.cell_id) for c in study.cells)
+
+
+def test_content_ids_are_stable_and_follow_the_config(tmp_path):
+    first = [c.cell_id for c in load_study(_tiny(tmp_path)).cells]
+    assert first == [c.cell_id for c in load_study(_tiny(tmp_path)).cells]
+    changed = [c.cell_id for c in load_study(_tiny(tmp_path), overrides={"lr": 5e-4}).cells]
+    assert set(first).isdisjoint(changed)
+    moved = load_study(_tiny(tmp_path), overrides={"runs_dir": str(tmp_path / "elsewhere")})
+    assert [c.cell_id for c in moved.cells] == first  # where outputs go is not part of the id
+
+
+def test_grid_product_and_seeds(tmp_path):
+    study = load_study(_write(tmp_path, """
+grid:
+  backbone: [bnext_micro, bnext_tiny]
+  freeze_backbone: [true, false]
+  features: {powerset: [fft, lbp]}
+seeds: [0, 1, 2]
+defaults: {resolution: 32}
+"""))
+    assert len(study.cells) == 2 * 2 * 4 * 3
+    assert study.cells[0].axes == {"backbone": "bnext_micro", "freeze_backbone": True, "features": "rgb", "seed": 0}
+    assert {c.config.seed for c in study.cells} == {0, 1, 2}
+
+
+def test_environment_variables_expand_in_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_DATA", str(tmp_path / "cifake"))
+    study = load_study(_write(tmp_path, "dataset: cifake\ndata_root: ${MY_DATA}\n"))
+    assert study.cells[0].config.data_root == str(tmp_path / "cifake")
+    monkeypatch.delenv("MY_DATA")
+    assert load_study(_write(tmp_path, "dataset: cifake\ndata_root: ${MY_DATA}\n")).cells[0].config.data_root is None
+
+
+# --- bad files -------------------------------------------------------------------------------
+
+BAD = {
+    "unknown top key": ("name: x\ndefualts: {epochs: 1}\n", 2, "defualts", "did you mean 'defaults'"),
+    "unknown config key": ("defaults:\n  epochs: 1\n  learnrate: 0.1\n", 3, "defaults.learnrate", "valid keys"),
+    "duplicate key": ("defaults:\n  epochs: 1\n  epochs: 2\n", 3, "epochs", "duplicate key (first defined on line 2)"),
+    "wrong type": ("defaults:\n  batch_size: many\n", 2, "defaults.batch_size", "valid integer"),
+    "unknown backbone": ("grid:\n  backbone: [bnext_tiny, bnext_tyni]\n", 2, "grid.backbone", "bnext_tyni"),
+    "unknown feature": ("grid:\n  features: [rgb, rgb+fourier]\n", 2, "grid.features", "fourier"),
+    "bad powerset": ("grid:\n  features: {powerset: [fft], extra: 1}\n", 2, "grid.features", "extra"),
+    "grid axis not a list": ("grid:\n  epochs: 3\n", 2, "grid.epochs", "a grid axis is a list"),
+    "yaml syntax": ("defaults:\n  epochs: [1, 2\n", 3, None, "invalid YAML"),
+    "grid and search": (
+        "grid:\n  lr: [0.1]\nsearch:\n  trials: 2\n  space:\n    lr: {type: float, low: 1e-5, high: 1e-3}\n",
+        3, "search", "either a grid or a search",
+    ),
+    "search out of range": (
+        "search:\n  trials: 2\n  space:\n    epochs: {type: int, low: 0, high: 3}\n", 4, "search.space.epochs", "invalid",
+    ),
+    "twice": ("dataset: cifake\ndefaults:\n  dataset: folder\n", 1, "dataset", "given twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_study_files_name_file_line_and_key(tmp_path, case, capsys):
+    text, line, key, message = BAD[case]
+    path = _write(tmp_path, text)
+    with pytest.raises(StudyFileError) as info:
+        load_study(path)
+    err = info.value
+    assert err.path == str(path) and err.line == line and err.key == key
+    assert message in str(err)
+    # The CLI exits 2 with that message and creates nothing.
+    assert main(["run", str(path)]) == 2
+    assert f"{path}:{line}" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_shipped_files_refuse_absolute_data_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr("studies.spec.BUNDLED_DIR", tmp_path)
+    path = _write(tmp_path, "dataset: cifake\ndata_root: /data/cifake\n")
+    with pytest.raises(StudyFileError, match="absolute paths are not allowed") as info:
+        load_study(path)
+    assert info.value.line == 2
+
+
+def test_set_overrides_and_unknown_override(tmp_path):
+    study = load_study(_tiny(tmp_path), overrides={"epochs": 3, "data_params.count": 32, "seeds": [4, 5]})
+    assert {c.config.epochs for c in study.cells} == {3}
+    assert study.cells[0].config.data_params["count"] == 32 and len(study.cells) == 8
+    with pytest.raises(StudyFileError, match="did you mean 'epochs'"):
+        load_study(_tiny(tmp_path), overrides={"epoch": 3})
+
+
+# --- shipped studies -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_shipped_studies_validate_and_plan(name, capsys):
+    assert main(["validate", name]) == 0
+    assert main(["plan", name]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and "cells" in out
+
+
+@pytest.mark.parametrize("name", [n for n in BUNDLED if n != "quickstart.yaml"])
+def test_paper_studies_fail_clearly_without_their_data(name, tmp_path, monkeypatch, capsys):
+    for var in ("BNN_DATA_COCO2014", "BNN_DATA_COCOFAKE", "BNN_DATA_DFFD", "BNN_DATA_CIFAKE"):
+        monkeypatch.setenv(var, str(tmp_path / "absent" / var))
+    assert main(["run", name, "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 2
+    err = capsys.readouterr().err
+    assert "data missing" in err and str(tmp_path / "absent") in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def _record(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("bnn.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("bnn.role") == "cell"]
+    return client, parents, children
+
+
+def _trials(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    return optuna.load_study(study_name="tiny", storage=storage).get_trials()
+
+
+def _assert_each_cell_once(tmp_path, n_cells=4):
+    trials = _trials(tmp_path)
+    complete = [t.user_attrs["cell_id"] for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(set(complete)) == n_cells
+    _, parents, children = _record(tmp_path)
+    assert len(parents) == 1
+    assert sorted(r.data.tags["cell_id"] for r in children) == sorted(complete)
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_study_end_to_end_mlflow_record_and_rerun(tmp_path, capsys):
+    path = _tiny(tmp_path, checkpoint="true")
+    assert main(["run", str(path), "--quiet"]) == 0
+    client, parents, children = _record(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "study")] == ["study/tiny.yaml"]
+    assert len(children) == 4
+    study = load_study(path)
+    by_cell = {c.cell_id: c for c in study.cells}
+    for run in children:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        cell = by_cell[tags["cell_id"]]
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id and tags["study"] == "tiny"
+        assert tags["bnn.synthetic"] == "true" and "synthetic benchmark" in tags["bnn.data"]
+        assert params["backbone"] == "bnext_micro" and params["features"] == cell.config.features
+        assert params["freeze_backbone"] == "False" and params["dataset"] == "synthetic" and params["seed"] == "0"
+        for key in ("val_accuracy", "val_auc", "test_accuracy", "test_auc", "test_eer", "test_ap",
+                    "bops", "flops", "ops", "params", "binary_params", "storage_bytes"):
+            assert key in metrics, key
+        assert metrics["ops"] == metrics["flops"] + metrics["bops"] // 64
+        history = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
+        assert [m.step for m in history] == [0]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "checkpoint", "plots", "predictions", "metrics"} <= artifacts
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/roc.png", "plots/confusion_matrix.png"}
+    trials = _trials(tmp_path)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}
+
+    capsys.readouterr()
+    assert main(["run", str(path), "--quiet"]) == 0  # re-run: nothing left to do
+    assert "0 cells finished, 0 failed, 4 already done before" in capsys.readouterr().out
+    assert len(_trials(tmp_path)) == 4 and len(_record(tmp_path)[2]) == 4
+    assert main(["status", str(path)]) == 0
+    assert "4 done of 4 cells" in capsys.readouterr().out
+
+
+def _worker(path: Path, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "studies", "run", str(path), "--quiet"],
+        cwd=path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_for_running_trial(tmp_path, process, timeout=120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        if (tmp_path / "optuna.db").exists():
+            try:
+                trials = _trials(tmp_path)
+            except Exception:  # schema not created yet
+                trials = []
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            if done and any(t.state == TrialState.RUNNING for t in trials):
+                return
+        time.sleep(0.2)
+    raise AssertionError("no cell started in time")
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_is_detected_and_its_cell_rerun_once(tmp_path):
+    path = _tiny(tmp_path, count=300, epochs=3)
+    worker = _worker(path)
+    _wait_for_running_trial(tmp_path, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    killed = [t for t in _trials(tmp_path) if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    assert main(["run", str(path), "--quiet"]) == 0
+    _assert_each_cell_once(tmp_path)
+    trials = {t.number: t for t in _trials(tmp_path)}
+    assert trials[killed[0].number].state == TrialState.FAIL
+    _, _, children = _record(tmp_path)
+    retried = [r for r in children if r.data.tags["cell_id"] == killed[0].user_attrs["cell_id"]]
+    assert len(retried) == 1 and retried[0].data.tags["bnn.attempts"] == "2"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_cell_cleanly_and_the_rerun_finishes(tmp_path):
+    path = _tiny(tmp_path, count=300, epochs=3)
+    worker = _worker(path)
+    _wait_for_running_trial(tmp_path, worker)
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 130, output
+    interrupted = [t for t in _trials(tmp_path) if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and "SIGTERM" in interrupted[0].user_attrs["failure"]
+    client, parents, children = _record(tmp_path)
+    killed = client.get_run(interrupted[0].user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED" and parents[0].info.status == "KILLED"
+    assert main(["run", str(path), "--quiet"]) == 0
+    _assert_each_cell_once(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_grid_with_each_cell_once(tmp_path):
+    path = _tiny(tmp_path, count=120, epochs=2)
+    workers = [_worker(path), _worker(path)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    _assert_each_cell_once(tmp_path)
+    finished_by = [out.count("FINISHED") for out in outputs]
+    assert sum(finished_by) == 4

@@ -52,12 +52,15 @@ def _footer(fig: Figure, provenance: Provenance | None, note: str = "") -> None:
         fig.text(0.01, 0.01, text, fontsize=6.5, color="0.35", ha="left", va="bottom", linespacing=1.4)
 
 
-def _place_labels(ax, items: list[tuple[float, float, str]], fontsize: float, color: str) -> None:
+def _place_labels(
+    ax, items: list[tuple[float, float, str]], fontsize: float, color: str, avoid: bool = True
+) -> None:
     """Labels beside their points (log x axis), pushed apart where points share a column.
 
     Points closer than 0.08 decades in x form a column; its labels keep a vertical gap of 3.5% of
-    the y range (with a thin leader line where a label moved). Labels go right of their column,
-    or left when the next column to the right is near (0.45 decades) and there is room on the left.
+    the y range (with a thin leader line where a label moved). Labels go right of their column;
+    with ``avoid``, when the next column to the right is near (0.45 decades) they go left if there
+    is room there, else above the point.
     """
     if not items:
         return
@@ -73,15 +76,17 @@ def _place_labels(ax, items: list[tuple[float, float, str]], fontsize: float, co
             current = [item]
     columns.append(current)
     for k, column in enumerate(columns):
-        crowded = k + 1 < len(columns) and np.log10(columns[k + 1][0][0] / column[-1][0]) < 0.45
-        left = crowded and np.log10(column[0][0] / x_low) > 0.45
+        crowded = avoid and k + 1 < len(columns) and np.log10(columns[k + 1][0][0] / column[-1][0]) < 0.45
+        side = "right" if not crowded else "left" if np.log10(column[0][0] / x_low) > 0.45 else "center"
+        text_x = {"right": 1.12, "left": 1 / 1.12, "center": 1.0}[side]
+        lift = 0.9 if side == "center" else 0.25
         previous = -np.inf
         for x, y, text in sorted(column, key=lambda item: item[1]):
-            label_y = max(y + 0.25 * gap, previous + gap)
+            label_y = max(y + lift * gap, previous + gap)
             previous = label_y
-            moved = label_y - y > gap
-            ax.annotate(text, (x, y), xytext=(x / 1.12 if left else x * 1.12, label_y), textcoords="data",
-                        fontsize=fontsize, color=color, va="bottom", ha="right" if left else "left",
+            moved = label_y - y > gap * max(lift, 1.0)
+            ax.annotate(text, (x, y), xytext=(x * text_x, label_y), textcoords="data", fontsize=fontsize,
+                        color=color, va="bottom", ha={"right": "left", "left": "right"}.get(side, "center"),
                         arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5} if moved else None)
 
 
@@ -119,7 +124,8 @@ def run_label(row: pd.Series, seed: bool = False) -> str:
 def _require(frame: pd.DataFrame, columns) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        metrics = [c for c in frame.columns if c.startswith(("val_", "test_"))]
+        metrics = [c for c in frame.columns if c.startswith(("val_", "test_"))
+                     and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))]
         raise KeyError(f"the runs have no {missing}; metrics there: {metrics or 'none'}")
 
 
@@ -224,7 +230,7 @@ def figure1(
     ours = [(points.loc[i, cost], y[i], run_label(points.loc[i])) for i in labelled]
     theirs = [(row["ops"], row["accuracy"], f"{row['model']}{' (frozen)' if row['frozen'] is True else ''}")
               for _, row in published.iterrows()]
-    _place_labels(ax, ours, fontsize=7, color="0.1")
+    _place_labels(ax, ours, fontsize=7, color="0.1", avoid=False)
     _place_labels(ax, theirs, fontsize=6, color="0.45")
     ax.set_title(title or f"{provenance.study}: {quality_label(quality).split(' (')[0].lower()} "
                  f"against {COST_LABELS.get(cost, cost).split(' (')[0]}", fontsize=11)

@@ -89,12 +89,14 @@ class StudyNotFoundError(LookupError):
         study: The name asked for.
         tracking_uri: Where it was looked for (credentials removed).
         experiments: Names of the experiments that exist there.
+        reason: Why, when it is not simply a missing experiment (e.g. no database file).
     """
 
     def __init__(self, study: str, tracking_uri: str, experiments: list[str], reason: str = "") -> None:
         self.study = study
         self.tracking_uri = tracking_uri
         self.experiments = experiments
+        self.reason = reason
         known = ", ".join(experiments) if experiments else "(none)"
         detail = f" ({reason})" if reason else ""
         super().__init__(

@@ -246,7 +246,8 @@ def feature_label(features: str, added: bool = False) -> str:
 def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        available = [c for c in frame.columns if c.startswith(("val_", "test_"))]
+        available = [c for c in frame.columns if c.startswith(("val_", "test_"))
+                     and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))]
         raise KeyError(f"{what} needs metric(s) {missing}, which the runs do not have; "
                        f"metrics there: {available or 'none'}")
 
@@ -404,6 +405,17 @@ def _setting_label(row: pd.Series, varying: list[str]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def has_feature_ablation(frame: pd.DataFrame) -> bool:
+    """Whether some setting of the runs was trained with more than one feature set."""
+    if "features" not in frame:
+        return False
+    grouped = _grouped(frame)
+    keys = [k for k in grouped.attrs.get("grouped_by", []) if k != "features"]
+    if not keys:
+        return grouped["features"].nunique() > 1
+    return bool((grouped.groupby(keys, dropna=False)["features"].nunique() > 1).any())
+
+
 def _published_ablation() -> list[dict]:
     published = load_literature("ablation")
     published = published.iloc[published["features"].map(feature_sort_key).argsort()]
@@ -428,7 +440,8 @@ def ablation_table(
     """The feature ablation shaped like the paper's: one row per feature set and setting.
 
     A setting is everything but the features (model, frozen/trainable, dataset, other varying
-    params); differences are to the RGB-only row of the same setting.
+    params); settings with a single feature set are left out (see ``has_feature_ablation``);
+    differences are to the RGB-only row of the same setting.
 
     Args:
         frame: Runs of ``load_runs`` (raw runs: the difference's interval resamples seeds).
@@ -455,6 +468,8 @@ def ablation_table(
     rows = []
     setting_ids = grouped.groupby(keys, dropna=False, sort=False).ngroup() if keys else pd.Series(0, grouped.index)
     for _, setting in grouped.groupby(setting_ids, sort=False):
+        if setting["features"].nunique() < 2:  # nothing ablated in this setting
+            continue
         setting = setting.sort_values("features", key=lambda s: s.map(feature_sort_key), kind="stable")
         label = _setting_label(setting.iloc[0], varying)
         base = setting[setting["features"].map(feature_extras) == ()]
@@ -476,7 +491,8 @@ def ablation_table(
             })
     if literature:
         rows = _published_ablation() + rows
-    table = pd.DataFrame(rows)
+    empty = pd.DataFrame(columns=["block", "setting", "features", "feature_set", "value", "delta", "run_ids"])
+    table = pd.DataFrame(rows) if rows else empty
     for column in ("value_std", "value_ci_low", "value_ci_high", "delta_ci_low", "delta_ci_high", "n"):
         if column not in table:
             table[column] = np.nan

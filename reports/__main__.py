@@ -1,0 +1,87 @@
+"""Command line: ``python -m reports render STUDY [--out DIR] [--tracking-uri URI]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXAMPLES = """\
+examples:
+  python -m reports render quickstart
+      report of study "quickstart" from sqlite:///mlflow.db into reports/out/quickstart/
+  python -m reports render ablation_cocofake --tracking-uri http://127.0.0.1:5000 --out /tmp/report
+  python -m reports render demo --param quality_metric=test_auc --param literature=false
+  MLFLOW_TRACKING_URI=postgresql://user@db/mlflow python -m reports render ablation_dffd --no-log
+
+writes figure1.png/.pdf/.svg, learning_curves.*, roc_front.*, results_<dataset>.md/.tex/.csv,
+ablation.md/.tex/.csv, report.ipynb (executed) and report.html (no code), and logs them as
+artifacts "report/" of the study's parent MLflow run.
+
+exit status: 0 done, 1 a notebook cell failed (its error is printed), 2 no such study (the
+experiments at the tracking URI are listed) or bad arguments.
+"""
+
+
+def _parameter(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reports", description="Reports of studies from their MLflow record.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser(
+        "render", help="execute the report notebook of a study and export it",
+        description="Execute reports/notebooks/study_report.ipynb for STUDY with papermill on this "
+                    "interpreter, export figures, tables and HTML, and log them to MLflow.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    render.add_argument("study", metavar="STUDY", help="study name (= MLflow experiment name)")
+    render.add_argument("--out", metavar="DIR", help="output folder (default: reports/out/STUDY)")
+    render.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    render.add_argument("--param", metavar="KEY=VALUE", action="append", type=_parameter, default=[],
+                        help="notebook parameter, VALUE read as JSON when it parses "
+                             "(quality_metric, cost_metric, literature); repeatable")
+    render.add_argument("--notebook", metavar="PATH", help="another parameterised notebook to run")
+    render.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    render.add_argument("--timeout", type=int, metavar="S", help="time limit per notebook cell (seconds)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from analysis.runs import StudyNotFoundError
+    from reports.render import ARTIFACT_PATH, DEFAULT_NOTEBOOK, ReportError, describe_uri, render
+
+    try:
+        result = render(
+            args.study, out_dir=args.out, tracking_uri=args.tracking_uri,
+            notebook=args.notebook or DEFAULT_NOTEBOOK, parameters=dict(args.param),
+            log=not args.no_log, timeout=args.timeout,
+        )
+    except StudyNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ReportError as err:
+        print(f"error: {err.summary()}", file=sys.stderr)
+        return 1
+    print(f"report of {args.study!r} in {result.out_dir} ({len(result.files)} files)")
+    print(f"  html: {result.html}")
+    if result.parent_run_id:
+        print(f"  logged to MLflow run {result.parent_run_id} ({describe_uri(args.tracking_uri)}), "
+              f"artifacts {ARTIFACT_PATH}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

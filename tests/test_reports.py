@@ -1,0 +1,140 @@
+"""reports/: ``python -m reports render`` on a real SQLite MLflow store (see test_analysis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+from test_analysis import shared_records
+
+from reports.__main__ import main
+from reports.render import kernel_spec
+
+EXPECTED = [
+    "figure1.png", "figure1.pdf", "figure1.svg",
+    "learning_curves.png", "learning_curves.pdf", "learning_curves.svg",
+    "roc_front.png", "roc_front.pdf", "roc_front.svg",
+    "results_synthetic.md", "results_synthetic.tex", "results_synthetic.csv",
+    "ablation.md", "ablation.tex", "ablation.csv",
+    "report.ipynb", "report.html",
+]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    return shared_records(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def no_python3_kernel(tmp_path_factory) -> dict[str, str]:
+    """An environment whose only ``python3`` kernelspec is broken: the report must not use it."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "broken", "language": "python"}))
+    return {**os.environ, "JUPYTER_PATH": str(root)}
+
+
+def _render(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reports", "render", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def rendered(records, no_python3_kernel, tmp_path_factory):
+    """``python -m reports render demo`` from a fresh folder, default output folder."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    result = _render("demo", "--tracking-uri", records["demo"].tracking_uri, cwd=cwd, env=no_python3_kernel)
+    return result, cwd / "reports" / "out" / "demo"
+
+
+def test_render_writes_every_file(rendered):
+    result, out = rendered
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPECTED)
+    assert str(out) in result.stdout
+
+
+def test_render_png_is_a_real_image(rendered):
+    _, out = rendered
+    for name in ("figure1.png", "learning_curves.png", "roc_front.png"):
+        pixels = np.asarray(Image.open(out / name).convert("L"), dtype=float)
+        assert pixels.shape[0] >= 600 and pixels.shape[1] >= 1000, name
+        assert pixels.std() > 10, name  # not blank
+    assert (out / "figure1.pdf").read_bytes().startswith(b"%PDF")
+    assert "<svg" in (out / "figure1.svg").read_text()
+
+
+def test_render_html_has_no_code(rendered):
+    _, out = rendered
+    html = (out / "report.html").read_text()
+    for code in ("load_runs(", "from analysis import", "save_figure(", "tracking_uri ="):
+        assert code not in html
+    assert "Figure 1" in html and "Feature ablation" in html and "Learning curves" in html
+    assert html.count("data:image/png;base64") == 4
+    assert "Downloading artifacts" not in html and "TqdmWarning" not in html
+    assert "<table>" in html  # the Markdown tables, rendered
+
+
+def test_render_tables_and_notebook(rendered, records):
+    _, out = rendered
+    tex = (out / "results_synthetic.tex").read_text()
+    assert tex.count(r"\toprule") == 1 and tex.count(r"\bottomrule") == 1
+    assert f"% study: demo (parent run {records['demo'].parent_run_id}" in tex
+    assert "**" in (out / "ablation.md").read_text()
+    notebook = nbformat.read(out / "report.ipynb", as_version=4)
+    assert notebook.metadata.papermill.parameters["study"] == "demo"
+    assert not any(o.get("output_type") == "error" for c in notebook.cells for o in c.get("outputs", []))
+
+
+def test_render_logs_report_to_parent_run(rendered, records):
+    client = MlflowClient(tracking_uri=records["demo"].tracking_uri)
+    logged = {Path(a.path).name for a in client.list_artifacts(records["demo"].parent_run_id, "report")}
+    assert {"report.html", "figure1.png", "figure1.pdf", "results_synthetic.tex", "report.ipynb"} <= logged
+    study_file = client.list_artifacts(records["demo"].parent_run_id, "study")
+    assert [Path(a.path).name for a in study_file] == ["demo.yaml"]
+
+
+def test_failing_notebook_exits_nonzero_with_the_error(records, tmp_path):
+    result = _render("broken", "--tracking-uri", records["broken"].tracking_uri, "--out", str(tmp_path),
+                     "--no-log", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "report notebook failed in cell" in result.stderr
+    assert "KeyError" in result.stderr and "test_auc" in result.stderr
+    assert "executed notebook:" in result.stderr
+    assert (tmp_path / "report.html").exists()  # the failed notebook is still exported
+
+
+def test_missing_study_exits_2_listing_experiments(records, capsys, tmp_path):
+    assert main(["render", "nope", "--tracking-uri", records["demo"].tracking_uri, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "demo" in err and "broken" in err
+    missing_db = f"sqlite:///{tmp_path}/absent.db"
+    assert main(["render", "demo", "--tracking-uri", missing_db]) == 2
+    assert "no MLflow database" in capsys.readouterr().err
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["render", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--tracking-uri" in out and "--out" in out
+
+
+def test_kernel_is_the_current_interpreter():
+    spec = kernel_spec()
+    assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
+    assert "{connection_file}" in spec["argv"]
+    assert str(Path(__file__).resolve().parent.parent) in spec["env"]["PYTHONPATH"].split(os.pathsep)

@@ -49,7 +49,9 @@ def _footer(fig: Figure, provenance: Provenance | None, note: str = "") -> None:
     """Provenance (and an optional note on a second line) in small grey type under the axes."""
     text = "\n".join(t for t in (provenance.footer() if provenance else "", note) if t)
     if text:
-        fig.text(0.01, 0.01, text, fontsize=6.5, color="0.35", ha="left", va="bottom", linespacing=1.4)
+        fig.text(
+            0.01, 0.01, text, fontsize=6.5, color="0.35", ha="left", va="bottom", linespacing=1.4
+        )
 
 
 def _place_labels(
@@ -76,8 +78,16 @@ def _place_labels(
             current = [item]
     columns.append(current)
     for k, column in enumerate(columns):
-        crowded = avoid and k + 1 < len(columns) and np.log10(columns[k + 1][0][0] / column[-1][0]) < 0.45
-        side = "right" if not crowded else "left" if np.log10(column[0][0] / x_low) > 0.45 else "center"
+        crowded = (
+            avoid and k + 1 < len(columns) and np.log10(columns[k + 1][0][0] / column[-1][0]) < 0.45
+        )
+        side = (
+            "right"
+            if not crowded
+            else "left"
+            if np.log10(column[0][0] / x_low) > 0.45
+            else "center"
+        )
         text_x = {"right": 1.12, "left": 1 / 1.12, "center": 1.0}[side]
         lift = 0.9 if side == "center" else 0.25
         previous = -np.inf
@@ -85,9 +95,17 @@ def _place_labels(
             label_y = max(y + lift * gap, previous + gap)
             previous = label_y
             moved = label_y - y > gap * max(lift, 1.0)
-            ax.annotate(text, (x, y), xytext=(x * text_x, label_y), textcoords="data", fontsize=fontsize,
-                        color=color, va="bottom", ha={"right": "left", "left": "right"}.get(side, "center"),
-                        arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5} if moved else None)
+            ax.annotate(
+                text,
+                (x, y),
+                xytext=(x * text_x, label_y),
+                textcoords="data",
+                fontsize=fontsize,
+                color=color,
+                va="bottom",
+                ha={"right": "left", "left": "right"}.get(side, "center"),
+                arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5} if moved else None,
+            )
 
 
 def family_colors(families) -> dict[str, tuple]:
@@ -124,8 +142,12 @@ def run_label(row: pd.Series, seed: bool = False) -> str:
 def _require(frame: pd.DataFrame, columns) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        metrics = [c for c in frame.columns if c.startswith(("val_", "test_"))
-                     and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))]
+        metrics = [
+            c
+            for c in frame.columns
+            if c.startswith(("val_", "test_"))
+            and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))
+        ]
         raise KeyError(f"the runs have no {missing}; metrics there: {metrics or 'none'}")
 
 
@@ -184,10 +206,16 @@ def figure1(
     provenance = provenance or Provenance.from_runs(grouped)
     points = grouped.dropna(subset=[cost, quality]).reset_index(drop=True)
     scale = _scale(quality)
-    published, published_on = _published(literature, grouped) if cost == "ops" else (pd.DataFrame(), "")
+    published, published_on = (
+        _published(literature, grouped) if cost == "ops" else (pd.DataFrame(), "")
+    )
 
-    sizes_source = pd.concat([points.get("params", pd.Series(dtype=float)),
-                              published.get("params_m", pd.Series(dtype=float)) * 1e6])
+    sizes_source = pd.concat(
+        [
+            points.get("params", pd.Series(dtype=float)),
+            published.get("params_m", pd.Series(dtype=float)) * 1e6,
+        ]
+    )
     largest = float(np.nanmax(sizes_source)) if sizes_source.notna().any() else 1.0
 
     def area(params) -> np.ndarray:
@@ -198,26 +226,55 @@ def figure1(
     with sns.axes_style("whitegrid"):
         ax = fig.add_subplot()
     colors = family_colors(points.get("family", pd.Series(dtype=str)).dropna().unique())
-    frozen = points["freeze_backbone"].astype(bool) if "freeze_backbone" in points else pd.Series(False, points.index)
+    frozen = (
+        points["freeze_backbone"].astype(bool)
+        if "freeze_backbone" in points
+        else pd.Series(False, points.index)
+    )
     y = points[quality] * scale
     std = points.get(f"{quality}_std", pd.Series(np.nan, points.index)) * scale
     for i, row in points.iterrows():
         color = colors.get(row.get("family"), "0.3")
         if not np.isnan(std[i]):
             ax.errorbar(row[cost], y[i], yerr=std[i], color=color, lw=1, capsize=2, zorder=2)
-        ax.scatter(row[cost], y[i], s=area([row.get("params", np.nan)]), marker=MARKERS[bool(frozen[i])],
-                   color=color, edgecolor="white", linewidth=0.6, alpha=0.9, zorder=3)
+        ax.scatter(
+            row[cost],
+            y[i],
+            s=area([row.get("params", np.nan)]),
+            marker=MARKERS[bool(frozen[i])],
+            color=color,
+            edgecolor="white",
+            linewidth=0.6,
+            alpha=0.9,
+            zorder=3,
+        )
 
     if len(published):
         markers = published["frozen"].map(lambda f: MARKERS[bool(f)] if not pd.isna(f) else "D")
         for marker in markers.unique():
             part = published[markers == marker]
-            ax.scatter(part["ops"], part["accuracy"], s=area(part["params_m"] * 1e6), marker=marker,
-                       facecolors="none", edgecolors="0.5", linewidth=1.0, zorder=2)
+            ax.scatter(
+                part["ops"],
+                part["accuracy"],
+                s=area(part["params_m"] * 1e6),
+                marker=marker,
+                facecolors="none",
+                edgecolors="0.5",
+                linewidth=1.0,
+                zorder=2,
+            )
     mask = pareto_front(points, cost, quality)
     steps = front_steps(points, cost, quality, mask)
     if len(steps):
-        ax.step(steps[cost], steps[quality] * scale, where="post", color="0.15", ls="--", lw=1.1, zorder=1)
+        ax.step(
+            steps[cost],
+            steps[quality] * scale,
+            where="post",
+            color="0.15",
+            ls="--",
+            lw=1.1,
+            zorder=1,
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
@@ -226,30 +283,74 @@ def figure1(
     ax.set_xlim(xs.min() / 1.6, xs.max() * 1.9)
     ax.set_xlabel(f"{COST_LABELS.get(cost, cost)}, log scale")
     ax.set_ylabel(quality_label(quality))
-    labelled = points.index if annotate == "all" else points.index[mask] if annotate == "front" else []
+    labelled = (
+        points.index if annotate == "all" else points.index[mask] if annotate == "front" else []
+    )
     ours = [(points.loc[i, cost], y[i], run_label(points.loc[i])) for i in labelled]
-    theirs = [(row["ops"], row["accuracy"], f"{row['model']}{' (frozen)' if row['frozen'] is True else ''}")
-              for _, row in published.iterrows()]
+    theirs = [
+        (
+            row["ops"],
+            row["accuracy"],
+            f"{row['model']}{' (frozen)' if row['frozen'] is True else ''}",
+        )
+        for _, row in published.iterrows()
+    ]
     _place_labels(ax, ours, fontsize=7, color="0.1", avoid=False)
     _place_labels(ax, theirs, fontsize=6, color="0.45")
-    ax.set_title(title or f"{provenance.study}: {quality_label(quality).split(' (')[0].lower()} "
-                 f"against {COST_LABELS.get(cost, cost).split(' (')[0]}", fontsize=11)
+    ax.set_title(
+        title
+        or f"{provenance.study}: {quality_label(quality).split(' (')[0].lower()} "
+        f"against {COST_LABELS.get(cost, cost).split(' (')[0]}",
+        fontsize=11,
+    )
 
-    handles = [Line2D([], [], ls="", marker="o", color=colors[f], markersize=7, label=f)
-               for f in colors if f in set(points.get("family", []))]
-    handles += [Line2D([], [], ls="", marker=MARKERS[False], color="0.3", markersize=7, label="trainable"),
-                Line2D([], [], ls="", marker=MARKERS[True], color="0.3", markersize=7, label="frozen")]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colors[f], markersize=7, label=f)
+        for f in colors
+        if f in set(points.get("family", []))
+    ]
+    handles += [
+        Line2D([], [], ls="", marker=MARKERS[False], color="0.3", markersize=7, label="trainable"),
+        Line2D([], [], ls="", marker=MARKERS[True], color="0.3", markersize=7, label="frozen"),
+    ]
     handles.append(Line2D([], [], color="0.15", ls="--", lw=1.1, label="Pareto front"))
     if len(published):
-        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="0.5",
-                              markersize=7, label=f"published, {published_on}\n({SHORT_CITATION})"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor="0.5",
+                markersize=7,
+                label=f"published, {published_on}\n({SHORT_CITATION})",
+            )
+        )
     if "params" in points and points["params"].notna().any():
-        for value in sorted({float(f"{v:.2g}") for v in np.quantile(sizes_source.dropna(), [0.0, 1.0])}):
-            handles.append(Line2D([], [], ls="", marker="o", color="0.75",
-                                  markersize=float(np.sqrt(area([value])[0])), label=f"{value / 1e6:.3g} M params"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=7.5, frameon=False, labelspacing=1.0)
-    note = ("published points: x from the paper's \"FLOPs (G)\" column (BNext rows: OPs/1e8; "
-            "others read as GFLOPs), y as published" if len(published) else "")
+        for value in sorted(
+            {float(f"{v:.2g}") for v in np.quantile(sizes_source.dropna(), [0.0, 1.0])}
+        ):
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="o",
+                    color="0.75",
+                    markersize=float(np.sqrt(area([value])[0])),
+                    label=f"{value / 1e6:.3g} M params",
+                )
+            )
+    fig.legend(
+        handles=handles, loc="outside right upper", fontsize=7.5, frameon=False, labelspacing=1.0
+    )
+    note = (
+        'published points: x from the paper\'s "FLOPs (G)" column (BNext rows: OPs/1e8; '
+        "others read as GFLOPs), y as published"
+        if len(published)
+        else ""
+    )
     _footer(fig, provenance, note)
     return fig
 
@@ -282,15 +383,23 @@ def learning_curves(
         part = history[history["metric"] == metric]
         for run_id, curve in part.groupby("run_id", sort=False):
             label = labels.get(run_id, run_id[:8])
-            ax.plot(curve["step"], curve["value"], color=palette.get(label, "0.3"), lw=1.4, marker=".",
-                    ls=styles[int(seeds.get(run_id, 0) or 0) % len(styles)])
+            ax.plot(
+                curve["step"],
+                curve["value"],
+                color=palette.get(label, "0.3"),
+                lw=1.4,
+                marker=".",
+                ls=styles[int(seeds.get(run_id, 0) or 0) % len(styles)],
+            )
         ax.set_title(metric.removeprefix("epoch_").replace("_", " "), fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles = [Line2D([], [], color=palette[c], lw=2, label=c) for c in cells]
     if frame.get("seed", pd.Series(dtype=int)).nunique() > 1:
-        handles += [Line2D([], [], color="0.3", ls=styles[s % len(styles)], label=f"seed {s}")
-                    for s in sorted(frame["seed"].unique())]
+        handles += [
+            Line2D([], [], color="0.3", ls=styles[s % len(styles)], label=f"seed {s}")
+            for s in sorted(frame["seed"].unique())
+        ]
     fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
     _footer(fig, provenance)
     return fig
@@ -314,10 +423,17 @@ def roc_curves(
     palette = sns.color_palette("colorblind", max(len(rocs), 1))
     for color, (label, roc) in zip(palette, rocs.items(), strict=False):
         fpr, tpr = np.asarray(roc["fpr"], float), np.asarray(roc["tpr"], float)
-        ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{label} (AUC {np.trapezoid(tpr, fpr) * 100:.2f})")
+        ax.plot(
+            fpr, tpr, color=color, lw=1.6, label=f"{label} (AUC {np.trapezoid(tpr, fpr) * 100:.2f})"
+        )
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=0.8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.005), xlabel="false positive rate (real called fake)",
-           ylabel="true positive rate (fake detected)", aspect="equal")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.005),
+        xlabel="false positive rate (real called fake)",
+        ylabel="true positive rate (fake detected)",
+        aspect="equal",
+    )
     ax.set_title(title, fontsize=10)
     fig.legend(loc="outside right upper", fontsize=7.5, frameon=False)
     _footer(fig, provenance)

@@ -40,7 +40,9 @@ class Provenance:
     data: tuple[str, ...] = ()
     synthetic: bool = False
     unfinished: dict[str, int] = field(default_factory=dict)
-    generated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    generated_at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
+    )
 
     @classmethod
     def from_runs(cls, frame: pd.DataFrame) -> Provenance:
@@ -49,8 +51,14 @@ class Provenance:
             run_ids = _unique(i for ids in frame["run_ids"] for i in str(ids).split(",") if i)
         else:
             run_ids = _unique(frame.get("run_id", []))
-        synthetic = bool(frame["synthetic"].fillna(False).astype(bool).any()) if "synthetic" in frame else False
-        commits = _unique(frame.get("git_commit", [])) or _unique([frame.attrs.get("parent_git_commit")])
+        synthetic = (
+            bool(frame["synthetic"].fillna(False).astype(bool).any())
+            if "synthetic" in frame
+            else False
+        )
+        commits = _unique(frame.get("git_commit", [])) or _unique(
+            [frame.attrs.get("parent_git_commit")]
+        )
         return cls(
             study=str(frame.attrs.get("study", "")),
             tracking_uri=str(frame.attrs.get("tracking_uri", "")),
@@ -97,12 +105,16 @@ class Provenance:
     def markdown(self) -> str:
         """A short Markdown summary of the study record for the report's first section."""
         items = [
-            f"- **Study**: `{self.study}`; parent run `{self.parent_run_id}`; tracking URI `{self.tracking_uri}`",
-            f"- **Runs**: {len(self.run_ids)} finished; not finished (left out): {self.unfinished_text}",
+            f"- **Study**: `{self.study}`; parent run `{self.parent_run_id}`; "
+            f"tracking URI `{self.tracking_uri}`",
+            f"- **Runs**: {len(self.run_ids)} finished; "
+            f"not finished (left out): {self.unfinished_text}",
             f"- **Git commit**: {', '.join(f'`{c}`' for c in self.git_commits) or 'unknown'}",
         ]
         items += [f"- **Data**: {d}" for d in self.data]
         if self.synthetic:
-            items.append("- **Synthetic data**: these numbers are not comparable with published results.")
+            items.append(
+                "- **Synthetic data**: these numbers are not comparable with published results."
+            )
         items.append(f"- **Generated**: {self.generated_at}")
         return "\n".join(items)

@@ -92,7 +92,9 @@ class StudyNotFoundError(LookupError):
         reason: Why, when it is not simply a missing experiment (e.g. no database file).
     """
 
-    def __init__(self, study: str, tracking_uri: str, experiments: list[str], reason: str = "") -> None:
+    def __init__(
+        self, study: str, tracking_uri: str, experiments: list[str], reason: str = ""
+    ) -> None:
         self.study = study
         self.tracking_uri = tracking_uri
         self.experiments = experiments
@@ -130,7 +132,7 @@ def _missing_sqlite(uri: str) -> str | None:
 
 
 def client_for(tracking_uri: str | None = None):
-    """An ``MlflowClient`` for the URI; a SQLite file that does not exist is an error, not created."""
+    """An ``MlflowClient`` for the URI; a missing SQLite file is an error (it is not created)."""
     from mlflow import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -154,7 +156,9 @@ def find_experiment(study: str, tracking_uri: str | None = None):
     uri = resolve_tracking_uri(tracking_uri)
     missing = _missing_sqlite(uri)
     if missing:
-        raise StudyNotFoundError(study, redact_uri(uri), [], reason=f"no MLflow database at {missing}")
+        raise StudyNotFoundError(
+            study, redact_uri(uri), [], reason=f"no MLflow database at {missing}"
+        )
     client = client_for(uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is not None and experiment.lifecycle_stage == "active":
@@ -238,8 +242,11 @@ def _fill_model_tags(frame: pd.DataFrame) -> None:
     for i, name in frame["backbone"].items():
         if name in BACKBONES:
             spec = BACKBONES.get(name)
-            for column, value in (("model", spec.display_name), ("family", spec.family),
-                                  ("binary", str(spec.binary).lower())):
+            for column, value in (
+                ("model", spec.display_name),
+                ("family", spec.family),
+                ("binary", str(spec.binary).lower()),
+            ):
                 if frame.at[i, column] is None:
                     frame.at[i, column] = value
 
@@ -332,8 +339,11 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     names = frame.attrs.get("metrics")
     if names is None:
         names = [
-            c for c in frame.columns
-            if c.startswith(("val_", "test_")) or c in COST_METRICS or c in ("best_epoch", "skipped_images")
+            c
+            for c in frame.columns
+            if c.startswith(("val_", "test_"))
+            or c in COST_METRICS
+            or c in ("best_epoch", "skipped_images")
         ]
     return [c for c in names if c in frame.columns]
 
@@ -344,7 +354,9 @@ def replicate_keys(frame: pd.DataFrame) -> list[str]:
 
 
 def _join(values) -> str:
-    return ",".join(str(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v)))
+    return ",".join(
+        str(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))
+    )
 
 
 def group_replicates(
@@ -380,8 +392,11 @@ def group_replicates(
     if missing:
         raise KeyError(f"group_replicates: no column(s) {missing}; columns: {list(frame.columns)}")
     metrics = list(metrics) if metrics is not None else metric_columns(frame)
-    descriptive = [c for c in ("model", "family", "binary", "data", "synthetic", "study")
-                   if c in frame.columns and c not in keys]
+    descriptive = [
+        c
+        for c in ("model", "family", "binary", "data", "synthetic", "study")
+        if c in frame.columns and c not in keys
+    ]
 
     rows = []
     grouped = frame.groupby(keys, dropna=False, sort=False) if keys else [((), frame)]
@@ -444,7 +459,9 @@ def load_epoch_history(
     return frame.sort_values(["run_id", "metric", "step"], kind="stable").reset_index(drop=True)
 
 
-def load_roc(run_id: str, tracking_uri: str | None = None, split: str = "test") -> dict[str, np.ndarray]:
+def load_roc(
+    run_id: str, tracking_uri: str | None = None, split: str = "test"
+) -> dict[str, np.ndarray]:
     """ROC points of a run from its ``metrics/roc_<split>.json`` artifact.
 
     Args:

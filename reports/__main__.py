@@ -35,26 +35,41 @@ def _parameter(text: str) -> tuple[str, object]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reports", description="Reports of studies from their MLflow record.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m reports",
+        description="Reports of studies from their MLflow record.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser(
-        "render", help="execute the report notebook of a study and export it",
+        "render",
+        help="execute the report notebook of a study and export it",
         description="Execute reports/notebooks/study_report.ipynb for STUDY with papermill on this "
-                    "interpreter, export figures, tables and HTML, and log them to MLflow.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "interpreter, export figures, tables and HTML, and log them to MLflow.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     render.add_argument("study", metavar="STUDY", help="study name (= MLflow experiment name)")
     render.add_argument("--out", metavar="DIR", help="output folder (default: reports/out/STUDY)")
-    render.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    render.add_argument("--param", metavar="KEY=VALUE", action="append", type=_parameter, default=[],
-                        help="notebook parameter, VALUE read as JSON when it parses "
-                             "(quality_metric, cost_metric, literature); repeatable")
+    render.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    render.add_argument(
+        "--param",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_parameter,
+        default=[],
+        help="notebook parameter, VALUE read as JSON when it parses "
+        "(quality_metric, cost_metric, literature); repeatable",
+    )
     render.add_argument("--notebook", metavar="PATH", help="another parameterised notebook to run")
     render.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
-    render.add_argument("--timeout", type=int, metavar="S", help="time limit per notebook cell (seconds)")
+    render.add_argument(
+        "--timeout", type=int, metavar="S", help="time limit per notebook cell (seconds)"
+    )
     return parser
 
 
@@ -65,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = render(
-            args.study, out_dir=args.out, tracking_uri=args.tracking_uri,
-            notebook=args.notebook or DEFAULT_NOTEBOOK, parameters=dict(args.param),
-            log=not args.no_log, timeout=args.timeout,
+            args.study,
+            out_dir=args.out,
+            tracking_uri=args.tracking_uri,
+            notebook=args.notebook or DEFAULT_NOTEBOOK,
+            parameters=dict(args.param),
+            log=not args.no_log,
+            timeout=args.timeout,
         )
     except StudyNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -78,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report of {args.study!r} in {result.out_dir} ({len(result.files)} files)")
     print(f"  html: {result.html}")
     if result.parent_run_id:
-        print(f"  logged to MLflow run {result.parent_run_id} ({describe_uri(args.tracking_uri)}), "
-              f"artifacts {ARTIFACT_PATH}/")
+        print(
+            f"  logged to MLflow run {result.parent_run_id} ({describe_uri(args.tracking_uri)}), "
+            f"artifacts {ARTIFACT_PATH}/"
+        )
     return 0
 
 

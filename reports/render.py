@@ -40,7 +40,9 @@ class ReportError(RuntimeError):
         cell_index: Index of the failing cell.
     """
 
-    def __init__(self, notebook: Path, ename: str, evalue: str, traceback: list[str], cell_index: int | None):
+    def __init__(
+        self, notebook: Path, ename: str, evalue: str, traceback: list[str], cell_index: int | None
+    ):
         self.notebook, self.ename, self.evalue = notebook, ename, evalue
         self.traceback, self.cell_index = traceback, cell_index
         super().__init__(f"{ename}: {evalue}")
@@ -49,8 +51,13 @@ class ReportError(RuntimeError):
         """Which cell failed, the error, and the last lines of its traceback."""
         tail = "\n".join(self.traceback).splitlines()[-lines:]
         where = f"cell {self.cell_index}" if self.cell_index is not None else "a cell"
-        return "\n".join([f"report notebook failed in {where}: {self.ename}: {self.evalue}", *tail,
-                          f"executed notebook: {self.notebook}"])
+        return "\n".join(
+            [
+                f"report notebook failed in {where}: {self.ename}: {self.evalue}",
+                *tail,
+                f"executed notebook: {self.notebook}",
+            ]
+        )
 
 
 @dataclass
@@ -77,17 +84,28 @@ def kernel_spec() -> dict:
     root = str(Path(__file__).resolve().parent.parent)  # the folder holding analysis/ and reports/
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--log-level=CRITICAL"],
-        "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} ({sys.executable})",
+        "argv": [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--log-level=CRITICAL",
+        ],
+        "display_name": f"Python {sys.version.split()[0]} ({sys.executable})",
         "language": "python",
-        "env": {"PYTHONPATH": path, "MPLBACKEND": "Agg", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
+        "env": {
+            "PYTHONPATH": path,
+            "MPLBACKEND": "Agg",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        },
         "metadata": {"debugger": False},
     }
 
 
 @contextmanager
 def current_interpreter_kernel() -> Iterator[str]:
-    """Within the block, kernel name -> a kernelspec of this interpreter (temporary, first on the path).
+    """Within the block, a kernel name resolves to this interpreter (temporary kernelspec).
 
     Yields:
         The kernel name to give papermill.
@@ -107,7 +125,9 @@ def current_interpreter_kernel() -> Iterator[str]:
                 os.environ["JUPYTER_PATH"] = previous
 
 
-def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, timeout: int | None = None) -> None:
+def execute(
+    notebook: Path, output: Path, parameters: dict, cwd: Path, timeout: int | None = None
+) -> None:
     """Runs ``notebook`` with papermill on this interpreter's kernel, writing ``output``.
 
     Raises:
@@ -119,14 +139,21 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, timeout: 
     with current_interpreter_kernel() as kernel_name:
         try:
             papermill.execute_notebook(
-                str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-                language="python", progress_bar=False, log_output=False, cwd=str(cwd),
+                str(notebook),
+                str(output),
+                parameters=parameters,
+                kernel_name=kernel_name,
+                language="python",
+                progress_bar=False,
+                log_output=False,
+                cwd=str(cwd),
                 execution_timeout=timeout,
             )
         except PapermillExecutionError as err:
             traceback = [_ANSI.sub("", line) for line in (err.traceback or [])]
-            raise ReportError(output, err.ename, _ANSI.sub("", str(err.evalue)), traceback,
-                              err.cell_index) from None
+            raise ReportError(
+                output, err.ename, _ANSI.sub("", str(err.evalue)), traceback, err.cell_index
+            ) from None
 
 
 def export_html(notebook: Path, html: Path) -> Path:
@@ -137,9 +164,14 @@ def export_html(notebook: Path, html: Path) -> Path:
     nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.get("outputs", [])
-                            if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+            cell.outputs = [
+                o
+                for o in cell.get("outputs", [])
+                if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
+    exporter = HTMLExporter(
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     body, _ = exporter.from_notebook_node(nb)
     html.write_text(body, encoding="utf-8")
     return html
@@ -151,8 +183,12 @@ def log_report(study: str, tracking_uri: str, out_dir: Path) -> str | None:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = find_experiment(study, tracking_uri)
-    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`bnn.role` = 'study'",
-                                 order_by=["attributes.start_time ASC"], max_results=1)
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`bnn.role` = 'study'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
     if not parents:
         return None
     run_id = parents[0].info.run_id

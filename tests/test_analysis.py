@@ -26,7 +26,15 @@ GIT_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SPECS = {  # backbone: (display name, family, binary, base OPs, BOPs, params, binary params)
     "bnext_tiny": ("BNext-T", "BNext", True, 88_000_000, 4_816_896_000, 29_800_000, 27_000_000),
     "bnext_small": ("BNext-S", "BNext", True, 191_000_000, 10_000_000_000, 67_100_000, 62_000_000),
-    "bnext_middle": ("BNext-M", "BNext", True, 339_000_000, 18_000_000_000, 133_000_000, 125_000_000),
+    "bnext_middle": (
+        "BNext-M",
+        "BNext",
+        True,
+        339_000_000,
+        18_000_000_000,
+        133_000_000,
+        125_000_000,
+    ),
     "resnet50": ("ResNet-50", "ResNet", False, 4_100_000_000, 0, 23_500_000, 0),
 }
 # (backbone, features, frozen, test accuracy per seed); test AUC = (1 + accuracy) / 2.
@@ -66,16 +74,39 @@ def _ops(backbone: str, features: str) -> tuple[int, int, int]:
     return ops, bops, ops - bops // 64
 
 
-def _params(backbone: str, features: str, frozen: bool, seed: int, dataset: str, axes: str) -> dict[str, str]:
+def _params(
+    backbone: str, features: str, frozen: bool, seed: int, dataset: str, axes: str
+) -> dict[str, str]:
     """The flattened FitConfig, as ``studies.tracking`` logs it (strings, nested keys dotted)."""
     return {
-        "backbone": backbone, "features": features, "freeze_backbone": str(frozen), "pretrained": "None",
-        "compat": "exact", "dataset": dataset, "data_root": "None", "data_params.count": "64",
-        "resolution": "32", "epochs": str(EPOCHS), "batch_size": "16", "grad_accumulation": "1",
-        "lr": "0.0001", "min_lr": "1e-05", "lr_decay_epochs": "5", "weight_decay": "0.01",
-        "betas": "[0.9, 0.999]", "grad_clip_norm": "1.0", "amp": "True", "device": "auto",
-        "num_workers": "None", "seed": str(seed), "max_train_samples": "None", "max_val_samples": "None",
-        "max_test_samples": "None", "max_train_batches": "None", "max_eval_batches": "None", "axes": axes,
+        "backbone": backbone,
+        "features": features,
+        "freeze_backbone": str(frozen),
+        "pretrained": "None",
+        "compat": "exact",
+        "dataset": dataset,
+        "data_root": "None",
+        "data_params.count": "64",
+        "resolution": "32",
+        "epochs": str(EPOCHS),
+        "batch_size": "16",
+        "grad_accumulation": "1",
+        "lr": "0.0001",
+        "min_lr": "1e-05",
+        "lr_decay_epochs": "5",
+        "weight_decay": "0.01",
+        "betas": "[0.9, 0.999]",
+        "grad_clip_norm": "1.0",
+        "amp": "True",
+        "device": "auto",
+        "num_workers": "None",
+        "seed": str(seed),
+        "max_train_samples": "None",
+        "max_val_samples": "None",
+        "max_test_samples": "None",
+        "max_train_batches": "None",
+        "max_eval_batches": "None",
+        "axes": axes,
     }
 
 
@@ -114,8 +145,11 @@ def make_study_record(
     client = MlflowClient(tracking_uri=tracking_uri)
     location = (Path(artifact_root) / study).as_uri() if artifact_root else None
     experiment_id = client.create_experiment(study, artifact_location=location)
-    parent = client.create_run(experiment_id, run_name=study, tags={
-        "bnn.role": "study", "bnn.study": study, "git_commit": GIT_COMMIT})
+    parent = client.create_run(
+        experiment_id,
+        run_name=study,
+        tags={"bnn.role": "study", "bnn.study": study, "git_commit": GIT_COMMIT},
+    )
     parent_id = parent.info.run_id
     staging = Path(tempfile.mkdtemp(prefix="study-record-"))
     study_file = staging / f"{study}.yaml"
@@ -131,23 +165,46 @@ def make_study_record(
             axes = f"features={features}|backbone={backbone}|freeze_backbone={frozen}"
             axes += f"|seed={seed}" if len(accuracies) > 1 else ""
             tags = {
-                "mlflow.parentRunId": parent_id, "bnn.role": "cell", "cell_id": f"{index:06x}{seed:06x}",
-                "study": study, "bnn.model": name, "bnn.family": family, "bnn.binary": str(binary).lower(),
+                "mlflow.parentRunId": parent_id,
+                "bnn.role": "cell",
+                "cell_id": f"{index:06x}{seed:06x}",
+                "study": study,
+                "bnn.model": name,
+                "bnn.family": family,
+                "bnn.binary": str(binary).lower(),
                 "bnn.data": f"{dataset} benchmark (generated locally, 64 images)",
-                "bnn.synthetic": str(dataset == "synthetic").lower(), "bnn.data_digest": "train:abc",
+                "bnn.synthetic": str(dataset == "synthetic").lower(),
+                "bnn.data_digest": "train:abc",
                 "git_commit": GIT_COMMIT,
             }
-            run_id = client.create_run(experiment_id, run_name=f"{name} {features}", tags=tags).info.run_id
+            run_id = client.create_run(
+                experiment_id, run_name=f"{name} {features}", tags=tags
+            ).info.run_id
             params = _params(backbone, features, frozen, seed, dataset, axes)
             final = {
-                "val_accuracy": accuracy + 0.01, "val_auc": (1 + accuracy) / 2 + 0.002, "val_eer": 1 - accuracy,
-                "val_ap": accuracy, "val_accuracy_real": accuracy, "val_accuracy_fake": accuracy,
-                "test_accuracy": accuracy, "test_auc": (1 + accuracy) / 2, "test_eer": 1 - accuracy - 0.01,
-                "test_ap": accuracy + 0.02, "test_accuracy_real": accuracy + 0.01,
-                "test_accuracy_fake": accuracy - 0.01, "val_count": 32, "test_count": 32,
-                "best_epoch": EPOCHS - 1, "skipped_images": 0, "bops": bops, "flops": flops, "ops": ops,
-                "params": n_params, "binary_params": binary_params,
-                "trainable_params": 300 if frozen else n_params, "storage_bytes": n_params // 8,
+                "val_accuracy": accuracy + 0.01,
+                "val_auc": (1 + accuracy) / 2 + 0.002,
+                "val_eer": 1 - accuracy,
+                "val_ap": accuracy,
+                "val_accuracy_real": accuracy,
+                "val_accuracy_fake": accuracy,
+                "test_accuracy": accuracy,
+                "test_auc": (1 + accuracy) / 2,
+                "test_eer": 1 - accuracy - 0.01,
+                "test_ap": accuracy + 0.02,
+                "test_accuracy_real": accuracy + 0.01,
+                "test_accuracy_fake": accuracy - 0.01,
+                "val_count": 32,
+                "test_count": 32,
+                "best_epoch": EPOCHS - 1,
+                "skipped_images": 0,
+                "bops": bops,
+                "flops": flops,
+                "ops": ops,
+                "params": n_params,
+                "binary_params": binary_params,
+                "trainable_params": 300 if frozen else n_params,
+                "storage_bytes": n_params // 8,
                 "feature_flops": 1000 * (len(features.split("+")) - 1),
             }
             final = {k: v for k, v in final.items() if k not in omit_metrics}
@@ -155,32 +212,59 @@ def make_study_record(
             for epoch in range(EPOCHS):
                 progress = (epoch + 1) / EPOCHS
                 epoch_values = {
-                    "epoch_train_loss": 0.7 - 0.3 * progress - 0.05 * seed, "epoch_val_loss": 0.72 - 0.25 * progress,
+                    "epoch_train_loss": 0.7 - 0.3 * progress - 0.05 * seed,
+                    "epoch_val_loss": 0.72 - 0.25 * progress,
                     "epoch_val_accuracy": 0.5 + (accuracy + 0.01 - 0.5) * progress,
-                    "epoch_val_auc": 0.5 + accuracy / 2 * progress, "epoch_lr": 1e-4 / (epoch + 1),
-                    "epoch_seconds": 2.0, "epoch_images_per_second": 32.0,
+                    "epoch_val_auc": 0.5 + accuracy / 2 * progress,
+                    "epoch_lr": 1e-4 / (epoch + 1),
+                    "epoch_seconds": 2.0,
+                    "epoch_images_per_second": 32.0,
                 }
                 metrics += [Metric(k, v, epoch, epoch) for k, v in epoch_values.items()]
-            client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+            client.log_batch(
+                run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()]
+            )
             tmp = staging / run_id
             (tmp / "metrics").mkdir(parents=True)
             (tmp / "metrics" / "roc_test.json").write_text(json.dumps(_roc((1 + accuracy) / 2)))
-            (tmp / "config.yaml").write_text(f"backbone: {backbone}\nfeatures: {features}\nseed: {seed}\n")
+            (tmp / "config.yaml").write_text(
+                f"backbone: {backbone}\nfeatures: {features}\nseed: {seed}\n"
+            )
             client.log_artifact(run_id, str(tmp / "config.yaml"))
             client.log_artifacts(run_id, str(tmp / "metrics"), artifact_path="metrics")
             client.set_terminated(run_id, "FINISHED")
-            record.finished.append({"run_id": run_id, "backbone": backbone, "features": features,
-                                    "frozen": frozen, "seed": seed, **final})
+            record.finished.append(
+                {
+                    "run_id": run_id,
+                    "backbone": backbone,
+                    "features": features,
+                    "frozen": frozen,
+                    "seed": seed,
+                    **final,
+                }
+            )
     if unfinished:
         for status in ("FAILED", "RUNNING"):
-            tags = {"mlflow.parentRunId": parent_id, "bnn.role": "cell", "cell_id": f"bad{status.lower()}",
-                    "study": study, "bnn.model": "BNext-M", "bnn.family": "BNext", "bnn.binary": "true",
-                    "git_commit": GIT_COMMIT}
-            run_id = client.create_run(experiment_id, run_name=f"BNext-M {status}", tags=tags).info.run_id
+            tags = {
+                "mlflow.parentRunId": parent_id,
+                "bnn.role": "cell",
+                "cell_id": f"bad{status.lower()}",
+                "study": study,
+                "bnn.model": "BNext-M",
+                "bnn.family": "BNext",
+                "bnn.binary": "true",
+                "git_commit": GIT_COMMIT,
+            }
+            run_id = client.create_run(
+                experiment_id, run_name=f"BNext-M {status}", tags=tags
+            ).info.run_id
             params = _params("bnext_middle", "rgb", False, 0, dataset, "backbone=bnext_middle")
-            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                             metrics=[Metric("epoch_train_loss", 0.69, 0, 0)],
-                             tags=[RunTag("bnn.failure", "boom")] if status == "FAILED" else [])
+            client.log_batch(
+                run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                metrics=[Metric("epoch_train_loss", 0.69, 0, 0)],
+                tags=[RunTag("bnn.failure", "boom")] if status == "FAILED" else [],
+            )
             if status != "RUNNING":
                 client.set_terminated(run_id, status)
             record.unfinished[run_id] = status
@@ -207,14 +291,26 @@ def shared_records(tmp_path_factory) -> dict[str, StudyRecord]:
 def _make_shared(root: Path) -> dict[str, StudyRecord]:
     uri = f"sqlite:///{root}/mlflow.db"
     artifacts = root / "artifacts"
-    coco = [("bnext_tiny", "rgb+fft+lbp", False, [0.95]), ("bnext_tiny", "rgb+fft+lbp", True, [0.85])]
+    coco = [
+        ("bnext_tiny", "rgb+fft+lbp", False, [0.95]),
+        ("bnext_tiny", "rgb+fft+lbp", True, [0.85]),
+    ]
     return {
         "demo": make_study_record(uri, "demo", artifact_root=artifacts),
-        "other": make_study_record(uri, "other", artifact_root=artifacts, cells=DEFAULT_CELLS[:1], unfinished=False),
-        "coco": make_study_record(uri, "coco", artifact_root=artifacts, cells=coco, dataset="cocofake",
-                                  unfinished=False),
-        "broken": make_study_record(uri, "broken", artifact_root=artifacts, cells=DEFAULT_CELLS[:2],
-                                    unfinished=False, omit_metrics=("test_auc",)),
+        "other": make_study_record(
+            uri, "other", artifact_root=artifacts, cells=DEFAULT_CELLS[:1], unfinished=False
+        ),
+        "coco": make_study_record(
+            uri, "coco", artifact_root=artifacts, cells=coco, dataset="cocofake", unfinished=False
+        ),
+        "broken": make_study_record(
+            uri,
+            "broken",
+            artifact_root=artifacts,
+            cells=DEFAULT_CELLS[:2],
+            unfinished=False,
+            omit_metrics=("test_auc",),
+        ),
     }
 
 
@@ -292,7 +388,10 @@ def test_missing_study_lists_experiments(record, tmp_path):
 
 
 def test_redact_uri():
-    assert runs.redact_uri("postgresql://bob:secret@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
+    assert (
+        runs.redact_uri("postgresql://bob:secret@db:5432/mlflow")
+        == "postgresql://bob:***@db:5432/mlflow"
+    )
     assert runs.redact_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
 
@@ -301,15 +400,22 @@ def test_group_replicates(frame):
     assert len(grouped) == 11  # 13 runs, two cells with two seeds
     assert grouped["n"].sum() == 13
     assert "seed" not in grouped.attrs["grouped_by"] and "axes" not in grouped.attrs["grouped_by"]
-    two = grouped[(grouped["features"] == "rgb+fft+lbp") & (grouped["backbone"] == "bnext_tiny")
-                  & ~grouped["freeze_backbone"]].iloc[0]
+    two = grouped[
+        (grouped["features"] == "rgb+fft+lbp")
+        & (grouped["backbone"] == "bnext_tiny")
+        & ~grouped["freeze_backbone"]
+    ].iloc[0]
     assert two["n"] == 2 and two["seeds"] == "0,1"
     assert two["test_accuracy"] == pytest.approx(0.925)
     assert two["test_accuracy_std"] == pytest.approx(np.std([0.92, 0.93], ddof=1))
     assert 0.92 <= two["test_accuracy_ci_low"] <= two["test_accuracy_ci_high"] <= 0.93
     assert len(two["run_ids"].split(",")) == 2
     one = grouped[grouped["backbone"] == "resnet50"].iloc[0]
-    assert one["n"] == 1 and np.isnan(one["test_accuracy_std"]) and np.isnan(one["test_accuracy_ci_low"])
+    assert (
+        one["n"] == 1
+        and np.isnan(one["test_accuracy_std"])
+        and np.isnan(one["test_accuracy_ci_low"])
+    )
     assert grouped["freeze_backbone"].dtype == bool
     again = runs.group_replicates(frame)  # seeded bootstrap: same intervals every time
     pd.testing.assert_series_equal(grouped["test_accuracy_ci_low"], again["test_accuracy_ci_low"])
@@ -318,7 +424,11 @@ def test_group_replicates(frame):
 def test_group_replicates_by(frame):
     by_backbone = runs.group_replicates(frame, by=["backbone"], metrics=["test_accuracy"])
     assert list(by_backbone["backbone"]) == ["bnext_tiny", "bnext_small", "resnet50"]
-    assert by_backbone.set_index("backbone")["n"].to_dict() == {"bnext_tiny": 11, "bnext_small": 1, "resnet50": 1}
+    assert by_backbone.set_index("backbone")["n"].to_dict() == {
+        "bnext_tiny": 11,
+        "bnext_small": 1,
+        "resnet50": 1,
+    }
 
 
 def test_bootstrap_ci_is_seeded_and_covers_the_mean():
@@ -350,13 +460,16 @@ def test_epoch_history_and_roc(record, frame):
 
 
 def test_pareto_front_hand_made_points():
-    points = pd.DataFrame({
-        "ops": [1.0, 1.0, 2.0, 2.0, 3.0, np.nan, 0.5, 1.0, 4.0],
-        "test_accuracy": [0.90, 0.90, 0.95, 0.94, 0.95, 0.99, np.nan, 0.80, 0.97],
-    }, index=list("abcdefghi"))
+    points = pd.DataFrame(
+        {
+            "ops": [1.0, 1.0, 2.0, 2.0, 3.0, np.nan, 0.5, 1.0, 4.0],
+            "test_accuracy": [0.90, 0.90, 0.95, 0.94, 0.95, 0.99, np.nan, 0.80, 0.97],
+        },
+        index=list("abcdefghi"),
+    )
     mask = pareto.pareto_front(points)
-    # a, b identical: both on the front; d equal cost, worse quality than c; e equal quality, more cost;
-    # f, g NaN: excluded; h equal cost to a, worse; i most expensive but best.
+    # a, b identical: both on the front; d equal cost, worse quality than c; e equal quality,
+    # more cost; f, g NaN: excluded; h equal cost to a, worse; i most expensive but best.
     assert mask[mask].index.tolist() == ["a", "b", "c", "i"]
     assert mask.dtype == bool and mask.index.equals(points.index)
     flipped = pareto.pareto_front(points, maximize_quality=False)  # e.g. an error rate
@@ -368,8 +481,13 @@ def test_pareto_front_hand_made_points():
 
 
 def test_pareto_front_on_replicate_means():
-    points = pd.DataFrame({"cfg": ["x", "x", "y", "z"], "ops": [1.0, 1.0, 2.0, 3.0],
-                           "test_accuracy": [0.80, 1.00, 0.85, 0.95]})
+    points = pd.DataFrame(
+        {
+            "cfg": ["x", "x", "y", "z"],
+            "ops": [1.0, 1.0, 2.0, 3.0],
+            "test_accuracy": [0.80, 1.00, 0.85, 0.95],
+        }
+    )
     per_run = pareto.pareto_front(points)
     assert per_run.tolist() == [False, True, False, False]
     per_config = pareto.pareto_front(points, by=["cfg"])  # x mean 0.90 > y 0.85
@@ -382,8 +500,12 @@ def test_pareto_front_of_study(frame):
     grouped = runs.group_replicates(frame)
     front = grouped[pareto.pareto_front(grouped)]
     labels = set(zip(front["backbone"], front["features"], front["freeze_backbone"], strict=True))
-    assert labels == {("bnext_tiny", "rgb", False), ("bnext_tiny", "rgb+fft+lbp", False),
-                      ("bnext_small", "rgb+fft+lbp", False), ("resnet50", "rgb", False)}
+    assert labels == {
+        ("bnext_tiny", "rgb", False),
+        ("bnext_tiny", "rgb+fft+lbp", False),
+        ("bnext_small", "rgb+fft+lbp", False),
+        ("resnet50", "rgb", False),
+    }
 
 
 # --- literature -------------------------------------------------------------------------------
@@ -399,7 +521,9 @@ def test_literature_csv_is_cited_and_complete():
     assert len(ours) == 18 and ours["frozen"].notna().all()
     assert ours["features"].eq("rgb+fft+lbp").all()
     assert set(ours["flops_g_published"]) == {0.89, 1.91, 3.39}
-    coco_t = ours[(ours["dataset"] == "cocofake") & (ours["model"] == "BNext-T") & ~ours["frozen"]].iloc[0]
+    coco_t = ours[
+        (ours["dataset"] == "cocofake") & (ours["model"] == "BNext-T") & ~ours["frozen"]
+    ].iloc[0]
     assert (coco_t["accuracy"], coco_t["auc"]) == (99.25, 99.86)
     assert literature.published_ops(ours.head(1)).iloc[0] == pytest.approx(0.89e8)
     ablation = literature.load_literature("ablation")
@@ -411,7 +535,10 @@ def test_literature_csv_is_cited_and_complete():
 
 def _md_rows(markdown: str) -> list[list[str]]:
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    return [[c.strip().strip("*").strip("_") for c in line.strip("|").split(" | ")] for line in lines[2:]]
+    return [
+        [c.strip().strip("*").strip("_") for c in line.strip("|").split(" | ")]
+        for line in lines[2:]
+    ]
 
 
 def test_results_table_markdown_matches_frame(frame):
@@ -438,14 +565,28 @@ def test_results_table_markdown_matches_frame(frame):
 def test_results_table_marks_best_and_second(frame):
     table = tables.results_table(frame)
     marks = table.marks()
-    by_key = {(table.frame.iloc[i]["model"], table.frame.iloc[i]["features"], table.frame.iloc[i]["backbone"]): m
-              for (i, key), m in marks.items() if key == "accuracy"}
-    assert by_key == {("ResNet-50", "RGB", "trainable"): "best", ("BNext-S", "RGB+FFT+LBP", "trainable"): "second"}
+    by_key = {
+        (
+            table.frame.iloc[i]["model"],
+            table.frame.iloc[i]["features"],
+            table.frame.iloc[i]["backbone"],
+        ): m
+        for (i, key), m in marks.items()
+        if key == "accuracy"
+    }
+    assert by_key == {
+        ("ResNet-50", "RGB", "trainable"): "best",
+        ("BNext-S", "RGB+FFT+LBP", "trainable"): "second",
+    }
     markdown = table.to_markdown()
     assert "**95.00**" in markdown and "_94.00_" in markdown
     latex = table.to_latex()
     assert r"\textbf{95.00}" in latex and r"\underline{94.00}" in latex
-    ops_best = [table.frame.iloc[i]["features"] for (i, key), m in marks.items() if key == "ops_g" and m == "best"]
+    ops_best = [
+        table.frame.iloc[i]["features"]
+        for (i, key), m in marks.items()
+        if key == "ops_g" and m == "best"
+    ]
     assert ops_best == ["RGB"]  # BNext-T with RGB only is cheapest; OPs are marked lower-is-better
 
 
@@ -454,7 +595,7 @@ def test_results_table_latex_is_booktabs_one_row_per_cell(frame):
     latex = table.to_latex()
     lines = latex.splitlines()
     assert lines.count(r"\toprule") == 1 and lines.count(r"\bottomrule") == 1
-    body = lines[lines.index(r"\midrule") + 1: lines.index(r"\bottomrule")]
+    body = lines[lines.index(r"\midrule") + 1 : lines.index(r"\bottomrule")]
     data_rows = [line for line in body if line.endswith(r"\\")]
     assert len(data_rows) == len(table.frame) == 11
     assert all(line.count("&") == len(table.columns) - 1 for line in data_rows)
@@ -470,7 +611,9 @@ def test_results_table_csv_carries_provenance(frame, tmp_path):
     assert len(csv) == 11
     assert set(csv["study"]) == {"demo"} and set(csv["git_commit"]) == {GIT_COMMIT}
     assert sorted(i for ids in csv["run_ids"] for i in ids.split(",")) == sorted(frame["run_id"])
-    assert {"accuracy", "accuracy_std", "accuracy_ci_low", "auc", "params_m", "ops_g", "n"} <= set(csv.columns)
+    assert {"accuracy", "accuracy_std", "accuracy_ci_low", "auc", "params_m", "ops_g", "n"} <= set(
+        csv.columns
+    )
     assert paths["md"].read_text().startswith("**Results on")
     assert paths["tex"].read_text().count(r"\toprule") == 1
 
@@ -485,7 +628,11 @@ def test_results_table_with_published_block(tmp_path_factory):
     assert published["source"].str.contains("Lanzino et al., CVPRW 2024").all()
     assert published["method"].iloc[0].startswith("Amoroso et al. 2023 [2]")
     marks = table.marks()
-    best = [table.frame.iloc[i]["model"] for (i, k), m in marks.items() if k == "accuracy" and m == "best"]
+    best = [
+        table.frame.iloc[i]["model"]
+        for (i, k), m in marks.items()
+        if k == "accuracy" and m == "best"
+    ]
     assert best == ["OpenCLIP-ViT-B/32"]  # 99.68 published, as in the paper
     latex = table.to_latex()
     assert latex.count(r"\midrule") == 3  # header, reference | published BNext, published | ours
@@ -503,8 +650,16 @@ def test_ablation_table(frame):
     table = tables.ablation_table(frame)
     ours = table.frame[table.frame["block"] == "ours"]
     tiny = ours[ours["setting"].str.startswith("BNext-T, trainable")]
-    assert list(tiny["features"]) == ["RGB (baseline)", "+Mag.", "+FFT", "+LBP", "+Mag.+FFT", "+Mag.+LBP",
-                                      "+FFT+LBP", "+Mag.+FFT+LBP"]
+    assert list(tiny["features"]) == [
+        "RGB (baseline)",
+        "+Mag.",
+        "+FFT",
+        "+LBP",
+        "+Mag.+FFT",
+        "+Mag.+LBP",
+        "+FFT+LBP",
+        "+Mag.+FFT+LBP",
+    ]
     values = dict(zip(tiny["feature_set"], tiny["value"], strict=True))
     assert values["rgb"] == pytest.approx(90.5)
     deltas = dict(zip(tiny["feature_set"], tiny["delta"], strict=True))
@@ -512,17 +667,23 @@ def test_ablation_table(frame):
     assert deltas["rgb+sobel"] == pytest.approx(-5.5)
     fft_lbp = tiny[tiny["feature_set"] == "rgb+fft+lbp"].iloc[0]
     assert fft_lbp["n"] == 2 and fft_lbp["delta_ci_low"] <= 2.0 <= fft_lbp["delta_ci_high"]
-    assert set(ours["setting"]) == {"BNext-T, trainable, synthetic benchmark"}  # one-feature settings left out
+    assert set(ours["setting"]) == {
+        "BNext-T, trainable, synthetic benchmark"
+    }  # one-feature settings left out
     assert tables.has_feature_ablation(frame)
     assert not tables.has_feature_ablation(frame[frame["backbone"] == "resnet50"])
     marks = table.marks()
-    tiny_marks = {tiny.loc[i, "feature_set"]: m for (i, k), m in marks.items() if k == "value" and i in tiny.index}
+    tiny_marks = {
+        tiny.loc[i, "feature_set"]: m
+        for (i, k), m in marks.items()
+        if k == "value" and i in tiny.index
+    }
     assert tiny_marks == {"rgb+fft+lbp": "best", "rgb": "second"}  # as in the paper's Table 4
     markdown = table.to_markdown()
     assert "**92.50 ± 0.71**" in markdown and "_90.50 ± 0.71_" in markdown
     assert "+2.00" in markdown and "Δ vs RGB (pp)" in markdown
     lines = table.to_latex().splitlines()
-    body = lines[lines.index(r"\midrule") + 1: lines.index(r"\bottomrule")]
+    body = lines[lines.index(r"\midrule") + 1 : lines.index(r"\bottomrule")]
     assert len([line for line in body if line.endswith(r"\\")]) == len(table.frame)
 
 
@@ -532,16 +693,21 @@ def test_ablation_table_with_published_rows(frame):
     assert list(published["value"]) == [90.35, 82.36, 88.18, 88.42, 81.20, 81.67, 91.60, 81.56]
     assert published["delta"].iloc[6] == pytest.approx(1.25)
     marks = table.marks()
-    assert {published.loc[i, "feature_set"]: m for (i, k), m in marks.items()
-            if k == "value" and i in published.index} == {"rgb+fft+lbp": "best", "rgb": "second"}
+    assert {
+        published.loc[i, "feature_set"]: m
+        for (i, k), m in marks.items()
+        if k == "value" and i in published.index
+    } == {"rgb+fft+lbp": "best", "rgb": "second"}
 
 
 def test_feature_labels():
     assert tables.feature_label("rgb+sobel+fft+lbp") == "RGB+Mag.+FFT+LBP"
     assert tables.feature_label("rgb+lbp+fft", added=True) == "+FFT+LBP"
     assert tables.feature_label("rgb", added=True) == "RGB (baseline)"
-    ordered = sorted(["rgb+fft+lbp", "rgb", "rgb+lbp", "rgb+sobel", "rgb+sobel+fft+lbp", "rgb+fft"],
-                     key=tables.feature_sort_key)
+    ordered = sorted(
+        ["rgb+fft+lbp", "rgb", "rgb+lbp", "rgb+sobel", "rgb+sobel+fft+lbp", "rgb+fft"],
+        key=tables.feature_sort_key,
+    )
     assert ordered == ["rgb", "rgb+sobel", "rgb+fft", "rgb+lbp", "rgb+fft+lbp", "rgb+sobel+fft+lbp"]
 
 
@@ -575,7 +741,12 @@ def test_figure1_files(frame, tmp_path):
 
 def test_figure1_literature_points(frame, tmp_path):
     fig = plots.figure1(frame, literature="cocofake")
-    labels = [t.get_text() for legend in fig.legends + [fig.axes[0].get_legend()] if legend for t in legend.get_texts()]
+    labels = [
+        t.get_text()
+        for legend in fig.legends + [fig.axes[0].get_legend()]
+        if legend
+        for t in legend.get_texts()
+    ]
     assert any("published" in label for label in labels)
     with pytest.raises(KeyError, match="test_nonexistent"):
         plots.figure1(frame, quality="test_nonexistent")
@@ -587,7 +758,9 @@ def test_learning_curves_and_roc(record, frame, tmp_path):
     _assert_image(plots.save_figure(fig, tmp_path, "curves", formats=("png",))["png"])
     grouped = runs.group_replicates(frame)
     front = grouped[pareto.pareto_front(grouped)]
-    rocs = {plots.run_label(row): runs.load_roc(row["run_ids"].split(",")[0], record.tracking_uri)
-            for _, row in front.iterrows()}
+    rocs = {
+        plots.run_label(row): runs.load_roc(row["run_ids"].split(",")[0], record.tracking_uri)
+        for _, row in front.iterrows()
+    }
     fig = plots.roc_curves(rocs, provenance=Provenance.from_runs(frame))
     _assert_image(plots.save_figure(fig, tmp_path, "roc", formats=("png",))["png"])

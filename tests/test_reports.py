@@ -19,12 +19,23 @@ from reports.__main__ import main
 from reports.render import kernel_spec
 
 EXPECTED = [
-    "figure1.png", "figure1.pdf", "figure1.svg",
-    "learning_curves.png", "learning_curves.pdf", "learning_curves.svg",
-    "roc_front.png", "roc_front.pdf", "roc_front.svg",
-    "results_synthetic.md", "results_synthetic.tex", "results_synthetic.csv",
-    "ablation.md", "ablation.tex", "ablation.csv",
-    "report.ipynb", "report.html",
+    "figure1.png",
+    "figure1.pdf",
+    "figure1.svg",
+    "learning_curves.png",
+    "learning_curves.pdf",
+    "learning_curves.svg",
+    "roc_front.png",
+    "roc_front.pdf",
+    "roc_front.svg",
+    "results_synthetic.md",
+    "results_synthetic.tex",
+    "results_synthetic.csv",
+    "ablation.md",
+    "ablation.tex",
+    "ablation.csv",
+    "report.ipynb",
+    "report.html",
 ]
 
 
@@ -39,22 +50,44 @@ def no_python3_kernel(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "broken", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    "/nonexistent/python",
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ],
+                "display_name": "broken",
+                "language": "python",
+            }
+        )
+    )
     return {**os.environ, "JUPYTER_PATH": str(root)}
 
 
-def _render(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reports", "render", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+def _render(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reports", "render", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def rendered(records, no_python3_kernel, tmp_path_factory):
     """``python -m reports render demo`` from a fresh folder, default output folder."""
     cwd = tmp_path_factory.mktemp("cwd")
-    result = _render("demo", "--tracking-uri", records["demo"].tracking_uri, cwd=cwd, env=no_python3_kernel)
+    result = _render(
+        "demo", "--tracking-uri", records["demo"].tracking_uri, cwd=cwd, env=no_python3_kernel
+    )
     return result, cwd / "reports" / "out" / "demo"
 
 
@@ -94,20 +127,37 @@ def test_render_tables_and_notebook(rendered, records):
     assert "**" in (out / "ablation.md").read_text()
     notebook = nbformat.read(out / "report.ipynb", as_version=4)
     assert notebook.metadata.papermill.parameters["study"] == "demo"
-    assert not any(o.get("output_type") == "error" for c in notebook.cells for o in c.get("outputs", []))
+    assert not any(
+        o.get("output_type") == "error" for c in notebook.cells for o in c.get("outputs", [])
+    )
 
 
 def test_render_logs_report_to_parent_run(rendered, records):
     client = MlflowClient(tracking_uri=records["demo"].tracking_uri)
-    logged = {Path(a.path).name for a in client.list_artifacts(records["demo"].parent_run_id, "report")}
-    assert {"report.html", "figure1.png", "figure1.pdf", "results_synthetic.tex", "report.ipynb"} <= logged
+    logged = {
+        Path(a.path).name for a in client.list_artifacts(records["demo"].parent_run_id, "report")
+    }
+    assert {
+        "report.html",
+        "figure1.png",
+        "figure1.pdf",
+        "results_synthetic.tex",
+        "report.ipynb",
+    } <= logged
     study_file = client.list_artifacts(records["demo"].parent_run_id, "study")
     assert [Path(a.path).name for a in study_file] == ["demo.yaml"]
 
 
 def test_failing_notebook_exits_nonzero_with_the_error(records, tmp_path):
-    result = _render("broken", "--tracking-uri", records["broken"].tracking_uri, "--out", str(tmp_path),
-                     "--no-log", cwd=tmp_path)
+    result = _render(
+        "broken",
+        "--tracking-uri",
+        records["broken"].tracking_uri,
+        "--out",
+        str(tmp_path),
+        "--no-log",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "report notebook failed in cell" in result.stderr
     assert "KeyError" in result.stderr and "test_auc" in result.stderr
@@ -116,7 +166,19 @@ def test_failing_notebook_exits_nonzero_with_the_error(records, tmp_path):
 
 
 def test_missing_study_exits_2_listing_experiments(records, capsys, tmp_path):
-    assert main(["render", "nope", "--tracking-uri", records["demo"].tracking_uri, "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "render",
+                "nope",
+                "--tracking-uri",
+                records["demo"].tracking_uri,
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nope" in err and "demo" in err and "broken" in err
     missing_db = f"sqlite:///{tmp_path}/absent.db"
@@ -137,4 +199,6 @@ def test_kernel_is_the_current_interpreter():
     spec = kernel_spec()
     assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
     assert "{connection_file}" in spec["argv"]
-    assert str(Path(__file__).resolve().parent.parent) in spec["env"]["PYTHONPATH"].split(os.pathsep)
+    assert str(Path(__file__).resolve().parent.parent) in spec["env"]["PYTHONPATH"].split(
+        os.pathsep
+    )

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench cost clean-venv
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -18,7 +18,8 @@ $(STAMP): $(PY) pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m bnn cost
+	$(PY) -m studies run quickstart.yaml
+	$(PY) -m reports render quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -28,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/training.py
+
+cost: $(STAMP)
+	$(PY) -m bnn cost
 
 clean-venv:
 	rm -rf $(VENV)

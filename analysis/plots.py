@@ -88,7 +88,7 @@ def _place_labels(
             if np.log10(column[0][0] / x_low) > 0.45
             else "center"
         )
-        text_x = {"right": 1.12, "left": 1 / 1.12, "center": 1.0}[side]
+        dx = {"right": 13, "left": -13, "center": 0}[side]  # points, past the largest marker
         lift = 0.9 if side == "center" else 0.25
         previous = -np.inf
         for x, y, text in sorted(column, key=lambda item: item[1]):
@@ -98,8 +98,8 @@ def _place_labels(
             ax.annotate(
                 text,
                 (x, y),
-                xytext=(x * text_x, label_y),
-                textcoords="data",
+                xytext=(dx, label_y),
+                textcoords=("offset points", "data"),
                 fontsize=fontsize,
                 color=color,
                 va="bottom",
@@ -139,6 +139,11 @@ def run_label(row: pd.Series, seed: bool = False) -> str:
     return label
 
 
+def _true(value) -> bool:
+    """A bool column value that may be missing (pandas ``NA``): missing counts as False."""
+    return not pd.isna(value) and bool(value)
+
+
 def _require(frame: pd.DataFrame, columns) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -151,9 +156,10 @@ def _require(frame: pd.DataFrame, columns) -> None:
         raise KeyError(f"the runs have no {missing}; metrics there: {metrics or 'none'}")
 
 
-def _published(literature, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Literature rows to plot and the dataset they are on ("" when none)."""
-    if literature is None or literature is False:
+def _published(literature, frame: pd.DataFrame, quality: str) -> tuple[pd.DataFrame, str]:
+    """Literature rows to plot (their ``quality`` in ``y``) and the dataset they are on."""
+    column = {"accuracy": "accuracy", "auc": "auc"}.get(quality.partition("_")[2])
+    if literature is None or literature is False or column is None:
         return pd.DataFrame(), ""
     if isinstance(literature, pd.DataFrame):
         rows = literature
@@ -165,7 +171,7 @@ def _published(literature, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         rows = load_literature("results", dataset) if dataset else pd.DataFrame()
     if rows.empty:
         return rows, ""
-    rows = rows.assign(ops=published_ops(rows)).dropna(subset=["ops", "accuracy"])
+    rows = rows.assign(ops=published_ops(rows), y=rows[column]).dropna(subset=["ops", "y"])
     datasets = rows["dataset"].dropna().unique()
     return rows, ", ".join(DATASET_NAMES.get(d, d) for d in datasets)
 
@@ -205,9 +211,11 @@ def figure1(
     grouped = frame if is_grouped(frame) else group_replicates(frame)
     provenance = provenance or Provenance.from_runs(grouped)
     points = grouped.dropna(subset=[cost, quality]).reset_index(drop=True)
+    if points.empty:
+        raise ValueError(f"no run has both {cost!r} and {quality!r}")
     scale = _scale(quality)
     published, published_on = (
-        _published(literature, grouped) if cost == "ops" else (pd.DataFrame(), "")
+        _published(literature, grouped, quality) if cost == "ops" else (pd.DataFrame(), "")
     )
 
     sizes_source = pd.concat(
@@ -250,12 +258,12 @@ def figure1(
         )
 
     if len(published):
-        markers = published["frozen"].map(lambda f: MARKERS[bool(f)] if not pd.isna(f) else "D")
+        markers = published["frozen"].map(lambda f: "D" if pd.isna(f) else MARKERS[_true(f)])
         for marker in markers.unique():
             part = published[markers == marker]
             ax.scatter(
                 part["ops"],
-                part["accuracy"],
+                part["y"],
                 s=area(part["params_m"] * 1e6),
                 marker=marker,
                 facecolors="none",
@@ -280,7 +288,8 @@ def figure1(
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.xaxis.set_minor_formatter(NullFormatter())
     xs = pd.concat([points[cost], published.get("ops", pd.Series(dtype=float))]).astype(float)
-    ax.set_xlim(xs.min() / 1.6, xs.max() * 1.9)
+    span = np.log10(xs.max() / xs.min())  # decades; pad more on the right, where labels go
+    ax.set_xlim(xs.min() / 10 ** (0.08 * span + 0.03), xs.max() * 10 ** (0.18 * span + 0.12))
     ax.set_xlabel(f"{COST_LABELS.get(cost, cost)}, log scale")
     ax.set_ylabel(quality_label(quality))
     labelled = (
@@ -288,11 +297,7 @@ def figure1(
     )
     ours = [(points.loc[i, cost], y[i], run_label(points.loc[i])) for i in labelled]
     theirs = [
-        (
-            row["ops"],
-            row["accuracy"],
-            f"{row['model']}{' (frozen)' if row['frozen'] is True else ''}",
-        )
+        (row["ops"], row["y"], f"{row['model']}{' (frozen)' if _true(row['frozen']) else ''}")
         for _, row in published.iterrows()
     ]
     _place_labels(ax, ours, fontsize=7, color="0.1", avoid=False)

@@ -164,15 +164,14 @@ def find_experiment(study: str, tracking_uri: str | None = None):
     if experiment is not None and experiment.lifecycle_stage == "active":
         return experiment
     experiments = client.search_experiments()
-    if "'" not in study:
-        for candidate in experiments:
-            found = client.search_runs(
-                [candidate.experiment_id],
-                filter_string=f"tags.`bnn.study` = '{study}'",
-                max_results=1,
-            )
-            if found:
-                return candidate
+    if "'" not in study and experiments:  # a parent run tagged with the study, in one query
+        found = client.search_runs(
+            [e.experiment_id for e in experiments],
+            filter_string=f"tags.`bnn.study` = '{study}'",
+            max_results=1,
+        )
+        if found:
+            return client.get_experiment(found[0].info.experiment_id)
     raise StudyNotFoundError(study, redact_uri(uri), [e.name for e in experiments])
 
 

@@ -211,6 +211,8 @@ class Runner:
     def _claim(self) -> optuna.Trial | None:
         """Atomically takes one WAITING trial (WAITING -> RUNNING); ``None`` when there is none."""
         for frozen in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if frozen.user_attrs.get("cell_id") not in self.cells:
+                continue  # a cell of another version of this study file (other --set values)
             for attempt in range(5):
                 try:
                     if self.storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
@@ -254,7 +256,10 @@ class Runner:
                     self._enqueue(only_stale=True)
                     trial = self._claim()
                 if trial is None:
-                    running = self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    running = [
+                        t for t in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                        if t.user_attrs.get("cell_id") in self.cells
+                    ]
                     if not running:
                         break
                     self.on_event("waiting", {"running": len(running)})

@@ -311,7 +311,19 @@ def _make_shared(root: Path) -> dict[str, StudyRecord]:
             unfinished=False,
             omit_metrics=("test_auc",),
         ),
+        "aliased": _renamed(
+            make_study_record(
+                uri, "aliased", artifact_root=artifacts, cells=DEFAULT_CELLS[:1], unfinished=False
+            ),
+            "aliased-experiment",
+        ),
     }
+
+
+def _renamed(record: StudyRecord, name: str) -> StudyRecord:
+    """The study's experiment renamed: it is then found by its parent's ``bnn.study`` tag."""
+    MlflowClient(tracking_uri=record.tracking_uri).rename_experiment(record.experiment_id, name)
+    return record
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +383,13 @@ def test_load_runs_include_unfinished(record):
     assert every.loc[every["status"] != "FINISHED", "test_accuracy"].isna().all()
 
 
-def test_load_runs_by_experiment_or_env(record, monkeypatch):
+def test_load_runs_by_study_tag_experiment_name_or_env(record, tmp_path_factory, monkeypatch):
+    aliased = shared_records(tmp_path_factory)["aliased"]
+    by_tag = runs.load_runs("aliased", aliased.tracking_uri)
+    by_name = runs.load_runs("aliased-experiment", aliased.tracking_uri)
+    assert len(by_tag) == len(by_name) == 2
+    assert by_tag.attrs["study"] == by_name.attrs["study"] == "aliased"
+    assert by_tag.attrs["experiment"] == "aliased-experiment"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", record.tracking_uri)
     assert len(runs.load_runs("demo")) == 13
 

@@ -310,3 +310,14 @@ def test_two_workers_share_a_grid_with_each_cell_once(tmp_path):
     _assert_each_cell_once(tmp_path)
     finished_by = [out.count("FINISHED") for out in outputs]
     assert sum(finished_by) == 4
+
+
+def test_waiting_trials_of_another_study_version_are_left_alone(tmp_path):
+    path = _tiny(tmp_path)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    foreign = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    foreign.enqueue_trial({}, user_attrs={"cell_id": "0123456789ab"})  # e.g. left by --set epochs=9
+    assert main(["run", str(path), "--quiet"]) == 0
+    _assert_each_cell_once(tmp_path)
+    waiting = [t for t in _trials(tmp_path) if t.state == TrialState.WAITING]
+    assert [t.user_attrs["cell_id"] for t in waiting] == ["0123456789ab"]

@@ -1,4 +1,4 @@
-"""Command line of the bnn package: ``python -m bnn cost|train|evaluate|detect``."""
+"""Command line of the bnn package: ``python -m bnn cost|train|evaluate|detect|export``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ EVALUATE_EXAMPLES = """examples:
 DETECT_EXAMPLES = """examples:
   python -m bnn detect photo.jpg --checkpoint runs/tiny64/best.pt
   python -m bnn detect ~/images/ --checkpoint best.pt --json > predictions.jsonl
+  python -m bnn detect ~/images/ --engine openvino --checkpoint exported/tiny64   # 1-bit XNOR/popcount
+"""
+
+EXPORT_EXAMPLES = """examples:
+  python -m bnn export runs/tiny64/best.pt --out exported/tiny64          # OpenVINO, binary convs 1-bit
+  python -m bnn export best.pt --out exported/x --size 224
 """
 
 
@@ -141,9 +147,16 @@ def _detect(args: argparse.Namespace) -> int:
     from bnn.data.layout import is_image
     from bnn.train import load_detector
 
-    model, config = load_detector(args.checkpoint, args.device)
-    device = next(model.parameters()).device
-    transform = build_transform(config.resolution, train=False)
+    if args.engine == "openvino":
+        from bnn.export import OpenVINODetector
+
+        model = OpenVINODetector(args.checkpoint)
+        device = torch.device("cpu")
+        transform = build_transform(model.input_size[0], train=False)
+    else:
+        model, config = load_detector(args.checkpoint, args.device)
+        device = next(model.parameters()).device
+        transform = build_transform(config.resolution, train=False)
     paths = []
     for item in args.inputs:
         p = Path(item)
@@ -173,6 +186,14 @@ def _detect(args: argparse.Namespace) -> int:
             else:
                 print(f"{prob:.4f}  {label:4}  {path}")
     return status
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bnn.export import export
+
+    size = (args.size, args.size) if args.size else None
+    print(export(args.checkpoint, args.out, fmt=args.format, input_size=size))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     det.add_argument("--json", action="store_true", help="one JSON object per line")
     det.add_argument("--batch-size", type=int, default=32)
     det.add_argument("--device", default="auto")
+    det.add_argument("--engine", default="torch", choices=["torch", "openvino"],
+                     help="openvino: --checkpoint is a folder written by `python -m bnn export`")
     det.set_defaults(func=_detect)
+
+    exp = command("export", "export a checkpoint to OpenVINO, binary convolutions as 1-bit XNOR/popcount",
+                  EXPORT_EXAMPLES)
+    exp.add_argument("checkpoint", help="best.pt written by train")
+    exp.add_argument("--out", required=True, help="output folder (model.xml/.bin, detector.json)")
+    exp.add_argument("--format", default="openvino", choices=["openvino"])
+    exp.add_argument("--size", type=int, help="input side (default: the training resolution)")
+    exp.set_defaults(func=_export)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

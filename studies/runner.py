@@ -162,10 +162,6 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise StudyInterrupted(signal.Signals(signum).name)
-
-
 class Runner:
     """Runs the cells of one study in this process (see the module docstring)."""
 
@@ -176,6 +172,19 @@ class Runner:
         self.storage = self.optuna_study._storage
         self.tracker = retry_on_race(lambda: Tracker(study), "opening the MLflow store")
         self.cells = {cell.cell_id: cell for cell in study.cells}
+        self._signal: str | None = None  # name of a SIGINT/SIGTERM received
+        self._in_training = False  # a signal interrupts training at once, anything else at its end
+
+    def _on_signal(self, signum, frame) -> None:
+        """Interrupts a cell's training immediately; between cells, stops before the next claim."""
+        self._signal = signal.Signals(signum).name
+        if self._in_training:
+            self._in_training = False
+            raise StudyInterrupted(self._signal)
+
+    def _check_signal(self) -> None:
+        if self._signal:
+            raise StudyInterrupted(self._signal)
 
     # --- queue -------------------------------------------------------------------------------
     def _trials_by_cell(self) -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -240,7 +249,7 @@ class Runner:
         summary = RunSummary()
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
-            signal.signal(s, _raise_interrupt)
+            signal.signal(s, self._on_signal)
         try:
             self._fail_stale()
             states = cell_states(self.optuna_study)
@@ -250,6 +259,7 @@ class Runner:
                 return summary
             self._enqueue(only_stale=False)
             while True:
+                self._check_signal()
                 trial = self._claim()
                 if trial is None:
                     self._fail_stale()
@@ -263,7 +273,11 @@ class Runner:
                     if not running:
                         break
                     self.on_event("waiting", {"running": len(running)})
-                    time.sleep(self.storage.get_heartbeat_interval())
+                    self._in_training = True  # nothing to clean up while waiting
+                    try:
+                        time.sleep(self.storage.get_heartbeat_interval())
+                    finally:
+                        self._in_training = False
                     continue
                 self._run_trial(trial, summary)
         except StudyInterrupted:
@@ -286,6 +300,7 @@ class Runner:
         """TPE trials until the budget of started trials is used (finished or running)."""
         search = self.study.spec.search
         while True:
+            self._check_signal()
             self._fail_stale()
             used = self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             if len(used) >= search.trials:
@@ -316,7 +331,12 @@ class Runner:
         callbacks = [self.tracker.epoch_logger(run_id), lambda s: self.on_event("epoch", {"cell": cell, "stats": s})]
         try:
             with _Heartbeat(self.storage, trial._trial_id):
-                result = fit(cell.config, callbacks=callbacks)
+                self._in_training = True
+                try:
+                    self._check_signal()
+                    result = fit(cell.config, callbacks=callbacks)
+                finally:
+                    self._in_training = False
                 self.tracker.log_result(run_id, result)
         except StudyInterrupted as err:
             trial.set_user_attr("failure", f"interrupted by {err}")

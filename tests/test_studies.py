@@ -250,19 +250,24 @@ def _worker(path: Path, env_extra: dict | None = None) -> subprocess.Popen:
     )
 
 
-def _wait_for_running_trial(tmp_path, process, timeout=120) -> None:
+def _wait_for_running_trial(tmp_path, process, timeout=120, after_epochs=0) -> None:
+    """Waits until one cell is done and another is running (with ``after_epochs`` epochs logged)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
-        if (tmp_path / "optuna.db").exists():
-            try:
-                trials = _trials(tmp_path)
-            except Exception:  # schema not created yet
-                trials = []
-            done = [t for t in trials if t.state == TrialState.COMPLETE]
-            if done and any(t.state == TrialState.RUNNING for t in trials):
+        try:
+            trials = _trials(tmp_path) if (tmp_path / "optuna.db").exists() else []
+        except Exception:  # schema not created yet
+            trials = []
+        running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+        if any(t.state == TrialState.COMPLETE for t in trials) and running:
+            if after_epochs == 0:
                 return
-        time.sleep(0.2)
+            client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+            history = client.get_metric_history(running[0].user_attrs["mlflow_run_id"], "epoch_val_accuracy")
+            if len(history) >= after_epochs:
+                return
+        time.sleep(0.1)
     raise AssertionError("no cell started in time")
 
 
@@ -286,9 +291,9 @@ def test_sigkilled_worker_is_detected_and_its_cell_rerun_once(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_ends_the_cell_cleanly_and_the_rerun_finishes(tmp_path):
-    path = _tiny(tmp_path, count=300, epochs=3)
+    path = _tiny(tmp_path, count=300, epochs=4)
     worker = _worker(path)
-    _wait_for_running_trial(tmp_path, worker)
+    _wait_for_running_trial(tmp_path, worker, after_epochs=1)  # mid-training: 3 epochs to go
     worker.send_signal(signal.SIGTERM)
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 130, output

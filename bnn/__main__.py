@@ -77,38 +77,15 @@ EXPORT_EXAMPLES = """examples:
 """
 
 
-def _parse_sets(pairs: list[str]) -> dict:
-    import yaml
-
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        values[key.strip()] = yaml.safe_load(raw)
-    return values
-
-
 def _train(args: argparse.Namespace) -> int:
-    import yaml
-    from pydantic import ValidationError
-
-    from bnn.config import FitConfig
+    from bnn.config import FitConfig, parse_overrides
     from bnn.train import fit
 
-    data = {}
+    overrides = parse_overrides(args.set)
     if args.config:
-        data = yaml.safe_load(open(args.config)) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{args.config}: expected a mapping of FitConfig keys")
-    data.update(_parse_sets(args.set))
-    try:
-        config = FitConfig(**data)
-    except ValidationError as err:
-        source = args.config or "--set"
-        lines = [f"{source}: invalid training config"]
-        lines += [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
-        raise ValueError("\n".join(lines)) from None
+        config = FitConfig.from_yaml(args.config, overrides)
+    else:
+        config = FitConfig.from_mapping(overrides, "--set")
     result = fit(config)
     print(f"data: {result.data['train']}")
     print(f"best epoch {result.best_epoch}: val acc {result.val.accuracy:.4f} auc {result.val.auc:.4f}")

@@ -88,19 +88,35 @@ class FitConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> FitConfig:
-        """Reads a YAML file of FitConfig keys; errors name the file and the key."""
+    def from_mapping(cls, data: dict[str, Any], source: str) -> FitConfig:
+        """Validates ``data``; errors name ``source`` (a file or ``--set``) and each bad key."""
         from pydantic import ValidationError
 
-        path = Path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of FitConfig keys, got {type(data).__name__}")
         try:
             return cls(**data)
         except ValidationError as err:
-            lines = [f"{path}: invalid training config"]
+            lines = [f"{source}: invalid training config"]
             for e in err.errors():
                 key = ".".join(str(p) for p in e["loc"]) or "(root)"
                 lines.append(f"  {key}: {e['msg']}")
             raise ValueError("\n".join(lines)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> FitConfig:
+        """Reads a YAML file of FitConfig keys, then applies ``overrides``."""
+        path = Path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of FitConfig keys, got {type(data).__name__}")
+        return cls.from_mapping({**data, **(overrides or {})}, str(path))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "features=[rgb, fft]"]`` -> ``{"epochs": 3, "features": ["rgb", "fft"]}``."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values

@@ -31,22 +31,15 @@ server) to split the cells between workers; re-running resumes where it stopped.
 }
 
 
-def _overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"error: --set expects key=value, got {pair!r}")
-        values[key.strip()] = yaml.safe_load(raw)
-    return values
-
-
 def _load(args):
+    from bnn.config import parse_overrides
     from studies.spec import load_study
 
-    return load_study(args.file, _overrides(args.set))
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return load_study(args.file, overrides)
 
 
 def _fmt(value, digits: int = 4) -> str:

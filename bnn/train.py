@@ -191,7 +191,7 @@ def _lr_at(config: FitConfig, epoch: int) -> float:
 
 
 def _save_atomic(payload: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: two writers never share it
     torch.save(payload, tmp)
     os.replace(tmp, path)
 

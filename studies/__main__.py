@@ -171,6 +171,9 @@ def cmd_run(args) -> int:
                   f"{summary.skipped_done} already done before")
     for cell_id, message in summary.failed.items():
         console.print(f"[red]failed[/] {cell_id}: {message}")
+    for cell_id in summary.taken_over:
+        console.print(f"[yellow]taken over[/] {cell_id}: this worker stalled past the heartbeat grace period "
+                      "and another worker runs the cell")
     console.print(f"browse: python -m studies ui {args.file}")
     if summary.interrupted:
         console.print("[yellow]interrupted[/]: re-run the same command to resume")

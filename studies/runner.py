@@ -5,7 +5,9 @@ one MLflow server): grid cells are enqueued as WAITING trials tagged with their 
 claims one with Optuna's atomic WAITING -> RUNNING transition; a cell with a COMPLETE trial is never
 run again, and when two workers enqueued the same cell concurrently only the lowest-numbered trial
 runs (the other is pruned as a duplicate). A running cell records a heartbeat; a worker killed with
-SIGKILL leaves a trial whose heartbeat goes stale, which any worker fails and enqueues again.
+SIGKILL leaves a trial whose heartbeat goes stale, which any worker fails and enqueues again. A
+worker that was only stalled past the grace period finds, at its next epoch end, that its trial is
+no longer RUNNING; it then leaves the cell (and its MLflow run) to whichever worker took it over.
 SIGINT/SIGTERM end the current cell: its MLflow run becomes KILLED and its trial FAIL, and the next
 invocation runs it again, resuming training from the cell's last finished epoch.
 """
@@ -21,13 +23,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from bnn.config import FitConfig
 from bnn.train import EpochStats, fit
+from studies.db_setup import open_shared, sqlite_path
 from studies.spec import Cell, Study, set_dotted
 from studies.tracking import Tracker
 
@@ -35,10 +37,15 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 HEARTBEAT_ENV = "BNN_HEARTBEAT_SECONDS"
+MIN_GRACE_SECONDS = 10  # a loaded machine can stall a heartbeat for seconds
 
 
 class StudyInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived while a cell ran."""
+
+
+class ClaimLost(Exception):
+    """This worker's trial was failed as stale (heartbeat expired) while its cell still ran."""
 
 
 @dataclass
@@ -47,6 +54,7 @@ class RunSummary:
 
     completed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    taken_over: list[str] = field(default_factory=list)
     skipped_done: int = 0
     interrupted: bool = False
 
@@ -55,35 +63,29 @@ def heartbeat_seconds() -> int:
     return int(os.environ.get(HEARTBEAT_ENV, "10"))
 
 
+def grace_seconds(interval: int) -> int:
+    """How long a heartbeat may be missing before the trial counts as stale."""
+    return max(3 * interval, MIN_GRACE_SECONDS)
+
+
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage | None:
     """RDB storage with heartbeats; SQLite waits for locks instead of failing. ``None`` when
     ``create`` is false and the SQLite file does not exist yet."""
     engine_kwargs = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    path = sqlite_path(url)
+    if path is not None:
         if not create and not path.exists():
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     interval = heartbeat_seconds()
-    return retry_on_race(
+    return open_shared(
+        url,
         lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=3 * interval
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace_seconds(interval)
         ),
         "opening the Optuna storage",
     )
-
-
-def retry_on_race(fn, what: str, attempts: int = 6):
-    """Retries ``fn`` when workers starting together race to create the same database schema."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as err:  # IntegrityError / "database is locked" from a concurrent creator
-            if attempt == attempts - 1:
-                raise
-            log.info("%s: retrying after %s", what, type(err).__name__)
-            time.sleep(0.5 * (attempt + 1))
 
 
 def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
@@ -94,7 +96,8 @@ def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
     direction = study.spec.objective.direction
     sampler = optuna.samplers.TPESampler(seed=study.spec.search.sampler_seed) if study.spec.search else None
     if create:
-        return retry_on_race(
+        return open_shared(
+            study.storage,
             lambda: optuna.create_study(
                 study_name=study.name, storage=storage, direction=direction, load_if_exists=True, sampler=sampler
             ),
@@ -170,7 +173,7 @@ class Runner:
         self.on_event = on_event or (lambda kind, info: None)
         self.optuna_study = load_optuna_study(study, create=True)
         self.storage = self.optuna_study._storage
-        self.tracker = retry_on_race(lambda: Tracker(study), "opening the MLflow store")
+        self.tracker = open_shared(study.tracking_uri, lambda: Tracker(study), "opening the MLflow store")
         self.cells = {cell.cell_id: cell for cell in study.cells}
         self._signal: str | None = None  # name of a SIGINT/SIGTERM received
         self._in_training = False  # a signal interrupts training at once, anything else at its end
@@ -328,7 +331,12 @@ class Runner:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("axes", cell.axes_label())
         self.on_event("cell_start", {"cell": cell, "run_id": run_id})
-        callbacks = [self.tracker.epoch_logger(run_id), lambda s: self.on_event("epoch", {"cell": cell, "stats": s})]
+        check_claim = lambda stats=None: self._check_claim(trial)  # noqa: E731
+        callbacks = [
+            self.tracker.epoch_logger(run_id),
+            lambda s: self.on_event("epoch", {"cell": cell, "stats": s}),
+            check_claim,
+        ]
         try:
             with _Heartbeat(self.storage, trial._trial_id):
                 self._in_training = True
@@ -337,7 +345,14 @@ class Runner:
                     result = fit(cell.config, callbacks=callbacks)
                 finally:
                     self._in_training = False
+                check_claim()
                 self.tracker.log_result(run_id, result)
+        except ClaimLost:
+            log.warning("cell %s: this worker's heartbeat expired and another worker took the cell over; "
+                        "leaving it (and MLflow run %s) to that worker", cell_id, run_id)
+            summary.taken_over.append(cell_id)
+            self.on_event("cell_end", {"cell": cell, "status": "TAKEN OVER"})
+            return
         except StudyInterrupted as err:
             trial.set_user_attr("failure", f"interrupted by {err}")
             self.tracker.end(run_id, "KILLED", f"interrupted by {err}")
@@ -366,6 +381,10 @@ class Runner:
             self.optuna_study.tell(trial, float(value))
         summary.completed.append(cell_id)
         self.on_event("cell_end", {"cell": cell, "status": "FINISHED", "result": result})
+
+    def _check_claim(self, trial: optuna.Trial) -> None:
+        if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            raise ClaimLost(trial.user_attrs.get("cell_id", ""))
 
     def _close_parent(self, summary: RunSummary) -> None:
         if self.study.is_search:

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from studies import StudyFileError, load_study
 from studies.__main__ import main
+from studies.runner import Runner
 from studies.spec import BUNDLED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,3 +327,50 @@ def test_waiting_trials_of_another_study_version_are_left_alone(tmp_path):
     _assert_each_cell_once(tmp_path)
     waiting = [t for t in _trials(tmp_path) if t.state == TrialState.WAITING]
     assert [t.user_attrs["cell_id"] for t in waiting] == ["0123456789ab"]
+
+
+_OPEN_BOTH_STORES = """
+import sys
+from mlflow import MlflowClient
+from studies.db_setup import open_shared
+from studies.runner import open_storage
+tracking, storage = sys.argv[1:]
+open_shared(tracking, lambda: MlflowClient(tracking).search_experiments(), "opening MLflow")
+open_storage(storage).get_all_studies()
+"""
+
+
+@pytest.mark.slow
+def test_workers_creating_the_stores_together_leave_them_usable(tmp_path):
+    """Unserialised, concurrent MLflow migrations on one SQLite file break it for good."""
+    tracking, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_BOTH_STORES, tracking, storage],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, outputs
+    assert MlflowClient(tracking).create_experiment("after") is not None
+
+
+def test_a_worker_whose_trial_was_failed_as_stale_leaves_the_cell(tmp_path):
+    """Another worker failing our trial (as ``fail_stale_trials`` does) must stop us at the epoch end."""
+    study = load_study(_tiny(tmp_path, epochs=2))
+    runner = Runner(study)
+    stolen = []
+
+    def steal_first_cell(kind, info):
+        if kind == "epoch" and not stolen:
+            running = runner.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            runner.storage.set_trial_state_values(running[0]._trial_id, state=TrialState.FAIL)
+            stolen.append((info["cell"].cell_id, info["stats"].epoch))
+
+    runner.on_event = steal_first_cell
+    summary = runner.run()
+    (cell_id, epoch), = stolen
+    assert epoch == 0 and summary.taken_over == [cell_id] and not summary.failed
+    _assert_each_cell_once(tmp_path)  # the stolen cell went back to the queue and ran once more
+    _, _, children = _record(tmp_path)
+    retried = next(r for r in children if r.data.tags["cell_id"] == cell_id)
+    assert retried.data.tags["bnn.attempts"] == "2"

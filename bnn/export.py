@@ -10,9 +10,11 @@ per weight, which the OpenVINO CPU plugin executes with its bit-packed JIT kerne
 Exactness (checked on the OpenVINO 2026 CPU plugin, see ``tests/test_export.py``):
 
 * The CPU plugin binarises a real-valued BinaryConvolution input as ``x > 0 -> +1``, else ``-1``,
-  i.e. sign(0) = -1, whereas BNext uses sign(0) = +1. The exported graph therefore keeps the
-  explicit ``where(x >= 0, 1, -1)`` before each BinaryConvolution; the plugin fuses it into an
-  elementwise subgraph followed by a reorder to a packed 1-bit layout.
+  i.e. sign(0) = -1, whereas BNext uses sign(0) = +1. Each sign is therefore rewritten into a
+  2-level FakeQuantize with threshold ``-smallest_subnormal`` (``x > t`` is exactly ``x >= 0``,
+  subnormals and -0.0 included) and outputs 0/1, which the plugin runs as a JIT binarisation
+  writing packed bits, so no float +-1 tensor and no f32 -> u1 reorder is left in the graph.
+  (Exact as long as the CPU does not treat subnormals as zero: OpenVINO's default.)
 * ``pad_value=0`` reproduces the zero padding of the +-1 activations exactly.
 * ``u1`` constants are packed least significant bit first (element ``i`` is bit ``i % 8`` of
   byte ``i // 8``, flattened in (O, I, kH, kW) order).
@@ -148,6 +150,29 @@ def _u1_constant(weight: np.ndarray):
     return ov.op.Constant(tensor)
 
 
+def _sign_input(sign_node):
+    """The ``x`` of a ``Select(x >= 0, +1, -1)`` recognised by ``_is_sign``."""
+    if sign_node.get_type_name() == "Convert":
+        sign_node = sign_node.input_value(0).get_node()
+    return sign_node.input_value(0).get_node().input_value(0)
+
+
+def _binarization(sign_node):
+    """sign(x) as the binarising FakeQuantize that the CPU plugin fuses into a packed 1-bit output.
+
+    FakeQuantize with 2 levels, equal input bounds ``t`` and outputs 0/1 gives 1 where ``x > t``;
+    BinaryConvolution reads 1 as +1 and 0 as -1. ``t`` is minus the smallest float32 subnormal,
+    so ``x > t`` is exactly ``x >= 0`` (no float lies strictly between ``t`` and -0.0).
+    """
+    from openvino import opset1
+
+    def scalar(value):
+        return opset1.constant(np.full((1, 1, 1, 1), value, np.float32))
+
+    threshold = scalar(-np.finfo(np.float32).smallest_subnormal)
+    return opset1.fake_quantize(_sign_input(sign_node), threshold, threshold, scalar(0.0), scalar(1.0), 2).output(0)
+
+
 def binarize_convolutions(model) -> dict[str, int]:
     """Rewrites Convolution(sign(x), +-1 constant) into BinaryConvolution (xnor-popcount), in place.
 
@@ -177,6 +202,7 @@ def binarize_convolutions(model) -> dict[str, int]:
             counts["float_fallback"] += 1
             continue
         attrs = node.get_attributes()
+        data = _binarization(data.get_node())
         output = opset1.binary_convolution(
             data,
             _u1_constant(np.sign(weight)),

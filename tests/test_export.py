@@ -70,6 +70,8 @@ def test_binary_conv_is_exact(c_in, c_out, kernel, stride):
     x = torch.randn(2, c_in, 9, 11)
     x[:, :, ::3, ::2] = 0.0  # sign(0) = +1
     x[0, 0, 1] = -0.0
+    x[1, 0, 2, :4] = torch.tensor([1e-40, -1e-40, 1.4e-45, -1.4e-45])  # subnormals keep their sign
+    x[1, 0, 4, :2] = torch.tensor([1.2e-38, -1.2e-38])  # the smallest normals
     model, counts = convert_openvino(module, x, dynamic_batch=False)
     compiled, types = _compile(model)
     packed = c_in % 8 == 0
@@ -93,6 +95,13 @@ def test_detector_round_trip(tmp_path):
     n_binary = sum(isinstance(m, BinaryConv2d) for m in detector.modules())
     assert engine.meta["binary_convolutions"] == n_binary == 13
     assert engine.runtime_layer_types(batch_size=3)["BinaryConvolution"] == n_binary
+    runtime = engine.compiled_for(3)[0].get_runtime_model().get_ordered_ops()
+    def layer_type(op):
+        return op.get_rt_info()["layerType"].astype(str)
+
+    packing = [op for op in runtime if layer_type(op) == "Reorder" and op.get_output_element_type(0) == ov.Type.u1
+               and layer_type(op.input(0).get_source_output().get_node()) != "Const"]  # weights: once
+    assert not packing, "the binarisation should write packed bits itself, not through a reorder"
     images = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         logits = detector(images)

@@ -1,20 +1,22 @@
-"""CPU inference speed: BNext-T detector with float-simulated vs 1-bit binary convolutions.
+"""CPU inference speed: BNext detectors with float-simulated vs 1-bit binary convolutions.
 
 Lanzino et al., "Faster Than Lies: Real-time Deepfake Detection using Binary Neural Networks",
-CVPRW 2024, motivate binary backbones by their speed. This benchmark measures, in one run and on
-the same inputs, latency (batch 1, median of N runs) and throughput (batch B) at 224x224 of:
+CVPRW 2024, motivate binary backbones by their speed but only count operations. This benchmark
+measures, in one run and on the same inputs, latency (batch 1, median of N runs) and throughput
+(batch B) at 224x224, for each BNext size given (default BNext-T and BNext-S, rgb+fft+lbp), of:
 
-* BNext-T detector (rgb+fft+lbp) in PyTorch eager (binary convolutions simulated in float),
-* the same detector exported by ``bnn.export`` to OpenVINO with BinaryConvolution (1-bit),
+* the detector as trained, in PyTorch eager (binary convolutions simulated in float),
+* its PyTorch inference form (``bnn.inference.for_inference``: sign(w) computed once, plain sign),
+* the export by ``bnn.export`` to OpenVINO with BinaryConvolution (1-bit XNOR/popcount),
 * the same export without the binary rewrite (OpenVINO, float +-1 convolutions), for reference,
-* full-precision timm ResNet-50 in PyTorch eager and in OpenVINO fp32.
 
-Detector rows time the network only (input channels -> logits); the feature extraction
-(fft + lbp in PyTorch, identical for both engines) is timed separately and added in the
-end-to-end rows. Weights are random (or ``--checkpoint``): speed does not depend on them;
-random BNext weights give huge logits, so the logit check is also printed relative.
+and, once, full-precision timm ResNet-50 in PyTorch eager and in OpenVINO fp32 (the baseline
+named in the ratios). Detector rows time the network only (input channels -> logits); the
+feature extraction (fft + lbp in PyTorch, identical for every detector row) is timed separately
+and added in the end-to-end rows. Weights are random (or ``--checkpoint``): speed does not
+depend on them; random BNext weights give huge logits, so the logit check is printed relative.
 
-    python benchmarks/inference.py [--size 224] [--repeats 20] [--batch 32] [--checkpoint best.pt]
+    python benchmarks/inference.py [--backbones bnext_tiny bnext_small] [--repeats 20] [--batch 32]
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bnn.detector import create_detector  # noqa: E402
-from bnn.export import OpenVINODetector, export_openvino, runtime_layer_types  # noqa: E402
+from bnn.export import OpenVINODetector, export_openvino  # noqa: E402
+from bnn.inference import for_inference  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -71,111 +75,117 @@ def _ov_compile(model, batch: int, channels: int, size: int):
     return compiled, request
 
 
+def _detector_rows(detector, label: str, channels: dict, size: int, tmp: Path) -> list:
+    """(row name, make(batch) -> callable) for one detector: eager, inference form, OpenVINO x2."""
+    start = time.perf_counter()
+    for kind in ("binary", "float"):
+        export_openvino(detector, tmp / kind, (size, size), binary=kind == "binary")
+    engines = {kind: OpenVINODetector(tmp / kind) for kind in ("binary", "float")}
+    fast = for_inference(detector)
+    print(f"\n{label}: exported (binary and float) in {time.perf_counter() - start:.1f} s; "
+          f"{engines['binary'].meta['binary_convolutions']} BinaryConvolution in the IR, "
+          f"{engines['binary'].runtime_layer_types(1)['BinaryConvolution']} executed by the CPU plugin")
+    with torch.no_grad():
+        ref = detector.forward_channels(channels[1])
+        for name, out in (("PyTorch inference form", fast.forward_channels(channels[1])),
+                          ("OpenVINO binary", engines["binary"].forward_channels(channels[1]))):
+            diff = (out - ref).abs().max().item()
+            print(f"  |logit difference| {name} vs PyTorch eager: {diff:.3g} "
+                  f"(logit {ref.item():.4g}, relative {diff / max(ref.abs().item(), 1e-12):.1e})")
+
+    def engine_row(kind):
+        def make(b):
+            engines[kind].compiled_for(b)
+            return lambda: engines[kind].forward_channels(channels[b])
+        return make
+
+    return [
+        (f"{label} PyTorch eager (as trained)", lambda b: lambda: detector.forward_channels(channels[b])),
+        (f"{label} PyTorch inference form", lambda b: lambda: fast.forward_channels(channels[b])),
+        (f"{label} OpenVINO binary (1-bit)", engine_row("binary")),
+        (f"{label} OpenVINO float +-1", engine_row("float")),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=20, help="batch-1 runs per engine (median)")
+    parser.add_argument("--repeats", type=int, default=20, help="batch-1 runs per row (median)")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the throughput runs")
     parser.add_argument("--throughput-repeats", type=int, default=3)
-    parser.add_argument("--backbone", default="bnext_tiny")
-    parser.add_argument("--checkpoint", help="best.pt to time instead of random weights")
+    parser.add_argument("--backbones", nargs="+", default=["bnext_tiny", "bnext_small"])
+    parser.add_argument("--checkpoint", help="best.pt to time instead of random-weight --backbones")
     parser.add_argument("--baseline", default="resnet50", help="timm full-precision baseline")
     args = parser.parse_args(argv)
 
     import openvino as ov
     import timm
 
-    threads = torch.get_num_threads()
-    print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; torch threads {threads}; "
-          f"torch {torch.__version__}; openvino {ov.__version__}")
+    print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}; "
+          f"OpenVINO CPU threads: plugin default (LATENCY hint); torch {torch.__version__}; "
+          f"openvino {ov.__version__}")
     torch.manual_seed(0)
     size, batch = args.size, args.batch
-    detector = create_detector(args.backbone, "rgb+fft+lbp").eval()
-    name = args.backbone
     if args.checkpoint:
         from bnn.train import load_detector
 
         detector, _ = load_detector(args.checkpoint, device="cpu")
-        name = f"{detector.backbone_name} ({detector.features_label})"
+        detectors = {f"{detector.backbone_name} ({detector.features_label})": detector.eval()}
+    else:
+        detectors = {name: create_detector(name, "rgb+fft+lbp").eval() for name in args.backbones}
+    features = next(iter(detectors.values()))
     baseline = timm.create_model(args.baseline, pretrained=False, num_classes=1).eval()
     images = {b: torch.rand(b, 3, size, size) for b in (1, batch)}
     with torch.no_grad():
-        channels = {b: detector.input_channels(x) for b, x in images.items()}
+        channels = {b: features.input_channels(x) for b, x in images.items()}
 
     tmp = tempfile.TemporaryDirectory()
-    start = time.perf_counter()
-    export_openvino(detector, Path(tmp.name) / "binary", (size, size), binary=True)
-    export_openvino(detector, Path(tmp.name) / "float", (size, size), binary=False)
-    print(f"export of {name} (binary and float): {time.perf_counter() - start:.1f} s")
-    engines = {kind: OpenVINODetector(Path(tmp.name) / kind) for kind in ("binary", "float")}
-    print(f"binary engine: {engines['binary'].meta['binary_convolutions']} BinaryConvolution in the IR; "
-          f"executed by the CPU plugin: {engines['binary'].runtime_layer_types(1)['BinaryConvolution']}")
-    with torch.no_grad():
-        ref = detector.forward_channels(channels[1])
-    diff = (engines["binary"].forward_channels(channels[1]) - ref).abs().max().item()
-    print(f"|logit difference| binary engine vs PyTorch: {diff:.3g} (logit {ref.item():.4g}, "
-          f"relative {diff / max(ref.abs().item(), 1e-12):.1e})")
+    rows = []
+    for i, (label, detector) in enumerate(detectors.items()):
+        rows += _detector_rows(detector, label, channels, size, Path(tmp.name) / str(i))
+    baseline_ov = ov.convert_model(baseline, example_input=(images[1],))
+    baseline_compiled = {b: _ov_compile(baseline_ov, b, 3, size) for b in (1, batch)}
 
-    resnet_ov = ov.convert_model(baseline, example_input=(images[1],))
-    resnet_compiled = {b: _ov_compile(resnet_ov, b, 3, size) for b in (1, batch)}
-
-    def torch_net(b):
-        return lambda: detector.forward_channels(channels[b])
-
-    def ov_net(kind, b):
-        engine = engines[kind]
-        engine.compiled_for(b)
-        return lambda: engine.forward_channels(channels[b])
-
-    def resnet_torch(b):
-        return lambda: baseline(images[b])
-
-    def resnet_openvino(b):
-        request = resnet_compiled[b][1]
-        array = images[b].numpy()
+    def baseline_openvino(b):
+        request, array = baseline_compiled[b][1], images[b].numpy()
         return lambda: request.infer({0: array})
 
-    rows = [
-        (f"{name} PyTorch eager (float-simulated binary)", torch_net),
-        (f"{name} OpenVINO binary (BinaryConvolution)", lambda b: ov_net("binary", b)),
-        (f"{name} OpenVINO float (+-1 Convolution)", lambda b: ov_net("float", b)),
-        (f"{args.baseline} PyTorch eager fp32", resnet_torch),
-        (f"{args.baseline} OpenVINO fp32", resnet_openvino),
-    ]
+    baseline_torch_row = f"{args.baseline} PyTorch eager fp32"
+    baseline_ov_row = f"{args.baseline} OpenVINO fp32"
+    rows += [(baseline_torch_row, lambda b: lambda: baseline(images[b])), (baseline_ov_row, baseline_openvino)]
+
     latency, throughput = {}, {}
-    with torch.no_grad():
-        feature_latency = median_seconds(lambda: detector.input_channels(images[1]), args.repeats)
-        feature_batch = median_seconds(lambda: detector.input_channels(images[batch]), args.throughput_repeats, 1)
-        for name, make in rows:
+    with torch.inference_mode():
+        feature_latency = median_seconds(lambda: features.input_channels(images[1]), args.repeats)
+        feature_batch = median_seconds(lambda: features.input_channels(images[batch]), args.throughput_repeats, 1)
+        for name, make in tqdm(rows, desc="timing", unit="row", disable=not sys.stderr.isatty()):
             latency[name] = median_seconds(make(1), args.repeats)
             throughput[name] = batch / median_seconds(make(batch), args.throughput_repeats, 1)
 
+    width = max(len(name) for name, _ in rows) + 2
     print(f"\n{size}x{size}; latency: batch 1, median of {args.repeats}; throughput: batch {batch}, "
           f"median of {args.throughput_repeats}. Network only (detector: channels -> logit).")
-    print(f"{'engine':58} {'latency ms':>11} {'images/s':>9}")
+    print(f"{'row':{width}} {'latency ms':>11} {'images/s':>9}")
     for name, _ in rows:
-        print(f"{name:58} {latency[name] * 1e3:11.2f} {throughput[name]:9.1f}")
-    print(f"{'features fft+lbp (PyTorch, both detector engines)':58} {feature_latency * 1e3:11.2f} "
+        print(f"{name:{width}} {latency[name] * 1e3:11.2f} {throughput[name]:9.1f}")
+    print(f"{'features fft+lbp (PyTorch, every detector row)':{width}} {feature_latency * 1e3:11.2f} "
           f"{batch / feature_batch:9.1f}")
     print("\nEnd to end (features + network):")
-    for name, _ in rows[:3]:
+    for name, _ in rows[:-2]:
         lat = latency[name] + feature_latency
         thr = batch / (batch / throughput[name] + feature_batch)
-        print(f"{name:58} {lat * 1e3:11.2f} {thr:9.1f}")
+        print(f"{name:{width}} {lat * 1e3:11.2f} {thr:9.1f}")
 
-    eager, binary, floatov, rn_ov = (rows[i][0] for i in (0, 1, 2, 4))
-
-    def ratio(label, a, b):
-        print(f"{label}: latency {latency[b] / latency[a]:.2f}x, throughput {throughput[a] / throughput[b]:.2f}x")
+    def ratio(a, b):
+        print(f"  {a} vs {b}: latency {latency[b] / latency[a]:.2f}x, throughput {throughput[a] / throughput[b]:.2f}x")
 
     print("\nSpeed-ups (>1: the first is faster), network only:")
-    ratio("OpenVINO binary vs PyTorch eager", binary, eager)
-    ratio("OpenVINO binary vs OpenVINO float +-1", binary, floatov)
-    ratio(f"OpenVINO binary vs {args.baseline} OpenVINO fp32", binary, rn_ov)
-    e2e = {n: latency[n] + feature_latency for n in (eager, binary)}
-    print(f"End to end, OpenVINO binary vs PyTorch eager: latency {e2e[eager] / e2e[binary]:.2f}x")
-    types = runtime_layer_types(engines["binary"].compiled_for(1)[0])
-    print("\nbinary engine runtime graph:", dict(types.most_common(8)))
+    for label in detectors:
+        binary = f"{label} OpenVINO binary (1-bit)"
+        for other in (f"{label} PyTorch eager (as trained)", f"{label} PyTorch inference form",
+                      f"{label} OpenVINO float +-1", baseline_ov_row, baseline_torch_row):
+            ratio(binary, other)
+        ratio(f"{label} PyTorch inference form", f"{label} PyTorch eager (as trained)")
     tmp.cleanup()
     return 0
 

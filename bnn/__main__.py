@@ -131,7 +131,10 @@ def _detect(args: argparse.Namespace) -> int:
         device = torch.device("cpu")
         transform = build_transform(model.input_size[0], train=False)
     else:
+        from bnn.inference import for_inference
+
         model, config = load_detector(args.checkpoint, args.device)
+        model = for_inference(model)  # sign(w) once, plain sign: identical outputs, about 2x faster
         device = next(model.parameters()).device
         transform = build_transform(config.resolution, train=False)
     paths = []

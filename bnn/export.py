@@ -28,7 +28,6 @@ the exported network maps the (B, 3 + k, H, W) channels to (B,) logits.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections import Counter
@@ -37,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnn.backbones.binary import BinaryActivation, BinaryConv2d
 from bnn.detector import Detector
+from bnn.inference import for_inference
 
 MODEL_FILE = "model.xml"
 META_FILE = "detector.json"
@@ -56,54 +54,6 @@ def _openvino():
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("OpenVINO export needs the 'openvino' package: pip install openvino") from err
     return openvino
-
-
-class ExportSign(nn.Module):
-    """sign with sign(0) = +1 as ``where(x >= 0, 1, -1)``: a Select that the rewrite recognises."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-
-class ExportBinaryConv(nn.Module):
-    """``BinaryConv2d`` with its weight sign(w) frozen into a buffer, so it exports as a +-1 constant.
-
-    Args:
-        conv: The module to freeze.
-    """
-
-    def __init__(self, conv: BinaryConv2d) -> None:
-        super().__init__()
-        self.stride = conv.stride
-        self.padding = conv.padding
-        with torch.no_grad():
-            self.register_buffer("weight", conv.binary_weight().detach().clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
-
-
-def exportable(module: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with binary activations/convolutions in an exportable form.
-
-    Args:
-        module: A detector, backbone or any module containing ``BinaryActivation``/``BinaryConv2d``.
-
-    Returns:
-        The copy; the original module is untouched.
-    """
-    module = copy.deepcopy(module).eval()
-    if isinstance(module, BinaryConv2d):
-        return ExportBinaryConv(module)
-    if isinstance(module, BinaryActivation):
-        return ExportSign()
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, BinaryConv2d):
-                setattr(parent, name, ExportBinaryConv(child))
-            elif isinstance(child, BinaryActivation):
-                setattr(parent, name, ExportSign())
-    return module
 
 
 def _constant_values(node) -> np.ndarray | None:
@@ -177,7 +127,7 @@ def binarize_convolutions(model) -> dict[str, int]:
     """Rewrites Convolution(sign(x), +-1 constant) into BinaryConvolution (xnor-popcount), in place.
 
     Args:
-        model: An ``openvino.Model`` converted from a module prepared by ``exportable``.
+        model: An ``openvino.Model`` converted from a module prepared by ``bnn.inference.for_inference``.
 
     Returns:
         ``{"binary": rewritten, "float_fallback": left as float}``; the fallback holds binary
@@ -239,7 +189,7 @@ def convert_openvino(
         ``(model, counts)``: the model and the ``binarize_convolutions`` counts.
     """
     ov = _openvino()
-    module = exportable(module)
+    module = for_inference(module)
     with torch.no_grad():
         model = ov.convert_model(module, example_input=(example_input,))
     shape = list(example_input.shape)
@@ -414,14 +364,11 @@ def runtime_layer_types(compiled) -> Counter:
 
 
 __all__: Sequence[str] = (
-    "ExportBinaryConv",
-    "ExportSign",
     "OpenVINODetector",
     "binarize_convolutions",
     "convert_openvino",
     "export",
     "export_openvino",
-    "exportable",
     "pack_bits",
     "runtime_layer_types",
 )

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from bnn import Detector, create_detector, list_backbones
+from bnn.backbones.binary import BinaryActivation, BinaryConv2d
 from bnn.detector import parse_features
+from bnn.inference import for_inference
 
 EXTRA = ("sobel", "fft", "lbp")
 FEATURE_SETS = [
@@ -68,6 +70,19 @@ def test_contract_forward_backward(backbone, features):
     if features != "rgb":
         assert detector.adapter.weight.grad.abs().sum() > 0
     detector.zero_grad(set_to_none=True)  # the backbone is shared with the next test
+
+
+@pytest.mark.parametrize("backbone", list_backbones())
+def test_contract_inference_form_is_identical(backbone):
+    """``for_inference`` (sign(w) computed once, plain sign) changes no output bit in eval mode."""
+    detector = Detector(_backbone(backbone), parse_features("rgb+fft")).eval()
+    fast = for_inference(detector)
+    assert not any(isinstance(m, (BinaryConv2d, BinaryActivation)) for m in fast.modules())
+    assert not any(p.requires_grad for p in fast.parameters())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(fast(images), detector(images))
+    assert any(p.requires_grad for p in detector.parameters())  # the original is untouched
 
 
 def test_adapter_shape_and_absence():

@@ -14,7 +14,8 @@ and, once, full-precision timm ResNet-50 in PyTorch eager and in OpenVINO fp32 (
 named in the ratios). Detector rows time the network only (input channels -> logits); the
 feature extraction (fft + lbp in PyTorch, identical for every detector row) is timed separately
 and added in the end-to-end rows. Weights are random (or ``--checkpoint``): speed does not
-depend on them; random BNext weights give huge logits, so the logit check is printed relative.
+depend on them; random weights get their BatchNorm statistics from three training-mode passes
+over the benchmark inputs, so that the logit check compares realistic values.
 
     python benchmarks/inference.py [--backbones bnext_tiny bnext_small] [--repeats 20] [--batch 32]
 """
@@ -75,6 +76,25 @@ def _ov_compile(model, batch: int, channels: int, size: int):
     return compiled, request
 
 
+def calibrate_batchnorm(detector, channels: torch.Tensor, batch: int = 8) -> None:
+    """Sets BatchNorm statistics of a random-weight detector from a few training-mode passes.
+
+    With its initial unit statistics a random BNext gives logits around 1e7, where float rounding
+    differences grow chaotically and no engine comparison means anything; speed is unaffected.
+    """
+    norms = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    detector.train()
+    with torch.no_grad():
+        for start in range(0, len(channels), batch):
+            detector.forward_channels(channels[start : start + batch])
+    detector.eval()
+    for m in norms:
+        m.momentum = 0.1
+
+
 def _detector_rows(detector, label: str, channels: dict, size: int, tmp: Path) -> list:
     """(row name, make(batch) -> callable) for one detector: eager, inference form, OpenVINO x2."""
     start = time.perf_counter()
@@ -84,7 +104,8 @@ def _detector_rows(detector, label: str, channels: dict, size: int, tmp: Path) -
     fast = for_inference(detector)
     print(f"\n{label}: exported (binary and float) in {time.perf_counter() - start:.1f} s; "
           f"{engines['binary'].meta['binary_convolutions']} BinaryConvolution in the IR, "
-          f"{engines['binary'].runtime_layer_types(1)['BinaryConvolution']} executed by the CPU plugin")
+          f"{engines['binary'].runtime_layer_types(1)['BinaryConvolution']} executed by the CPU plugin "
+          f"with {engines['binary'].compiled_for(1)[0].get_property('INFERENCE_NUM_THREADS')} threads")
     with torch.no_grad():
         ref = detector.forward_channels(channels[1])
         for name, out in (("PyTorch inference form", fast.forward_channels(channels[1])),
@@ -122,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
 
     print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}; "
-          f"OpenVINO CPU threads: plugin default (LATENCY hint); torch {torch.__version__}; "
+          f"OpenVINO: LATENCY hint; torch {torch.__version__}; "
           f"openvino {ov.__version__}")
     torch.manual_seed(0)
     size, batch = args.size, args.batch
@@ -139,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         channels = {b: features.input_channels(x) for b, x in images.items()}
 
+    if not args.checkpoint:
+        for detector in detectors.values():
+            calibrate_batchnorm(detector, channels[batch][:24])
     tmp = tempfile.TemporaryDirectory()
     rows = []
     for i, (label, detector) in enumerate(detectors.items()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from bnn import cost, features
 from bnn.backbones import BACKBONES, create_backbone, list_backbones
 from bnn.detector import Detector, create_detector, load_authors_checkpoint
+from bnn.inference import for_inference
 from bnn.pretrained import load_pretrained
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "create_backbone",
     "create_detector",
     "features",
+    "for_inference",
     "list_backbones",
     "load_authors_checkpoint",
     "load_pretrained",

@@ -83,6 +83,7 @@ def calibrate_batchnorm(detector, channels: torch.Tensor, batch: int = 8) -> Non
     differences grow chaotically and no engine comparison means anything; speed is unaffected.
     """
     norms = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the passes
@@ -91,8 +92,8 @@ def calibrate_batchnorm(detector, channels: torch.Tensor, batch: int = 8) -> Non
         for start in range(0, len(channels), batch):
             detector.forward_channels(channels[start : start + batch])
     detector.eval()
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 def _detector_rows(detector, label: str, channels: dict, size: int, tmp: Path) -> list:

@@ -331,11 +331,10 @@ class Runner:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("axes", cell.axes_label())
         self.on_event("cell_start", {"cell": cell, "run_id": run_id})
-        check_claim = lambda stats=None: self._check_claim(trial)  # noqa: E731
         callbacks = [
             self.tracker.epoch_logger(run_id),
             lambda s: self.on_event("epoch", {"cell": cell, "stats": s}),
-            check_claim,
+            lambda s: self._check_claim(trial),
         ]
         try:
             with _Heartbeat(self.storage, trial._trial_id):
@@ -345,7 +344,7 @@ class Runner:
                     result = fit(cell.config, callbacks=callbacks)
                 finally:
                     self._in_training = False
-                check_claim()
+                self._check_claim(trial)
                 self.tracker.log_result(run_id, result)
         except ClaimLost:
             log.warning("cell %s: this worker's heartbeat expired and another worker took the cell over; "

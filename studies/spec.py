@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bnn.config import FitConfig
+from studies.db_setup import sqlite_path
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 
 BUNDLED_DIR = Path(__file__).resolve().parent
@@ -142,8 +143,8 @@ def resolve_path(name: str | os.PathLike) -> Path:
 
 def default_storage(tracking_uri: str) -> str:
     """An Optuna SQLite file beside the MLflow SQLite database, else ``optuna.db`` here."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = sqlite_path(tracking_uri)
+    if db is not None:
         return f"sqlite:///{(db.parent / 'optuna.db').as_posix()}"
     return "sqlite:///optuna.db"
 

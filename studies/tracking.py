@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from bnn.backbones import BACKBONES
 from bnn.train import EpochStats, FitResult
+from studies.db_setup import sqlite_path
 from studies.spec import Cell, Study
 
 PACKAGES = ("torch", "timm", "mlflow", "optuna", "bnn-deepfake")
@@ -62,9 +63,9 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def artifact_location(tracking_uri: str, study: str) -> str | None:
     """Artifacts of a SQLite-tracked study go to ``mlartifacts/<study>`` beside the database."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-        return (db.parent / "mlartifacts" / study).as_uri()
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        return (db.resolve().parent / "mlartifacts" / study).as_uri()
     return None
 
 

@@ -1,8 +1,14 @@
 """Typed configuration of one training run (``bnn.train.fit``). YAML is only its serialised form.
 
-Defaults follow Lanzino et al., CVPRW 2024 (their ``train.py``/``model.py``): AdamW lr 1e-4,
-weight decay 1e-2, linear decay to 1e-5 over 5 epochs, 5 epochs, batch size 128, BCE with
-pos_weight = #real / #fake.
+Optimisation defaults follow Lanzino et al., CVPRW 2024 (their ``train.py``/``model.py``): AdamW lr
+1e-4, weight decay 1e-2, linear decay to 1e-5 over 5 epochs, 5 epochs, batch size 128, BCE with
+pos_weight = #real / #fake. The training augmentation defaults to the ``standard`` preset, not the
+paper's (``augment: {preset: paper}``); ``docs/training.md`` has the measurements behind that.
+A ``recipe`` fills the keys a study leaves out with a named set of values (``RECIPES``).
+
+Content ids: keys added after the first release are left out of the hash while they hold the value
+that means what the code did before they existed (``LEGACY_VALUES``), so cells of finished studies
+keep their ids when this class grows.
 """
 
 from __future__ import annotations
@@ -13,7 +19,71 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bnn.data.transforms import AUGMENT_PRESETS
+
+
+class AugmentConfig(BaseModel):
+    """Training augmentation: a preset, each knob overridable (``bnn.data.transforms``).
+
+    Attributes:
+        preset: ``paper`` (the authors': flips, always a +-90 degree rotation, colour jitter 0.2),
+            ``standard`` (random crop and horizontal flips) or ``none`` (evaluation preprocessing).
+        hflip_p, vflip_p: Probability of a horizontal / vertical flip.
+        rotate90_p: Probability of a rotation by -90 or +90 degrees (the paper: 1, always).
+        color_jitter: Brightness, contrast, saturation and hue jitter strength (0 = off).
+        random_crop: Random crop of R from the R + R // 8 resize (else the centre crop).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: Literal["paper", "standard", "none"] = "standard"
+    hflip_p: float | None = Field(None, ge=0, le=1)
+    vflip_p: float | None = Field(None, ge=0, le=1)
+    rotate90_p: float | None = Field(None, ge=0, le=1)
+    color_jitter: float | None = Field(None, ge=0, le=1)
+    random_crop: bool | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        """Every knob's value: the preset's, overridden by the knobs given."""
+        knobs = dict(AUGMENT_PRESETS[self.preset])
+        for key in knobs:
+            value = getattr(self, key)
+            if value is not None:
+                knobs[key] = value
+        return knobs
+
+
+class DistillConfig(BaseModel):
+    """Knowledge distillation from a full-precision teacher detector (``bnn.distill``).
+
+    The student's loss is ``(1 - alpha) * BCE(logit, label) + alpha * KD``, with KD the binary
+    cross-entropy of ``sigmoid(logit / T)`` against the teacher's ``sigmoid(teacher_logit / T)``,
+    times ``T**2`` (Hinton et al., 2015). BNext and ReActNet distil with ``T = 1`` and no label
+    term (``alpha = 1``); the defaults keep their ``T = 1`` and weigh both terms equally.
+
+    Attributes:
+        teacher: The teacher's checkpoint, a ``best.pt`` written by ``fit`` for a full-precision
+            backbone. A study file may name a cell instead (``{cell: {backbone: resnet18}}``, see
+            ``studies.distill``); the study fills in that cell's ``best.pt`` and ``teacher_id``.
+        teacher_id: Content id of the teacher's cell, set by the study. When set, the student's
+            content id hashes it instead of ``teacher`` (a path on one machine).
+        temperature: T, the softening of both probabilities.
+        alpha: Weight of the distillation term; 0 is plain BCE, 1 is distillation only.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher: str = Field(min_length=1)
+    teacher_id: str | None = None
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+
+    def identity(self) -> dict[str, Any]:
+        """What of this block is hashed into the student's content id."""
+        teacher = {"teacher_id": self.teacher_id} if self.teacher_id else {"teacher": self.teacher}
+        return {**teacher, "temperature": self.temperature, "alpha": self.alpha}
 
 
 class FitConfig(BaseModel):
@@ -27,11 +97,15 @@ class FitConfig(BaseModel):
     freeze_backbone: bool = False
     pretrained: str | bool | None = None
     compat: Literal["exact", "authors"] = "exact"
+    head: Literal["linear", "bn_linear"] = "bn_linear"
+    recipe: Literal["paper", "scratch"] | None = None
     # data
     dataset: str = "synthetic"
     data_root: str | None = None
     data_params: dict[str, Any] = Field(default_factory=dict)
     resolution: int = Field(224, ge=8)
+    augment: AugmentConfig = AugmentConfig()
+    distill: DistillConfig | None = None
     # optimisation
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -39,9 +113,14 @@ class FitConfig(BaseModel):
     lr: float = Field(1e-4, gt=0)
     min_lr: float = Field(1e-5, ge=0)
     lr_decay_epochs: int = Field(5, ge=1)
+    lr_schedule: Literal["linear", "cosine"] = "linear"
+    warmup_epochs: float = Field(0.0, ge=0)
     weight_decay: float = Field(1e-2, ge=0)
+    binary_weight_decay: float | None = Field(None, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip_norm: float | None = Field(1.0, gt=0)
+    weight_temperature: float = Field(0.0, ge=0)
+    weight_temperature_decay: float = Field(0.9, gt=0, le=1)
     amp: bool = True
     # execution
     device: str = "auto"
@@ -53,6 +132,17 @@ class FitConfig(BaseModel):
     max_train_batches: int | None = Field(None, ge=1)
     max_eval_batches: int | None = Field(None, ge=1)
     output_dir: str | None = None
+    log_every_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, data: Any) -> Any:
+        """Keys the config leaves out take the recipe's values (``RECIPES``)."""
+        if isinstance(data, dict) and data.get("recipe") is not None:
+            recipe = RECIPES.get(data["recipe"])
+            if recipe is not None:  # an unknown name is reported by the field's own validation
+                data = {**recipe, **data}
+        return data
 
     @field_validator("features", mode="before")
     @classmethod
@@ -80,8 +170,19 @@ class FitConfig(BaseModel):
             raise ValueError(err.args[0]) from None
 
     def content_id(self) -> str:
-        """Short hash of the settings that change the result (not where outputs are written)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "num_workers", "device"})
+        """Short hash of the settings that change the result (not where outputs are written).
+
+        Keys in ``LEGACY_VALUES`` are left out while they hold their legacy value, and
+        ``augment`` is hashed as its resolved knobs (a preset and the same knobs spelt out are one
+        configuration). ``recipe`` is not hashed: the values it filled in are.
+        """
+        payload = self.model_dump(mode="json", exclude=NOT_HASHED)
+        payload["augment"] = self.augment.resolved()
+        if self.distill is not None:  # the teacher's identity, not where its checkpoint lies
+            payload["distill"] = self.distill.identity()
+        for key, legacy in LEGACY_VALUES.items():
+            if payload.get(key) == legacy:
+                del payload[key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
@@ -93,7 +194,7 @@ class FitConfig(BaseModel):
         from pydantic import ValidationError
 
         try:
-            return cls(**data)
+            return cls(**nest_dotted(data))
         except ValidationError as err:
             lines = [f"{source}: invalid training config"]
             for e in err.errors():
@@ -109,6 +210,63 @@ class FitConfig(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of FitConfig keys, got {type(data).__name__}")
         return cls.from_mapping({**data, **(overrides or {})}, str(path))
+
+
+# Where outputs go and how the run is executed or logged: not part of a result's identity.
+NOT_HASHED = {"output_dir", "num_workers", "device", "recipe", "log_every_seconds"}
+
+# Keys added after the first release, with the value that reproduces the code before them.
+LEGACY_VALUES: dict[str, Any] = {
+    "augment": AUGMENT_PRESETS["paper"],
+    "lr_schedule": "linear",
+    "warmup_epochs": 0.0,
+    "binary_weight_decay": None,
+    "head": "linear",
+    "weight_temperature": 0.0,
+    "weight_temperature_decay": 0.9,
+    "distill": None,
+}
+
+# Named training recipes: values for the keys a config leaves out (docs/training.md justifies them).
+RECIPES: dict[str, dict[str, Any]] = {
+    # Fine-tuning from the official ImageNet weights, as Lanzino et al. train (their train.py).
+    "paper": {
+        "augment": {"preset": "paper"},
+        "head": "linear",
+        "lr": 1e-4,
+        "min_lr": 1e-5,
+        "lr_decay_epochs": 5,
+        "lr_schedule": "linear",
+        "weight_decay": 1e-2,
+        "grad_clip_norm": 1.0,
+    },
+    # Training BNext from random weights as BNN practice does (filled in from docs/training.md).
+    "scratch": {
+        "augment": {"preset": "standard"},
+        "head": "bn_linear",
+        "lr": 1e-3,
+        "min_lr": 0.0,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 0.5,
+        "weight_decay": 1e-2,
+        "binary_weight_decay": 0.0,
+    },
+}
+
+
+def nest_dotted(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"distill": {...}, "distill.alpha": 1}`` -> ``{"distill": {..., "alpha": 1}}``: dotted
+    keys (``--set distill.teacher=...``) merged into nested mappings, after the plain keys."""
+    out = {k: v for k, v in data.items() if "." not in k}
+    for key, value in data.items():
+        if "." in key:
+            *heads, last = key.split(".")
+            target = out
+            for head in heads:
+                target[head] = dict(target.get(head) or {})
+                target = target[head]
+            target[last] = value
+    return out
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -6,7 +6,14 @@ Binary Neural Networks", CVPRW 2024 (their ``BNext4DFR``), with features compute
       -> adapter Conv2d(3 + k -> 3, 3x3, pad 1)  (k > 0)    (B, 3, H, W)
       -> ImageNet mean/std normalisation
       -> backbone without classifier                        (B, C)
+      -> [head "bn_linear": BatchNorm1d(C, no affine)]      (B, C)
       -> fc Linear(C, 1)                                    (B,)  logit, fake = 1
+
+Heads: ``linear`` is the authors' (a default-initialised Linear on the pooled features); ``bn_linear``
+normalises the pooled features per channel and starts the Linear at zero, so a fresh detector
+outputs logit 0 (loss ln 2) and the first optimiser steps cannot blow the logits up; a trained
+``linear`` BNext head from scratch reaches logit std ~30 within 3 steps (``docs/training.md``).
+In evaluation mode the normalisation is a fixed affine map, foldable into ``fc``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from bnn.backbones import BACKBONES, create_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HEADS = ("linear", "bn_linear")
 
 
 def parse_features(features: Sequence[str] | str) -> tuple[str, ...]:
@@ -57,6 +65,7 @@ class Detector(nn.Module):
         freeze_backbone: Backbone parameters do not train and its BatchNorm statistics stay fixed.
         compat: Grey-level convention of the features ("exact" or "authors").
         backbone_name: Registered name, kept for reports and export.
+        head: ``linear`` (the authors') or ``bn_linear`` (see the module docstring).
     """
 
     def __init__(
@@ -66,8 +75,12 @@ class Detector(nn.Module):
         freeze_backbone: bool = False,
         compat: str = "exact",
         backbone_name: str | None = None,
+        head: str = "linear",
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.head = head
         self.extra_features = tuple(extra_features)
         self.compat = compat
         self.backbone_name = backbone_name
@@ -78,7 +91,13 @@ class Detector(nn.Module):
         backbone.reset_classifier(0)
         self.backbone = backbone
         # timm: pooled features have ``head_hidden_size`` channels (VGG's pre-logits MLP: 4096).
-        self.fc = nn.Linear(getattr(backbone, "head_hidden_size", backbone.num_features), 1)
+        width = getattr(backbone, "head_hidden_size", backbone.num_features)
+        self.head_norm: nn.Module = nn.Identity()
+        self.fc = nn.Linear(width, 1)
+        if head == "bn_linear":
+            self.head_norm = nn.BatchNorm1d(width, affine=False)
+            nn.init.zeros_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -106,7 +125,7 @@ class Detector(nn.Module):
         """(B, 3 + k, H, W) input channels -> (B,) logits (used by ``forward`` and the cost counter)."""
         x = self.adapter(x)  # (B, 3, H, W)
         x = (x - self.mean) / self.std
-        x = self.backbone(x)  # (B, C)
+        x = self.head_norm(self.backbone(x))  # (B, C)
         return self.fc(x).squeeze(1)  # (B,)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -124,6 +143,7 @@ def create_detector(
     freeze_backbone: bool = False,
     pretrained: str | os.PathLike | bool | None = None,
     compat: str = "exact",
+    head: str = "linear",
     **backbone_kwargs,
 ) -> Detector:
     """Builds a detector.
@@ -135,6 +155,7 @@ def create_detector(
         pretrained: Backbone ImageNet weights: a path, ``True`` for the official file in the
             pretrained folder, or ``None`` for random initialisation.
         compat: "exact" grey levels (OpenCV RGB2GRAY) or "authors" (their BGR/truncation quirk).
+        head: ``linear`` (the authors') or ``bn_linear`` (normalised features, zero-initialised).
         **backbone_kwargs: Passed to the backbone factory.
 
     Returns:
@@ -142,7 +163,7 @@ def create_detector(
     """
     name = BACKBONES.canonical(backbone)
     model = create_backbone(name, pretrained=pretrained, **backbone_kwargs)
-    return Detector(model, parse_features(features), freeze_backbone, compat=compat, backbone_name=name)
+    return Detector(model, parse_features(features), freeze_backbone, compat=compat, backbone_name=name, head=head)
 
 
 # The authors' BNext4DFR names its backbones "BNext-T/S/M/L" and stores the feature flags separately.

@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from bnn.backbones.binary import BinaryConv2d, set_weight_temperature
 from bnn.config import FitConfig
 from bnn.cost import Cost, count
 from bnn.data import ImageDataset, collate_skip, create_dataset
 from bnn.detector import Detector, create_detector
+from bnn.distill import load_teacher, mix_distillation, teacher_logits
 from bnn.metrics import Metrics, compute_metrics
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,8 @@ def _load_splits(config: FitConfig) -> dict[str, ImageDataset]:
     splits = {}
     for split, cap in caps.items():
         ds = create_dataset(
-            config.dataset, split, root=config.data_root, resolution=config.resolution, **config.data_params
+            config.dataset, split, root=config.data_root, resolution=config.resolution,
+            augment=config.augment.resolved(), **config.data_params,
         )
         splits[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
     return splits
@@ -140,6 +143,39 @@ def _amp_context(device: torch.device, enabled: bool):
 
 def _progress(iterable, **kwargs):
     return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
+
+
+class ProgressLog:
+    """Periodic progress lines for a log when stderr is not a terminal (nohup, CI, cluster jobs).
+
+    On a terminal the tqdm bars show progress and this logs nothing. Elsewhere ``update`` logs
+    ``<desc>: <done>/<total> images, <rate> img/s, running loss <loss>`` at most every ``interval``
+    seconds, so a long epoch is visibly alive.
+
+    Args:
+        desc: What is running (``epoch 3``).
+        total: Images expected in the loop.
+        interval: Seconds between lines.
+        enabled: Log at all; default: stderr is not a terminal.
+        clock: Seconds (``time.perf_counter``).
+    """
+
+    def __init__(
+        self, desc: str, total: int, interval: float, enabled: bool | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.desc, self.total, self.interval, self.clock = desc, total, interval, clock
+        self.enabled = (not sys.stderr.isatty()) if enabled is None else enabled
+        self.start = self.last = clock()
+
+    def update(self, done: int, loss: float) -> None:
+        """Called after each batch with images done so far and their mean loss."""
+        now = self.clock()
+        if not self.enabled or now - self.last < self.interval:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        log.info("%s: %d/%d images, %.1f img/s, running loss %.4f", self.desc, done, self.total, rate, loss)
 
 
 @torch.no_grad()
@@ -184,10 +220,42 @@ def evaluate(
     return sum(losses) / seen, compute_metrics(y, p), predictions, skipped, seen / max(elapsed, 1e-9)
 
 
-def _lr_at(config: FitConfig, epoch: int) -> float:
-    """Linear decay from ``lr`` at epoch 0 to ``min_lr`` at epoch ``lr_decay_epochs``, then flat."""
-    t = min(epoch, config.lr_decay_epochs) / config.lr_decay_epochs
+def lr_at(config: FitConfig, progress: float) -> float:
+    """Learning rate after ``progress`` epochs (a float: epoch + fraction of its batches done).
+
+    ``linear`` (the paper's LinearLR, stepped once per epoch): ``lr`` at epoch 0 to ``min_lr`` at
+    epoch ``lr_decay_epochs``, then flat. ``cosine`` (Loshchilov & Hutter, SGDR; BNext's and
+    ReActNet's schedule), per step: from ``lr`` to ``min_lr`` over ``epochs``. Either one starts
+    with a linear warm-up from 0 over ``warmup_epochs``, per step.
+    """
+    if config.warmup_epochs > 0 and progress < config.warmup_epochs:
+        return config.lr * progress / config.warmup_epochs
+    if config.lr_schedule == "cosine":
+        span = max(config.epochs - config.warmup_epochs, 1e-9)
+        t = min(max(progress - config.warmup_epochs, 0.0) / span, 1.0)
+        return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * t))
+    t = min(math.floor(progress), config.lr_decay_epochs) / config.lr_decay_epochs
     return config.lr + t * (config.min_lr - config.lr)
+
+
+def _per_step_lr(config: FitConfig) -> bool:
+    return config.lr_schedule != "linear" or config.warmup_epochs > 0
+
+
+def _parameter_groups(model: Detector, config: FitConfig) -> list[dict]:
+    """AdamW groups: latent binary weights get ``binary_weight_decay`` when it is set.
+
+    Weight decay pulls latent weights towards 0, where sign flips are cheapest, so BNN practice
+    (ReActNet, BNext) sets it to 0 for them; ``None`` keeps one group with ``weight_decay``.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.binary_weight_decay is None:
+        return [{"params": trainable, "weight_decay": config.weight_decay}]
+    binary = {id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d)}
+    return [
+        {"params": [p for p in trainable if id(p) not in binary], "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if id(p) in binary], "weight_decay": config.binary_weight_decay},
+    ]
 
 
 def _save_atomic(payload: dict, path: Path) -> None:
@@ -234,10 +302,12 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
     pos_weight = counts["real"] / counts["fake"]
 
     model = create_detector(
-        config.backbone, config.features, config.freeze_backbone, pretrained=config.pretrained, compat=config.compat
+        config.backbone, config.features, config.freeze_backbone, pretrained=config.pretrained, compat=config.compat,
+        head=config.head,
     ).to(device)
+    teacher = load_teacher(config, device) if config.distill else None  # frozen, eval mode
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr, betas=config.betas)
     use_scaler = config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     weight = torch.tensor(pos_weight, device=device)
@@ -269,28 +339,39 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
     epochs = _progress(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch, total=config.epochs)
     for epoch in epochs:
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws; same on resume
-        lr = _lr_at(config, epoch)
+        lr = lr_at(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if config.weight_temperature > 0:  # BNext's soft-to-hard weights: T = T0 * decay^epoch
+            set_weight_temperature(model, config.weight_temperature * config.weight_temperature_decay**epoch)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
         loss_sum, seen, epoch_skipped = 0.0, 0, 0
         loader = _loader(splits["train"], config, device, shuffle=True, epoch=epoch)
         n_batches = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
+        progress_log = ProgressLog(f"epoch {epoch}", min(len(loader.dataset), n_batches * config.batch_size),
+                                   config.log_every_seconds)
         for i, (images, labels, _, n_skipped) in enumerate(_progress(loader, desc=f"epoch {epoch}", total=n_batches)):
             if i >= n_batches:
                 break
+            if _per_step_lr(config):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(config, epoch + i / n_batches)
             epoch_skipped += n_skipped
             if len(labels) == 0:
                 continue
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with _amp_context(device, config.amp):
                 logits = model(images).float()
+                soft = teacher_logits(teacher, images) if teacher is not None else None  # (B,), no grad
             loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+            if soft is not None:  # knowledge distillation (bnn.distill)
+                loss = mix_distillation(loss, logits, soft, config.distill)
             scaler.scale(loss / config.grad_accumulation).backward()
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
+            progress_log.update(seen, loss_sum / seen)
             if (i + 1) % config.grad_accumulation == 0 or i + 1 == n_batches:
                 if config.grad_clip_norm is not None:
                     scaler.unscale_(optimizer)
@@ -374,6 +455,6 @@ def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"'{checkpoint}' is not a checkpoint written by bnn.train.fit (best.pt / last.pt)")
     config = FitConfig(**state["config"])
-    model = create_detector(config.backbone, config.features, config.freeze_backbone, compat=config.compat)
+    model = create_detector(config.backbone, config.features, config.freeze_backbone, compat=config.compat, head=config.head)
     model.load_state_dict(state["model"])
     return model.to(device_).eval(), config

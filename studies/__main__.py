@@ -55,6 +55,9 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
     table.add_column("cell")
     for axis in list(study.cells[0].axes) if study.cells else []:
         table.add_column(axis)
+    teachers = any(cell.teacher is not None for cell in study.cells)
+    if teachers:
+        table.add_column("teacher")
     table.add_column("status")
     if with_ops:
         table.add_column("OPs (M)", justify="right")
@@ -66,7 +69,10 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
     for cell in study.cells:
         status = states.get(cell.cell_id, "pending")
         style = {"done": "green", "failed": "red", "running": "yellow"}.get(status, "")
-        row = [cell.cell_id, *(str(v) for v in cell.axes.values()), f"[{style}]{status}[/]" if style else status]
+        row = [cell.cell_id, *(str(v) for v in cell.axes.values())]
+        if teachers:
+            row.append(cell.teacher.cell_id if cell.teacher else "-")
+        row.append(f"[{style}]{status}[/]" if style else status)
         if with_ops:
             cost = _cost(cell.config)
             row += [f"{cost.ops / 1e6:.1f}", f"{cost.params / 1e6:.2f}"]

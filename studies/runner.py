@@ -10,6 +10,14 @@ worker that was only stalled past the grace period finds, at its next epoch end,
 no longer RUNNING; it then leaves the cell (and its MLflow run) to whichever worker took it over.
 SIGINT/SIGTERM end the current cell: its MLflow run becomes KILLED and its trial FAIL, and the next
 invocation runs it again, resuming training from the cell's last finished epoch.
+
+Distillation (``studies.distill``): a student cell is claimed only once its teacher cell has a
+COMPLETE trial, in this study or in the teacher's own study on the same storage. Until then the
+worker runs other cells, and waits while the teacher is waiting or running here, or running in its
+own study (a stale teacher there is failed like a stale trial here, so the wait is bounded). When
+the teacher can no longer finish in this invocation (its trial failed with a recorded failure, or
+its own study is not being run), the student is claimed and failed at once with the reason; the
+next invocation enqueues both again.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -30,6 +39,7 @@ from optuna.trial import TrialState
 from bnn.config import FitConfig
 from bnn.train import EpochStats, fit
 from studies.db_setup import open_shared, sqlite_path
+from studies.distill import Teacher
 from studies.spec import Cell, Study, set_dotted
 from studies.tracking import Tracker
 
@@ -38,6 +48,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 HEARTBEAT_ENV = "BNN_HEARTBEAT_SECONDS"
 MIN_GRACE_SECONDS = 10  # a loaded machine can stall a heartbeat for seconds
+WAIT = "wait"  # a student's teacher is not done but may still finish
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -137,6 +148,9 @@ def check_inputs(study: Study) -> None:
     for c in configs:
         if c.pretrained:
             resolve_weights(c.backbone, c.pretrained)
+        if c.distill and not c.distill.teacher_id and not Path(c.distill.teacher).is_file():
+            raise FileNotFoundError(f"distill.teacher: teacher checkpoint '{c.distill.teacher}' not found "
+                                    "(a best.pt written by `python -m bnn train` or a study cell)")
 
 
 class _Heartbeat:
@@ -176,6 +190,9 @@ class Runner:
         self.tracker = open_shared(study.tracking_uri, lambda: Tracker(study), "opening the MLflow store")
         self.cells = {cell.cell_id: cell for cell in study.cells}
         self._signal: str | None = None  # name of a SIGINT/SIGTERM received
+        self._other_studies: dict[str, optuna.Study] = {}  # teachers' own studies, by name
+        self._unrunnable: dict[int, str] = {}  # claimed trial id -> why its teacher cannot finish
+        self._waiting_for_teacher = False  # a WAITING student's teacher may still finish
         self._in_training = False  # a signal interrupts training at once, anything else at its end
 
     def _on_signal(self, signum, frame) -> None:
@@ -220,14 +237,63 @@ class Runner:
                 continue
             self.optuna_study.enqueue_trial({}, user_attrs={"cell_id": cell_id})
 
+    def _teacher_verdict(self, teacher: Teacher, by_cell: dict[str, list]) -> str | None:
+        """``None`` when the teacher cell is done, ``WAIT`` while it may still finish, else why not."""
+        name = f"teacher cell {teacher.cell_id} ({teacher.label})"
+        if teacher.study == self.study.name:
+            trials = [t for t in by_cell.get(teacher.cell_id, []) if t.state != TrialState.PRUNED]
+            if any(t.state == TrialState.COMPLETE for t in trials):
+                return None
+            failed = trials[-1].user_attrs.get("failure") if trials and trials[-1].state == TrialState.FAIL else None
+            return f"{name} failed: {failed}" if failed else WAIT  # unrecorded failures are enqueued again
+        other = self._other_studies.get(teacher.study)
+        if other is None:
+            try:
+                other = self._other_studies[teacher.study] = optuna.load_study(
+                    study_name=teacher.study, storage=self.storage)
+            except KeyError:
+                other = None
+        states = {}
+        if other is not None:
+            optuna.storages.fail_stale_trials(other)
+            states = {t.state for t in other.get_trials(deepcopy=False) if t.user_attrs.get("cell_id") == teacher.cell_id}
+            if TrialState.COMPLETE in states:
+                return None
+            busy = other.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if TrialState.RUNNING in states or (TrialState.WAITING in states and busy):
+                return WAIT
+        state = "failed" if TrialState.FAIL in states else "waiting" if states else "not run"
+        return (f"{name} of study '{teacher.study}' is {state}; run `python -m studies run {teacher.path}` "
+                "(with the same --set values) first")
+
+    def _teacher_verdicts(self) -> dict[str, str]:
+        """cell_id -> ``WAIT`` or a failure reason, for the students whose teacher is not done."""
+        students = [c for c in self.cells.values() if c.teacher is not None]
+        if not students:
+            return {}
+        by_cell = self._trials_by_cell()
+        verdicts = {c.cell_id: self._teacher_verdict(c.teacher, by_cell) for c in students}
+        return {cell_id: v for cell_id, v in verdicts.items() if v is not None}
+
     def _claim(self) -> optuna.Trial | None:
-        """Atomically takes one WAITING trial (WAITING -> RUNNING); ``None`` when there is none."""
+        """Atomically takes one WAITING trial (WAITING -> RUNNING); ``None`` when there is none.
+
+        Students whose teacher is not done are skipped while it may still finish; one whose
+        teacher cannot finish is taken, and ``_run_trial`` fails it with the reason.
+        """
+        verdicts = self._teacher_verdicts()
+        self._waiting_for_teacher = WAIT in verdicts.values()
         for frozen in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            if frozen.user_attrs.get("cell_id") not in self.cells:
+            cell_id = frozen.user_attrs.get("cell_id")
+            if cell_id not in self.cells:
                 continue  # a cell of another version of this study file (other --set values)
+            if verdicts.get(cell_id) == WAIT:
+                continue  # its teacher is not done yet
             for attempt in range(5):
                 try:
                     if self.storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                        if cell_id in verdicts:
+                            self._unrunnable[frozen._trial_id] = verdicts[cell_id]
                         return optuna.Trial(self.optuna_study, frozen._trial_id)
                     break  # another worker took it
                 except Exception as err:  # SQLite busy under concurrent writers: retry
@@ -273,14 +339,10 @@ class Runner:
                         t for t in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                         if t.user_attrs.get("cell_id") in self.cells
                     ]
-                    if not running:
+                    if not running and not self._waiting_for_teacher:
                         break
                     self.on_event("waiting", {"running": len(running)})
-                    self._in_training = True  # nothing to clean up while waiting
-                    try:
-                        time.sleep(self.storage.get_heartbeat_interval())
-                    finally:
-                        self._in_training = False
+                    self._sleep()
                     continue
                 self._run_trial(trial, summary)
         except StudyInterrupted:
@@ -291,17 +353,52 @@ class Runner:
             self._close_parent(summary)
         return summary
 
+    def _sleep(self) -> None:
+        """One heartbeat interval; a signal interrupts it (nothing to clean up while waiting)."""
+        self._in_training = True
+        try:
+            time.sleep(self.storage.get_heartbeat_interval())
+        finally:
+            self._in_training = False
+
     def _run_trial(self, trial: optuna.Trial, summary: RunSummary) -> None:
         cell_id = trial.user_attrs["cell_id"]
+        reason = self._unrunnable.pop(trial._trial_id, None)
         if self._is_duplicate(trial, cell_id):
             trial.set_user_attr("duplicate", True)
             self.optuna_study.tell(trial, state=TrialState.PRUNED)
             return
+        if reason is not None:
+            self._fail_unrun(trial, self.cells[cell_id], reason, summary)
+            return
         self._execute(trial, self.cells[cell_id], summary)
+
+    def _fail_unrun(self, trial: optuna.Trial, cell: Cell, reason: str, summary: RunSummary) -> None:
+        """Records a cell that cannot run (its teacher cannot finish) as FAILED, with the reason."""
+        log.error("cell %s not run: %s", cell.cell_id, reason)
+        run_id = self.tracker.cell_run(cell)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("axes", cell.axes_label())
+        trial.set_user_attr("failure", reason)
+        self.tracker.end(run_id, "FAILED", reason)
+        self.optuna_study.tell(trial, state=TrialState.FAIL)
+        summary.failed[cell.cell_id] = reason
+        self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": reason})
 
     def _run_search(self, summary: RunSummary) -> None:
         """TPE trials until the budget of started trials is used (finished or running)."""
         search = self.study.spec.search
+        while self.study.teacher is not None:  # every trial distils from one teacher cell
+            verdict = self._teacher_verdict(self.study.teacher, {})
+            if verdict is None:
+                break
+            if verdict != WAIT:
+                log.error("search not run: %s", verdict)
+                summary.failed["search"] = verdict
+                return
+            self.on_event("waiting", {"running": 0})
+            self._check_signal()
+            self._sleep()
         while True:
             self._check_signal()
             self._fail_stale()
@@ -375,6 +472,7 @@ class Runner:
             trial.set_user_attr(key, val)
         self.tracker.end(run_id, "FINISHED")
         if value is None or math.isnan(value):
+            trial.set_user_attr("failure", f"objective {metric} is NaN")  # not enqueued again in this run
             self.optuna_study.tell(trial, state=TrialState.FAIL)
         else:
             self.optuna_study.tell(trial, float(value))

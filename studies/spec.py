@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bnn.config import FitConfig
 from studies.db_setup import sqlite_path
+from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 
 BUNDLED_DIR = Path(__file__).resolve().parent
@@ -96,11 +97,12 @@ class StudyFile(BaseModel):
 
 @dataclass
 class Cell:
-    """One fully resolved training configuration of a study."""
+    """One fully resolved training configuration of a study (``teacher``: the cell it distils from)."""
 
     cell_id: str
     config: FitConfig
     axes: dict[str, Any] = field(default_factory=dict)
+    teacher: Teacher | None = None
 
     def axes_label(self) -> str:
         return "|".join(f"{k}={v}" for k, v in self.axes.items())
@@ -108,7 +110,8 @@ class Cell:
 
 @dataclass
 class Study:
-    """A validated study: its file, settings and cells (empty for search studies)."""
+    """A validated study: its file, settings and cells (empty for search studies; their trials
+    distil from ``teacher`` when ``base`` names a teacher cell)."""
 
     name: str
     path: Path
@@ -118,6 +121,7 @@ class Study:
     storage: str
     base: FitConfig
     runs_dir: Path
+    teacher: Teacher | None = None
 
     @property
     def is_search(self) -> bool:
@@ -126,7 +130,7 @@ class Study:
     def make_cell(self, config: FitConfig, axes: dict[str, Any]) -> Cell:
         """A cell for ``config`` with its output folder under the study's runs folder."""
         cell_id = config.content_id()
-        return Cell(cell_id, config.model_copy(update={"output_dir": str(self.runs_dir / cell_id)}), axes)
+        return Cell(cell_id, config.model_copy(update={"output_dir": str(self.runs_dir / cell_id)}), axes, self.teacher)
 
 
 def resolve_path(name: str | os.PathLike) -> Path:
@@ -180,6 +184,8 @@ def _check_absolute_paths(path: Path, lines: dict, spec: StudyFile) -> None:
         candidates[("data_params", key)] = value
     for key in ("data_root", "output_dir"):
         candidates[("defaults", key)] = spec.defaults.get(key)
+    if isinstance(spec.defaults.get("distill"), dict):
+        candidates[("defaults", "distill", "teacher")] = spec.defaults["distill"].get("teacher")
     for key, value in (spec.defaults.get("data_params") or {}).items():
         candidates[("defaults", "data_params", key)] = value
     for key, value in candidates.items():
@@ -214,13 +220,15 @@ def set_dotted(target: dict, key: str, value: Any) -> None:
         target[head] = value
 
 
-def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Study:
+def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None, resolve: bool = True) -> Study:
     """Reads, validates and expands a study file.
 
     Args:
         name: A path, or a bare file name of a bundled study (``quickstart.yaml``).
         overrides: ``--set`` values: ``key=value`` with study keys (``tracking_uri``, ``seeds``) or
             FitConfig keys (applied to ``defaults``; dotted keys like ``data_params.count``).
+        resolve: Resolve distillation teachers named by cell (``studies.distill``); without it,
+            students keep a placeholder teacher (used to read another study's teacher cells).
 
     Raises:
         StudyFileError: Anything invalid; the message names file, line and key.
@@ -278,32 +286,39 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None)
     base = _expand_env(base)
     runs_dir = Path(os.path.expandvars(spec.runs_dir)) / study_name
 
-    cells: list[Cell] = []
-    seen: dict[str, dict] = {}
-    first: FitConfig | None = None
+    pending: list[Pending] = []
     combos = [({}, {"seed": spec.seeds[0]})] if spec.search else _cell_values(spec)
     for labels, values in combos:
         resolved = dict(base)
         for key, value in values.items():
             set_dotted(resolved, key, _expand_env(value))
         resolved.pop("output_dir", None)
+        reference = pop_reference(resolved)
         try:
             config = FitConfig(**resolved)
         except (ValidationError, KeyError, ValueError) as err:
             raise _config_error(path, lines, spec, labels, err) from None
-        first = first or config
+        labels = {k: axis_label(v) if k == "distill" else v for k, v in labels.items()}
+        pending.append(Pending(labels, config, reference))
         if spec.search:
             break
-        cell_id = config.content_id()
-        if cell_id in seen:
-            raise StudyFileError(path, line_of(lines, ("grid",)), "grid",
-                                 f"two grid entries resolve to the same configuration ({seen[cell_id]} and {labels})")
-        seen[cell_id] = labels
-        config = config.model_copy(update={"output_dir": str(runs_dir / cell_id)})
-        cells.append(Cell(cell_id, config, labels))
+    storage = spec.storage or default_storage(spec.tracking_uri)
+    if resolve:
+        resolve_teachers(path, lines, spec, pending, study_name, runs_dir, storage, overrides)
+    first = pending[0].config
     if spec.search:
         _check_search_space(path, lines, spec, first)
-    storage = spec.storage or default_storage(spec.tracking_uri)
+        return Study(study_name, path, spec, [], spec.tracking_uri, storage, first, runs_dir, pending[0].teacher)
+    cells: list[Cell] = []
+    seen: dict[str, dict] = {}
+    for entry in pending:
+        cell_id = entry.config.content_id()
+        if cell_id in seen:
+            raise StudyFileError(path, line_of(lines, ("grid",)), "grid",
+                                 f"two grid entries resolve to the same configuration ({seen[cell_id]} and {entry.labels})")
+        seen[cell_id] = entry.labels
+        config = entry.config.model_copy(update={"output_dir": str(runs_dir / cell_id)})
+        cells.append(Cell(cell_id, config, entry.labels, entry.teacher))
     return Study(study_name, path, spec, cells, spec.tracking_uri, storage, first, runs_dir)
 
 

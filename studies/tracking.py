@@ -3,7 +3,8 @@
 Schema (analysis/ and outside checks rely on it): experiment = study name; parent run tagged
 ``bnn.role=study``; child runs tagged ``bnn.role=cell``, ``cell_id``, ``study``, ``mlflow.parentRunId``,
 with params flattened from the resolved config (``backbone``, ``features`` joined by ``+``,
-``freeze_backbone``, ``dataset``, ``seed``, ...), per-epoch metrics ``epoch_*`` (step = epoch),
+``freeze_backbone``, ``dataset``, ``seed``, ``distill`` = ``None`` or ``distill.teacher``,
+``distill.teacher_id``, ``distill.temperature``, ``distill.alpha``, ...), per-epoch metrics ``epoch_*`` (step = epoch),
 final ``val_*``/``test_*`` metrics, cost metrics, and artifacts (config, checkpoint, plots,
 predictions). A retried cell reuses its child run, so each cell has exactly one.
 """
@@ -121,6 +122,8 @@ class Tracker:
         config = cell.config
         spec = BACKBONES.get(config.backbone)
         run_name = f"{spec.display_name} {config.features}{' frozen' if config.freeze_backbone else ''}"
+        if config.distill is not None:
+            run_name += " distilled"
         if len(self.study.spec.seeds) > 1:
             run_name += f" seed {config.seed}"
         tags = {

@@ -102,7 +102,7 @@ def test_timm_baseline_loads_a_local_safetensors_file(tmp_path):
 
 def test_registry_names_and_errors():
     assert {"bnext_tiny", "bnext_small", "bnext_middle", "bnext_large"} <= set(list_backbones(binary=True))
-    assert {"resnet50", "vit_base_patch32_224", "vgg16", "densenet121", "xception"} == set(list_backbones(binary=False))
+    assert {"resnet50", "resnet18", "vit_base_patch32_224", "vgg16", "densenet121", "xception"} == set(list_backbones(binary=False))
     with pytest.raises(KeyError, match="Did you mean 'bnext_tiny'"):
         create_backbone("bnext_tiyn")
     with pytest.raises(ValueError, match="already registered"):

@@ -62,13 +62,14 @@ def _write(tmp_path, text: str, name: str = "study.yaml") -> Path:
 # --- expansion -------------------------------------------------------------------------------
 
 
-def test_quickstart_expands_to_the_eight_feature_sets():
+def test_quickstart_expands_to_the_eight_feature_sets_times_two_seeds():
     study = load_study("quickstart.yaml")
-    assert [c.config.features for c in study.cells] == [
-        "rgb", "rgb+sobel", "rgb+fft", "rgb+lbp", "rgb+sobel+fft", "rgb+sobel+lbp", "rgb+fft+lbp", "rgb+sobel+fft+lbp",
-    ]
-    assert len({c.cell_id for c in study.cells}) == 8
-    assert all(c.config.backbone == "bnext_tiny" and c.config.dataset == "synthetic" for c in study.cells)
+    sets = ["rgb", "rgb+sobel", "rgb+fft", "rgb+lbp", "rgb+sobel+fft", "rgb+sobel+lbp", "rgb+fft+lbp", "rgb+sobel+fft+lbp"]
+    assert [c.config.features for c in study.cells] == [s for s in sets for _ in (0, 1)]
+    assert [c.config.seed for c in study.cells] == [0, 1] * 8
+    assert len({c.cell_id for c in study.cells}) == 16
+    assert all(c.config.backbone == "bnext_micro" and c.config.dataset == "synthetic" for c in study.cells)
+    assert all(c.config.head == "bn_linear" and c.config.lr_schedule == "cosine" for c in study.cells)  # scratch
     assert all(c.config.output_dir.endswith(c.cell_id) for c in study.cells)
 
 

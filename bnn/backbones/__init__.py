@@ -20,7 +20,7 @@ def create_backbone(
 
     Args:
         name: ``bnext_tiny|small|middle|large`` (``bnext_micro`` for tests) or a baseline
-            (``resnet50``, ``vit_base_patch32_224``, ``vgg16``, ``densenet121``, ``xception``).
+            (``resnet50``, ``resnet18``, ``vit_base_patch32_224``, ``vgg16``, ``densenet121``, ``xception``).
         pretrained: ``None``/``False`` for random init; a path to a local weights file; ``True``
             for the official file in the pretrained folder (see ``bnn.pretrained``).
         num_classes: Classifier size; the weights are loaded into the 1000-class ImageNet head

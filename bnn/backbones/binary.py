@@ -4,7 +4,10 @@ Binary Neural Network Ticket", arXiv 2211.12933), as used by Lanzino et al., CVP
 Forward values are exactly -1 or +1 with sign(0) = +1 (equation 2 of the deepfake paper). Gradients
 are straight-through: activations pass the gradient of clamp(x, -1.5, 1.5); latent weights pass it
 unchanged. The ``temperature`` buffers of the official code are kept so official checkpoints load;
-the released checkpoints end with temperature ~ 0, i.e. pure sign, which is what we always compute.
+the released checkpoints end with temperature ~ 0, i.e. pure sign, which is what inference always
+computes. Training may binarise weights softly first, as BNext's training code does
+(``set_weight_temperature``): forward ``clamp(w / T, -1, 1)`` in training mode while T >= 1e-7,
+with T annealed towards 0 by the trainer; evaluation mode always uses the exact sign.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import Tensor, nn
 
 ACTIVATION_CLIP = 1.5
 WEIGHT_CLIP = 1.5
+HARD_TEMPERATURE = 1e-7  # BNext's threshold: below it the weights are binarised with sign
 
 
 class _SignSTE(torch.autograd.Function):
@@ -74,10 +78,19 @@ class BinaryConv2d(nn.Module):
         self.padding = kernel_size // 2
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.randn(shape) * 1e-3)
-        self.register_buffer("temperature", torch.ones(1))  # kept for checkpoint compatibility
+        self.register_buffer("temperature", torch.ones(1))  # official key; see set_weight_temperature
+        self.soft = False  # set by set_weight_temperature; never on in evaluation mode
 
     def binary_weight(self) -> Tensor:
-        """sign(w) in {-1, +1}, straight-through to the latent weight."""
+        """sign(w) in {-1, +1}, straight-through to the latent weight.
+
+        In training mode with soft binarisation on (``set_weight_temperature``): ``clamp(w / T,
+        -1, 1)`` in the forward pass, still straight-through (identity gradient) to ``w``, as in
+        BNext's ``HardBinaryConv``.
+        """
+        if self.soft and self.training:
+            soft = (self.weight / self.temperature).clamp(-1.0, 1.0)
+            return (soft - self.weight).detach() + self.weight
         return binary_sign(self.weight, float("inf"))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,3 +105,22 @@ class BinaryConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}"
         )
+
+
+def set_weight_temperature(model: nn.Module, temperature: float) -> int:
+    """Sets the binarisation temperature T of every ``BinaryConv2d`` in ``model``.
+
+    T >= 1e-7 turns soft binarisation on for training mode (forward ``clamp(w / T, -1, 1)``);
+    smaller T (0) is the exact sign. BNext's training code starts at T = 1 and multiplies T by 0.9
+    after every epoch (``adjust_temperature`` in hpi-xnor/BNext ``train_assistant_group_amp.py``).
+
+    Returns:
+        The number of binary convolutions set.
+    """
+    n = 0
+    for module in model.modules():
+        if isinstance(module, BinaryConv2d):
+            module.temperature.fill_(temperature)
+            module.soft = temperature >= HARD_TEMPERATURE
+            n += 1
+    return n

@@ -69,6 +69,11 @@ class BinaryUnit(nn.Module):
     ``pool`` is AvgPool2d(2, 2) when stride is 2, identity otherwise. ``activation1`` exists in the
     feed-forward unit too (official checkpoints carry it) but is not applied there.
 
+    ``scale`` is clamped in place to [0, 1] in training mode. The 1x1 units use it clamped to [0, 1]
+    in every forward, eval included, as the official ``FFN_1x1`` does (it clamps ``scale.data`` in
+    each call); the 3x3 units use the stored value in eval, as the official ``Attention`` and
+    ``FFN_3x3`` do. Here the eval clamp is functional: the parameter itself is left unchanged.
+
     Args:
         channels: Input = output channels C.
         kernel_size: 3 or 1.
@@ -80,6 +85,9 @@ class BinaryUnit(nn.Module):
         super().__init__()
         self.elm_attention = elm_attention
         self.stride = stride
+        self.kernel_size = kernel_size
+        # The official 1x1 unit (FFN_1x1) clamps scale in eval too; the 3x3 units only in training.
+        self.clamp_scale_in_eval = kernel_size == 1
         self.scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.5))
         self.move = LearnableBias(channels)
         self.binary_activation = BinaryActivation()
@@ -92,13 +100,16 @@ class BinaryUnit(nn.Module):
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        scale = self.scale
         if self.training:
             with torch.no_grad():
                 self.scale.clamp_(0.0, 1.0)
+        elif self.clamp_scale_in_eval:
+            scale = scale.clamp(0.0, 1.0)
         residual = self.pool(self.activation1(x) if self.elm_attention else x)
         # (B, C, H, W) -> (B, C, H/stride, W/stride)
         y = self.activation2(self.norm1(self.binary_conv(self.binary_activation(self.move(x)))))
-        mix = self.scale * self.pool(x) + (1.0 - self.scale) * y
+        mix = scale * self.pool(x) + (1.0 - scale) * y
         y = self.se(mix) * y
         if self.elm_attention:
             y = y * residual

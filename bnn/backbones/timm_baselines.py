@@ -13,6 +13,8 @@ from bnn.backbones._registry import BACKBONES, BackboneSpec
 # registry name -> (timm model name, family, display name, extra timm kwargs)
 _BASELINES: dict[str, tuple[str, str, str, dict]] = {
     "resnet50": ("resnet50", "ResNet", "ResNet-50", {}),
+    # Not in the paper: a small full-precision network, quick on a CPU; a distillation teacher.
+    "resnet18": ("resnet18", "ResNet", "ResNet-18", {}),
     # dynamic_img_size: position embeddings are interpolated, so any resolution (tests, CIFAKE) works.
     "vit_base_patch32_224": ("vit_base_patch32_224", "ViT", "ViT-B/32", {"dynamic_img_size": True}),
     "vgg16": ("vgg16", "VGG", "VGG16", {}),

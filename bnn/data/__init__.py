@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from bnn.data import cifake, cocofake, dffd, folder, synthetic  # noqa: F401  (fills the registry)
 from bnn.data._registry import DATASETS, DatasetSpec, Listing
@@ -28,6 +30,7 @@ def create_dataset(
     root: str | os.PathLike | None = None,
     resolution: int = 224,
     train_augment: bool | None = None,
+    augment: Mapping[str, Any] | None = None,
     **params,
 ) -> ImageDataset:
     """Builds one split of a registered dataset.
@@ -40,6 +43,7 @@ def create_dataset(
             for ``synthetic``, uses the cache (``$BNN_CACHE_DIR/synthetic``).
         resolution: Side R of the returned images.
         train_augment: Random augmentation; default ``True`` for ``train``, ``False`` otherwise.
+        augment: The training augmentation's knobs (``build_transform``); ``None``: the paper's.
         **params: Reader parameters (``dataset_params(name)`` lists them), e.g. ``fake_root`` and
             ``val_fraction`` for cocofake, ``count``/``image_size``/``difficulty`` for synthetic,
             plus for every dataset ``max_samples`` (a stratified subsample, seeded by ``seed``) and
@@ -75,7 +79,7 @@ def create_dataset(
         split=split,
         description=listing.description,
         roots=listing.roots,
-        transform=build_transform(resolution, train=train_augment),
+        transform=build_transform(resolution, train=train_augment, augment=augment),
     )
     if max_samples is not None:
         dataset = dataset.subsample(max_samples, seed=seed)

@@ -1,9 +1,16 @@
-"""Image decoding and preprocessing, as in the training code of Lanzino et al., "Faster Than Lies:
-Real-time Deepfake Detection using Binary Neural Networks", CVPRW 2024 (``coco_fake_dataset.py``).
+"""Image decoding and preprocessing: the training augmentation as presets with typed knobs, and the
+evaluation preprocessing of Lanzino et al., "Faster Than Lies: Real-time Deepfake Detection using
+Binary Neural Networks", CVPRW 2024 (``coco_fake_dataset.py``).
 
-train: Resize(shorter side -> R + R // 8, bilinear, antialias) -> random horizontal flip -> random
-       vertical flip -> rotation by -90 or +90 degrees (always one of the two) -> RandomCrop(R)
-       -> ColorJitter(0.2, 0.2, 0.2, 0.2) -> float in [0, 1]                        (3, R, R)
+train, preset ``paper`` (the authors' recipe): Resize(shorter side -> R + R // 8, bilinear,
+       antialias) -> random horizontal flip (p 0.5) -> random vertical flip (p 0.5) -> rotation by
+       -90 or +90 degrees (ALWAYS one of the two: a training image is never upright, while
+       evaluation images are) -> RandomCrop(R) -> ColorJitter(0.2, 0.2, 0.2, 0.2) -> [0, 1] (3, R, R)
+train, preset ``standard`` (default of ``bnn.config.AugmentConfig``): the same resize and random
+       crop with horizontal flips only: no rotation and no colour jitter, which shifts hue and
+       contrast, i.e. the colour statistics and high frequencies that carry generator traces
+       (measured in ``docs/training.md``).
+train, preset ``none``: the evaluation preprocessing.
 eval:  Resize(shorter side -> R + R // 8) -> CenterCrop(R) -> float in [0, 1]       (3, R, R)
 
 One deliberate difference: the authors rotate with ``RandomRotation`` inside the original canvas,
@@ -15,7 +22,8 @@ detector (``bnn.detector``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,15 +74,32 @@ def resize_size(resolution: int) -> int:
     return resolution + resolution // 8
 
 
-def build_transform(resolution: int, train: bool) -> Callable[[Image.Image], Tensor]:
+# The knobs of a training augmentation; a preset gives every knob a value (see the module docstring).
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"hflip_p": 0.5, "vflip_p": 0.5, "rotate90_p": 1.0, "color_jitter": 0.2, "random_crop": True},
+    "standard": {"hflip_p": 0.5, "vflip_p": 0.0, "rotate90_p": 0.0, "color_jitter": 0.0, "random_crop": True},
+    "none": {"hflip_p": 0.0, "vflip_p": 0.0, "rotate90_p": 0.0, "color_jitter": 0.0, "random_crop": False},
+}
+
+
+def build_transform(
+    resolution: int, train: bool, augment: Mapping[str, Any] | None = None
+) -> Callable[[Image.Image], Tensor]:
     """The training (augmenting) or evaluation preprocessing; see the module docstring.
 
     Args:
         resolution: Output side R; images of any size (also smaller than R) are resized first.
         train: Random augmentation (``True``) or deterministic centre crop (``False``).
+        augment: The training knobs (``AUGMENT_PRESETS`` keys: ``hflip_p``, ``vflip_p``,
+            ``rotate90_p`` = probability of a +-90 degree rotation, ``color_jitter`` = strength of
+            brightness/contrast/saturation/hue jitter, ``random_crop``); ``None`` is the ``paper``
+            preset. Ignored when ``train`` is false. ``bnn.config.AugmentConfig.resolved()`` gives it.
 
     Returns:
         A callable mapping an RGB PIL image to a float tensor (3, R, R) in [0, 1].
+
+    Raises:
+        ValueError: A bad resolution or an unknown/missing augmentation knob.
     """
     if not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive int, got {resolution!r}")
@@ -84,18 +109,24 @@ def build_transform(resolution: int, train: bool) -> Callable[[Image.Image], Ten
     to_float = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
     if not train:
         return T.Compose([resize, T.CenterCrop(resolution), *to_float])
-    rotate = T.RandomChoice(
-        [T.RandomRotation((-90, -90), expand=True), T.RandomRotation((90, 90), expand=True)],
-        p=[0.5, 0.5],
-    )
-    return T.Compose(
-        [
-            resize,
-            T.RandomHorizontalFlip(p=0.5),
-            T.RandomVerticalFlip(p=0.5),
-            rotate,
-            T.RandomCrop(resolution),
-            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2),
-            *to_float,
-        ]
-    )
+    knobs = dict(AUGMENT_PRESETS["paper"] if augment is None else augment)
+    if set(knobs) != set(AUGMENT_PRESETS["paper"]):
+        raise ValueError(f"augment needs exactly the keys {sorted(AUGMENT_PRESETS['paper'])}, got {sorted(knobs)}")
+    steps: list[Callable] = [resize]
+    # Each random step is left out at probability 0, so a preset draws the same random numbers as
+    # the pipeline it names (the ``paper`` preset is the authors' pipeline draw for draw).
+    if knobs["hflip_p"] > 0:
+        steps.append(T.RandomHorizontalFlip(p=knobs["hflip_p"]))
+    if knobs["vflip_p"] > 0:
+        steps.append(T.RandomVerticalFlip(p=knobs["vflip_p"]))
+    if knobs["rotate90_p"] > 0:
+        rotate = T.RandomChoice(
+            [T.RandomRotation((-90, -90), expand=True), T.RandomRotation((90, 90), expand=True)],
+            p=[0.5, 0.5],
+        )
+        steps.append(rotate if knobs["rotate90_p"] >= 1 else T.RandomApply([rotate], p=knobs["rotate90_p"]))
+    steps.append(T.RandomCrop(resolution) if knobs["random_crop"] else T.CenterCrop(resolution))
+    if knobs["color_jitter"] > 0:
+        j = knobs["color_jitter"]
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(j, 0.5)))
+    return T.Compose([*steps, *to_float])

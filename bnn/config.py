@@ -185,6 +185,13 @@ class FitConfig(BaseModel):
                 del payload[key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> FitConfig:
+        """A config saved by ``fit`` (checkpoint ``config``); keys it predates take their legacy
+        value, so a checkpoint of an older version rebuilds the detector it was trained as."""
+        legacy = {key: value for key, value in LEGACY_VALUES.items() if key not in data}
+        return cls(**{**legacy, **data})
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

@@ -454,7 +454,7 @@ def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[
     state = torch.load(checkpoint, map_location=device_, weights_only=False)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(f"'{checkpoint}' is not a checkpoint written by bnn.train.fit (best.pt / last.pt)")
-    config = FitConfig(**state["config"])
+    config = FitConfig.from_saved(state["config"])
     model = create_detector(config.backbone, config.features, config.freeze_backbone, compat=config.compat, head=config.head)
     model.load_state_dict(state["model"])
     return model.to(device_).eval(), config

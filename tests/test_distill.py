@@ -135,7 +135,7 @@ def test_the_teacher_identity_is_part_of_the_content_id():
 def _teacher_file(path: Path, backbone: str = "resnet18") -> Path:
     """A ``best.pt`` as ``fit`` writes it (untrained weights: enough for plumbing)."""
     config = FitConfig(backbone=backbone, features="rgb", data_params=SYNTHETIC, resolution=32)
-    model = create_detector(backbone, "rgb")
+    model = create_detector(backbone, "rgb", head=config.head)  # as load_detector rebuilds it
     torch.save({"model": model.state_dict(), "config": config.model_dump(mode="json"), "epoch": 0}, path)
     return path
 

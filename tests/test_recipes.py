@@ -225,3 +225,19 @@ def test_progress_lines_when_stderr_is_not_a_terminal(caplog):
     with caplog.at_level(logging.INFO, logger="bnn.train"):
         quiet.update(32, 0.5)
     assert len(caplog.records) == 2
+
+
+def test_checkpoints_of_older_versions_load_as_they_were_trained(tmp_path):
+    """A ``best.pt`` written before ``head``/``augment``/... existed has none of those keys in its
+    config: it must rebuild the authors' linear head, not the new default."""
+    from bnn.train import load_detector
+
+    old = FitConfig(backbone="bnext_micro", features="rgb+fft", resolution=32, recipe="paper")
+    saved = {k: v for k, v in old.model_dump(mode="json").items() if k not in LEGACY_VALUES and k != "recipe"}
+    model = create_detector("bnext_micro", "rgb+fft", head="linear").eval()
+    torch.save({"model": model.state_dict(), "config": saved, "epoch": 0}, tmp_path / "best.pt")
+    loaded, config = load_detector(tmp_path / "best.pt", device="cpu")
+    assert config.head == "linear" and config.augment.resolved() == AUGMENT_PRESETS["paper"]
+    assert config.content_id() == old.content_id()
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(images), model(images))

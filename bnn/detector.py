@@ -65,7 +65,7 @@ class Detector(nn.Module):
         freeze_backbone: Backbone parameters do not train and its BatchNorm statistics stay fixed.
         compat: Grey-level convention of the features ("exact" or "authors").
         backbone_name: Registered name, kept for reports and export.
-        head: ``linear`` (the authors') or ``bn_linear`` (see the module docstring).
+        head: ``bn_linear`` (default, as ``FitConfig``) or ``linear`` (the authors'; see the module docstring).
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class Detector(nn.Module):
         freeze_backbone: bool = False,
         compat: str = "exact",
         backbone_name: str | None = None,
-        head: str = "linear",
+        head: str = "bn_linear",
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -143,7 +143,7 @@ def create_detector(
     freeze_backbone: bool = False,
     pretrained: str | os.PathLike | bool | None = None,
     compat: str = "exact",
-    head: str = "linear",
+    head: str = "bn_linear",
     **backbone_kwargs,
 ) -> Detector:
     """Builds a detector.
@@ -155,7 +155,8 @@ def create_detector(
         pretrained: Backbone ImageNet weights: a path, ``True`` for the official file in the
             pretrained folder, or ``None`` for random initialisation.
         compat: "exact" grey levels (OpenCV RGB2GRAY) or "authors" (their BGR/truncation quirk).
-        head: ``linear`` (the authors') or ``bn_linear`` (normalised features, zero-initialised).
+        head: ``bn_linear`` (default, as ``FitConfig``: normalised features, zero-initialised Linear)
+            or ``linear`` (the authors', needed for their checkpoints and ``recipe: paper``).
         **backbone_kwargs: Passed to the backbone factory.
 
     Returns:
@@ -210,7 +211,7 @@ def load_authors_checkpoint(
         features = ["rgb", *(name for flag, name in _AUTHORS_FLAGS if hp[flag])]
     if freeze_backbone is None:
         freeze_backbone = bool(hp.get("freeze_backbone", False))
-    detector = create_detector(backbone, features, freeze_backbone=freeze_backbone, compat="authors")
+    detector = create_detector(backbone, features, freeze_backbone=freeze_backbone, compat="authors", head="linear")
 
     state = {}
     for key, value in raw["state_dict"].items():

@@ -359,7 +359,9 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(config, epoch + i / n_batches)
             epoch_skipped += n_skipped
-            if len(labels) == 0:
+            if len(labels) < 2:  # train-mode BatchNorm (the head's, a 1x1 stage's) cannot use 1 image
+                if len(labels) == 1:
+                    log.info("epoch %d: a training batch of one image left out (BatchNorm needs two)", epoch)
                 continue
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with _amp_context(device, config.amp):

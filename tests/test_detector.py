@@ -56,6 +56,9 @@ def test_contract_forward_backward(backbone, features):
     # 64 px, batch 2: the deepest stage is 2x2, so training-mode BatchNorm sees 8 values per
     # channel. (At 1x1 it would see 2, and its gradients can explode by construction.)
     detector = Detector(_backbone(backbone), parse_features(features)).train()
+    # The default head's Linear starts at zero (no gradient reaches the backbone at step 0 by
+    # design); a random one lets this test see the gradient of every layer below it.
+    torch.nn.init.normal_(detector.fc.weight, std=0.01)
     detector.zero_grad(set_to_none=True)
     images = torch.rand(2, 3, 64, 64)
     logits = detector(images)
@@ -140,7 +143,7 @@ def _authors_checkpoint(detector: Detector, hyper_parameters: dict) -> dict:
 def test_load_authors_lightning_checkpoint(tmp_path):
     from bnn import load_authors_checkpoint
 
-    source = create_detector("bnext_tiny", "rgb+sobel+fft+lbp", compat="authors").eval()
+    source = create_detector("bnext_tiny", "rgb+sobel+fft+lbp", compat="authors", head="linear").eval()
     hp = {
         "num_classes": 2, "backbone": "BNext-T", "freeze_backbone": True,
         "add_magnitude_channel": True, "add_fft_channel": True, "add_lbp_channel": True,
@@ -158,7 +161,7 @@ def test_load_authors_lightning_checkpoint(tmp_path):
 def test_authors_checkpoint_without_hyper_parameters_needs_arguments(tmp_path):
     from bnn import load_authors_checkpoint
 
-    source = create_detector("bnext_micro", "rgb+fft").eval()
+    source = create_detector("bnext_micro", "rgb+fft", head="linear").eval()
     path = tmp_path / "bare.ckpt"
     torch.save(_authors_checkpoint(source, {}), path)
     with pytest.raises(ValueError, match="pass backbone="):

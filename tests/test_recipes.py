@@ -241,3 +241,15 @@ def test_checkpoints_of_older_versions_load_as_they_were_trained(tmp_path):
     assert config.content_id() == old.content_id()
     images = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(images), model(images))
+
+
+def test_a_training_batch_of_one_image_is_left_out(tmp_path, monkeypatch):
+    """Case C07's kind: train size = k * batch_size + 1 (34 images, batch 33). Train-mode BatchNorm
+    cannot normalise one value per channel; the batch is left out and the epoch finishes."""
+    from bnn.train import fit
+
+    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path / "cache"))
+    config = FitConfig(backbone="bnext_micro", features="rgb", dataset="synthetic", resolution=32, epochs=1,
+                       batch_size=33, data_params={"count": 48, "image_size": 36}, output_dir=str(tmp_path / "run"))
+    result = fit(config)
+    assert len(result.history) == 1 and result.checkpoint.exists()

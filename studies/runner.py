@@ -292,6 +292,10 @@ class Runner:
             for attempt in range(5):
                 try:
                     if self.storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                        # A first heartbeat at once: Optuna finds stale only trials that have one, so
+                        # a worker killed before its heartbeat thread starts (MLflow run creation
+                        # comes first) would otherwise leave a RUNNING trial that no one fails.
+                        self.storage.record_heartbeat(frozen._trial_id)
                         if cell_id in verdicts:
                             self._unrunnable[frozen._trial_id] = verdicts[cell_id]
                         return optuna.Trial(self.optuna_study, frozen._trial_id)

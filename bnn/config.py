@@ -247,7 +247,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-2,
         "grad_clip_norm": 1.0,
     },
-    # Training BNext from random weights as BNN practice does (filled in from docs/training.md).
+    # Training BNext from random weights as BNN practice does; docs/training.md has the runs behind it.
     "scratch": {
         "augment": {"preset": "standard"},
         "head": "bn_linear",

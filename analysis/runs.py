@@ -60,6 +60,7 @@ RUN_COLUMNS = (
     "data",
     "synthetic",
     "data_digest",
+    "not_comparable",
     "git_commit",
     "parent_run_id",
     "start_time",
@@ -76,6 +77,7 @@ _TAG_COLUMNS = {
     "bnn.data": "data",
     "bnn.synthetic": "synthetic",
     "bnn.data_digest": "data_digest",
+    "bnn.not_comparable": "not_comparable",  # why the objective is NaN (studies.runner)
     "git_commit": "git_commit",
     "mlflow.parentRunId": "parent_run_id",
 }

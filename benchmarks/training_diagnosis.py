@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from bnn.config import FitConfig
 from bnn.detector import create_detector
-from bnn.train import _load_splits, _loader, _parameter_groups, fit, seed_everything
+from bnn.train import _loader, _parameter_groups, fit, load_splits, seed_everything
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -91,7 +91,7 @@ def lr_range(head: str, batches: int = 18, low: float = 1e-6, high: float = 1e-1
     seed_everything(0)
     model = create_detector(config.backbone, config.features, head=config.head).train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=low)
-    loader = _loader(_load_splits(config)["train"], config, torch.device("cpu"), shuffle=True)
+    loader = _loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True)
     print(f"LR range test, head {head}: batch, lr, loss")
     step = 0
     while step < batches:

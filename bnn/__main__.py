@@ -79,14 +79,21 @@ EXPORT_EXAMPLES = """examples:
 
 def _train(args: argparse.Namespace) -> int:
     from bnn.config import FitConfig, parse_overrides
-    from bnn.train import fit
+    from bnn.signals import StopRequest
+    from bnn.train import FitInterrupted, fit
 
     overrides = parse_overrides(args.set)
     if args.config:
         config = FitConfig.from_yaml(args.config, overrides)
     else:
         config = FitConfig.from_mapping(overrides, "--set")
-    result = fit(config)
+    with StopRequest() as stop:  # Ctrl-C stops between batches; the last finished epoch is kept
+        try:
+            result = fit(config, should_stop=stop.__bool__)
+        except FitInterrupted as err:
+            print(f"interrupted ({stop.signal}, {err}); re-run the same command to resume from the last "
+                  "finished epoch", file=sys.stderr)
+            return 130
     print(f"data: {result.data['train']}")
     print(f"best epoch {result.best_epoch}: val acc {result.val.accuracy:.4f} auc {result.val.auc:.4f}")
     print(f"test: acc {result.test.accuracy:.4f} auc {result.test.auc:.4f} eer {result.test.eer:.4f} ap {result.test.ap:.4f}")
@@ -96,6 +103,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import json
+    import math
 
     from bnn.data import create_dataset
     from bnn.train import _loader, evaluate, load_detector, resolve_device
@@ -108,20 +116,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loader = _loader(ds, config.model_copy(update={"batch_size": args.batch_size}), device, shuffle=False)
     loss, metrics, _, skipped, ips = evaluate(model, loader, device, amp=config.amp, desc=args.split)
+    report = {"split": args.split, "loss": loss, **metrics.scalars(), "skipped_images": skipped,
+              "images_per_second": ips}
+    # NaN is not JSON: a metric that is not defined on this split (AUC, EER, AP on one class) is null.
+    undefined = [k for k, v in report.items() if isinstance(v, float) and math.isnan(v)]
     print(f"data: {ds.describe()}")
-    print(json.dumps({"split": args.split, "loss": loss, **metrics.scalars(), "skipped_images": skipped,
-                      "images_per_second": ips}, indent=2))
+    if undefined:
+        missing = "readable" if metrics.count == 0 else "real" if math.isnan(metrics.accuracy_real) else "fake"
+        print(f"not defined (no {missing} images in this split): {', '.join(undefined)} (null below)")
+    print(json.dumps({k: None if k in undefined else v for k, v in report.items()}, indent=2))
     return 0
 
 
 def _detect(args: argparse.Namespace) -> int:
+    """Prints a prediction per readable image; an ``UnreadableImage`` gets a warning line on stderr
+    (and with ``--json`` a ``{"path", "error"}`` line in its place) and makes the exit status 1."""
     import json
     from pathlib import Path
 
     import torch
 
-    from bnn.data import build_transform, load_rgb
-    from bnn.data.layout import is_image
+    from bnn.data import UnreadableImage, build_transform, load_rgb
+    from bnn.data.layout import IMAGE_EXTENSIONS, list_images
     from bnn.train import load_detector
 
     if args.engine == "openvino":
@@ -141,31 +157,43 @@ def _detect(args: argparse.Namespace) -> int:
     for item in args.inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.is_file() and is_image(f.name))
+            found = list_images(p, recursive=True)  # the readers' listing: no ._*, __MACOSX, .DS_Store
+            if not found:
+                print(f"warning: no image files ({', '.join(IMAGE_EXTENSIONS)}) in '{p}'", file=sys.stderr)
+            paths += found
         elif p.is_file():
             paths.append(p)
         else:
             raise ValueError(f"no such file or folder: '{p}'")
-    status = 0
+    if not paths:
+        raise ValueError(f"no image files to detect in {', '.join(repr(i) for i in args.inputs)}")
+    skipped = 0
     for start in range(0, len(paths), args.batch_size):
-        chunk, images = [], []
+        rows: list[tuple[Path, str | None]] = []  # (path, reason it is unreadable or None), in order
+        images = []
         for path in paths[start : start + args.batch_size]:
             try:
                 images.append(transform(load_rgb(path)))
-                chunk.append(path)
-            except OSError as err:
-                print(f"warning: skipping unreadable image '{path}': {err}", file=sys.stderr)
-                status = 1
-        if not images:
-            continue
-        probs = model.predict_proba(torch.stack(images).to(device)).tolist()
-        for path, prob in zip(chunk, probs, strict=True):
+                rows.append((path, None))
+            except UnreadableImage as err:
+                print(f"warning: skipping unreadable image '{path}': {err.reason}", file=sys.stderr)
+                rows.append((path, err.reason))
+                skipped += 1
+        probs = iter(model.predict_proba(torch.stack(images).to(device)).tolist() if images else [])
+        for path, error in rows:
+            if error is not None:
+                if args.json:
+                    print(json.dumps({"path": str(path), "error": error}))
+                continue
+            prob = next(probs)
             label = "fake" if prob >= 0.5 else "real"
             if args.json:
                 print(json.dumps({"path": str(path), "prob_fake": prob, "label": label}))
             else:
                 print(f"{prob:.4f}  {label:4}  {path}")
-    return status
+    if skipped:
+        print(f"warning: {skipped} of {len(paths)} image(s) skipped as unreadable", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -176,14 +204,49 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_errors(args: argparse.Namespace) -> dict:
+    """``torch.load`` of a file that is not a PyTorch checkpoint (a text file, random bytes, an empty
+    or truncated file): a user error naming the file when the command has one (``--checkpoint``)."""
+    import pickle
+
+    from bnn.errors import EXIT_INVALID
+
+    path = getattr(args, "checkpoint", None)
+    what = f"'{path}' is not a checkpoint written by `python -m bnn train`" if path else "a file is not a PyTorch checkpoint"
+
+    def unreadable(err: BaseException) -> tuple[str, int] | None:
+        if isinstance(err, RuntimeError) and not _raised_in_torch_load(err):
+            return None  # not from reading a file: a bug, keep the traceback
+        return f"{what} (torch.load: {str(err).splitlines()[0] if str(err) else type(err).__name__})", EXIT_INVALID
+
+    return {pickle.UnpicklingError: unreadable, EOFError: unreadable, RuntimeError: unreadable}
+
+
+def _raised_in_torch_load(err: BaseException) -> bool:
+    """Whether ``err`` came through ``torch.serialization`` (its zip reader: "PytorchStreamReader
+    failed reading zip archive", "[enforce fail at inline_container.cc] ...")."""
+    import os
+
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__)
+    from bnn.errors import EXIT_INTERRUPTED, exit_status_help, run_cli
+
+    status = exit_status_help("some inputs were skipped (detect: unreadable images)")
+    parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__, epilog=status,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     cost = sub.add_parser(
         "cost",
         help="parameters, BOPs, FLOPs, OPs and storage of detectors",
         description="Cost table: backbone x feature set x frozen/trainable, counted per image.",
-        epilog=EXAMPLES,
+        epilog=f"{EXAMPLES}\n{status}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cost.add_argument("--backbones", nargs="+", default=DEFAULT_BACKBONES, choices=list_backbones(), metavar="NAME",
@@ -196,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     cost.set_defaults(func=_cost)
 
     def command(name: str, help_: str, epilog: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"{epilog}\n{status}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     train = command("train", "train one configuration (no Optuna or MLflow needed)", TRAIN_EXAMPLES)
@@ -232,12 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     exp.set_defaults(func=_export)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    extra = _checkpoint_errors(args)
+    if args.command == "train":
+        from bnn import train
+
+        interrupted = getattr(train, "FitInterrupted", None)  # fit stopped at a safe point
+        if interrupted is not None:
+            extra = {interrupted: lambda err: (str(err), EXIT_INTERRUPTED), **extra}
+    return run_cli(lambda: args.func(args), extra)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bnn.data.transforms import AUGMENT_PRESETS
 
@@ -169,6 +169,36 @@ class FitConfig(BaseModel):
         except KeyError as err:
             raise ValueError(err.args[0]) from None
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
+        """A registered dataset name (kept as written: the content id hashes it)."""
+        if _is_saved(info):
+            return value
+        from bnn.data import DATASETS
+
+        try:
+            DATASETS.canonical(value)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        return value
+
+    @field_validator("data_params")
+    @classmethod
+    def _known_data_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Only the dataset's own parameters (``bnn.data.dataset_params``); an unknown one raises
+        ``DatasetParamError``, which names it (``data_params.cout: unknown parameter; valid: ...``)."""
+        dataset = info.data.get("dataset")
+        if _is_saved(info) or dataset is None:  # None: the dataset itself is invalid, reported there
+            return value
+        from bnn.data import DATASETS, DatasetParamError, dataset_params
+
+        valid = dataset_params(dataset)
+        unknown = sorted(set(value) - set(valid))
+        if unknown:
+            raise DatasetParamError(DATASETS.canonical(dataset), unknown, valid)
+        return value
+
     def content_id(self) -> str:
         """Short hash of the settings that change the result (not where outputs are written).
 
@@ -190,33 +220,58 @@ class FitConfig(BaseModel):
         """A config saved by ``fit`` (checkpoint ``config``); keys it predates take their legacy
         value, so a checkpoint of an older version rebuilds the detector it was trained as."""
         legacy = {key: value for key, value in LEGACY_VALUES.items() if key not in data}
-        return cls(**{**legacy, **data})
+        # Not re-checked against today's readers: the dataset or a parameter may have been renamed.
+        return cls.model_validate({**legacy, **data}, context={SAVED: True})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str) -> FitConfig:
-        """Validates ``data``; errors name ``source`` (a file or ``--set``) and each bad key."""
+        """Validates ``data``.
+
+        Raises:
+            ValueError: One line naming ``source`` (a file or ``--set``), the first bad key and how
+                many more there are: ``run.yaml: data_params.cout: unknown parameter; valid: ...``.
+        """
         from pydantic import ValidationError
+
+        from bnn.errors import validation_message
 
         try:
             return cls(**nest_dotted(data))
         except ValidationError as err:
-            lines = [f"{source}: invalid training config"]
-            for e in err.errors():
-                key = ".".join(str(p) for p in e["loc"]) or "(root)"
-                lines.append(f"  {key}: {e['msg']}")
-            raise ValueError("\n".join(lines)) from None
+            raise ValueError(validation_message(err, source)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> FitConfig:
-        """Reads a YAML file of FitConfig keys, then applies ``overrides``."""
+        """Reads a YAML file of FitConfig keys, then applies ``overrides``.
+
+        Raises:
+            FileNotFoundError: No such file.
+            ValueError: Not a text file, a YAML syntax error (with its line), not a mapping, or an
+                invalid key or value (one line naming it, see ``from_mapping``).
+        """
+        from bnn.errors import yaml_message
+
         path = Path(path)
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text (YAML) file") from None
+        except yaml.YAMLError as err:
+            raise ValueError(yaml_message(err, str(path))) from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of FitConfig keys, got {type(data).__name__}")
         return cls.from_mapping({**data, **(overrides or {})}, str(path))
+
+
+# Validation context of a config read back from a checkpoint (``from_saved``).
+SAVED = "saved"
+
+
+def _is_saved(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(SAVED))
 
 
 # Where outputs go and how the run is executed or logged: not part of a result's identity.
@@ -283,5 +338,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got {pair!r}")
-        values[key.strip()] = yaml.safe_load(raw)
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"--set {key.strip()}: invalid YAML value {raw!r}: {problem}") from None
     return values

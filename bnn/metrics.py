@@ -2,6 +2,9 @@
 et al., CVPRW 2024 report accuracy and AUC): accuracy at 0.5, AUC, EER, AP, per-class accuracy.
 
 Labels: 1 = fake (positive class), 0 = real. Scores: probability of "fake" (or any monotone score).
+A split with one class only (a folder of fakes from one generator) is valid input: accuracy and
+that class's accuracy (its recall) are defined; AUC, EER and AP rank fakes against reals, so they,
+the other class's accuracy and the ROC are not (NaN, ``roc`` empty), and nothing raises.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ class Metrics:
 
     Attributes:
         accuracy: Share correct with threshold 0.5 on the fake probability.
-        auc: Area under the ROC curve (NaN when only one class is present).
-        eer: Equal error rate: where false-positive and false-negative rates cross.
-        ap: Average precision for the fake class.
-        accuracy_real: Accuracy on real images only.
-        accuracy_fake: Accuracy on fake images only.
+        auc: Area under the ROC curve (NaN unless both classes are present).
+        eer: Equal error rate: where false-positive and false-negative rates cross (NaN unless
+            both classes are present).
+        ap: Average precision for the fake class (NaN unless both classes are present: with
+            fakes only it would be 1 whatever the scores).
+        accuracy_real: Accuracy on real images only (their recall; NaN without real images).
+        accuracy_fake: Accuracy on fake images only (their recall; NaN without fake images).
         count: Number of images.
         roc: (fpr, tpr, thresholds) lists, for plots.
     """
@@ -88,7 +93,7 @@ def compute_metrics(labels, scores, threshold: float = 0.5) -> Metrics:
         accuracy=float(correct.mean()),
         auc=auc,
         eer=eer,
-        ap=float(average_precision_score(y, s)) if fake.any() else float("nan"),
+        ap=float(average_precision_score(y, s)) if both_classes else float("nan"),
         accuracy_real=float(correct[real].mean()) if real.any() else float("nan"),
         accuracy_fake=float(correct[fake].mean()) if fake.any() else float("nan"),
         count=int(y.size),

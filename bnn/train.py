@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,26 @@ class FitResult:
     device: str = "cpu"
     resumed_from_epoch: int = -1
 
+    def scalars(self) -> dict[str, float]:
+        """Every final scalar of the run by its metric name (``scalar_names()`` lists them):
+        ``val_*`` and ``test_*`` metrics, the cost (``ops``, ``bops``, ``params``, ...),
+        ``best_epoch`` and ``skipped_images``."""
+        values = {**self.val.scalars("val_"), **self.test.scalars("test_"), **self.cost.as_dict()}
+        values.update(best_epoch=self.best_epoch, skipped_images=self.skipped_images)
+        return {name: float(value) for name, value in values.items()}
+
+
+def scalar_names() -> list[str]:
+    """The names ``FitResult.scalars()`` returns, known before any run (for validating objectives)."""
+    metrics = [f.name for f in fields(Metrics) if f.name != "roc"]
+    return [*(f"val_{m}" for m in metrics), *(f"test_{m}" for m in metrics), *(f.name for f in fields(Cost)),
+            "best_epoch", "skipped_images"]
+
+
+class FitInterrupted(Exception):
+    """``fit`` stopped at a safe point (between batches) because ``should_stop`` returned true;
+    ``output_dir/last.pt`` holds the last finished epoch, so the same call resumes."""
+
 
 Callback = Callable[[EpochStats], None]
 
@@ -104,7 +124,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load_splits(config: FitConfig) -> dict[str, ImageDataset]:
+def load_splits(config: FitConfig) -> dict[str, ImageDataset]:
+    """The train, val and test datasets of ``config`` (listing only: no image is decoded).
+
+    Raises:
+        ValueError: A split has no image (an empty val split would make every validation metric
+            NaN and the checkpoint selection meaningless), or train lacks one class.
+        DatasetLayoutError, TypeError, KeyError: from ``bnn.data.create_dataset``.
+    """
     caps = {"train": config.max_train_samples, "val": config.max_val_samples, "test": config.max_test_samples}
     splits = {}
     for split, cap in caps.items():
@@ -113,6 +140,13 @@ def _load_splits(config: FitConfig) -> dict[str, ImageDataset]:
             augment=config.augment.resolved(), **config.data_params,
         )
         splits[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
+        if len(splits[split]) == 0:
+            hint = {"val": " (raise data_params.val_fraction, or give the dataset a val folder)"}.get(split, "")
+            raise ValueError(f"the {split} split has no images{hint}: {splits[split].describe()}")
+    counts = splits["train"].class_counts()
+    if counts["fake"] == 0 or counts["real"] == 0:
+        missing = "fake" if counts["fake"] == 0 else "real"
+        raise ValueError(f"the train split has no {missing} images: {splits['train'].describe()}")
     return splits
 
 
@@ -187,11 +221,15 @@ def evaluate(
     amp: bool = True,
     max_batches: int | None = None,
     desc: str = "eval",
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, Metrics, list[dict], int, float]:
     """Runs ``model`` over ``loader``.
 
     Returns:
         (mean loss, metrics, per-sample predictions, skipped images, images per second).
+
+    Raises:
+        FitInterrupted: ``should_stop()`` became true (checked before every batch).
     """
     model.eval()
     losses, labels_all, probs_all, paths_all = [], [], [], []
@@ -200,6 +238,8 @@ def evaluate(
     for i, (images, labels, paths, n_skipped) in enumerate(_progress(loader, desc=desc)):
         if max_batches is not None and i >= max_batches:
             break
+        if should_stop is not None and should_stop():
+            raise FitInterrupted(f"stopped during {desc}")
         skipped += n_skipped
         if len(labels) == 0:
             continue
@@ -276,29 +316,36 @@ def default_output_dir(config: FitConfig) -> Path:
     return Path("runs") / f"{config.backbone}-{config.features}-{config.content_id()}"
 
 
-def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
+def fit(
+    config: FitConfig, callbacks: Sequence[Callback] = (), should_stop: Callable[[], bool] | None = None
+) -> FitResult:
     """Trains one detector configuration, resuming from ``output_dir/last.pt`` when present.
 
     Args:
         config: The run's settings.
         callbacks: Called with an ``EpochStats`` after every finished epoch, in order. An exception
             raised by a callback stops the run after that epoch's checkpoint was written.
+        should_stop: Polled before every training and evaluation batch; when it returns true,
+            ``FitInterrupted`` is raised there (a safe point: the last finished epoch's
+            ``last.pt`` is intact and the same call resumes from it).
+
+    Raises:
+        ValueError: An empty split, or a train split with one class (``load_splits``).
+        FitInterrupted: ``should_stop()`` became true.
 
     Returns:
         A ``FitResult``; the selected checkpoint is ``output_dir/best.pt``.
     """
     device = resolve_device(config.device)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
-    out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
 
-    splits = _load_splits(config)
+    splits = load_splits(config)  # before anything is created: bad data leaves no output folder
+    out.mkdir(parents=True, exist_ok=True)
     data = {name: ds.describe() for name, ds in splits.items()}
     for name, text in data.items():
         log.info("data %s: %s", name, text)
     counts = splits["train"].class_counts()
-    if counts["fake"] == 0 or counts["real"] == 0:
-        raise ValueError(f"train split has no {'fake' if counts['fake'] == 0 else 'real'} images: {data['train']}")
     pos_weight = counts["real"] / counts["fake"]
 
     model = create_detector(
@@ -355,6 +402,8 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
         for i, (images, labels, _, n_skipped) in enumerate(_progress(loader, desc=f"epoch {epoch}", total=n_batches)):
             if i >= n_batches:
                 break
+            if should_stop is not None and should_stop():
+                raise FitInterrupted(f"stopped in epoch {epoch}, batch {i}")
             if _per_step_lr(config):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(config, epoch + i / n_batches)
@@ -383,7 +432,7 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
                 optimizer.zero_grad(set_to_none=True)
         train_seconds = time.perf_counter() - start
         val_loss, val_metrics, _, val_skipped, eval_ips = evaluate(
-            model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, desc="val"
+            model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val", should_stop
         )
         skipped_total += epoch_skipped + val_skipped
         stats = EpochStats(
@@ -426,10 +475,11 @@ def fit(config: FitConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
 
     # Selected checkpoint -> validation metrics and the single read of the test split.
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-    _, val_metrics, _, _, _ = evaluate(model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val")
+    _, val_metrics, _, _, _ = evaluate(
+        model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val", should_stop)
     test_loader = _loader(splits["test"], config, device, shuffle=False)
     _, test_metrics, predictions, test_skipped, _ = evaluate(
-        model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, desc="test"
+        model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, "test", should_stop
     )
     skipped_total += test_skipped
     model_cost = count(model, (1, 3, config.resolution, config.resolution))

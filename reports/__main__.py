@@ -18,8 +18,10 @@ writes figure1.png/.pdf/.svg, learning_curves.*, roc_front.*, results_<dataset>.
 ablation.md/.tex/.csv, report.ipynb (executed) and report.html (no code), and logs them as
 artifacts "report/" of the study's parent MLflow run.
 
-exit status: 0 done, 1 a notebook cell failed (its error is printed), 2 no such study (the
-experiments at the tracking URI are listed) or bad arguments.
+exit status: 0 success; 1 a notebook cell failed (its error and the tail of the notebook's
+traceback are printed); 2 invalid input: no such study (the experiments at the tracking URI are
+listed), an unknown --param, bad arguments (one line 'error: ...', nothing created); 130 interrupted.
+The same codes as python -m bnn and python -m studies (bnn/errors.py).
 """
 
 
@@ -31,6 +33,23 @@ def _parameter(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+# Notebook parameters that render sets from its own arguments (STUDY, --tracking-uri, --out).
+_SET_BY_RENDER = ("study", "tracking_uri", "output_dir")
+
+
+def _check_parameters(notebook, parameters: dict) -> None:
+    """Every ``--param`` must be a parameter of the notebook (papermill would inject an unknown one
+    silently and the report would ignore it); raises ``ValueError`` naming it and the valid ones."""
+    from papermill import inspect_notebook
+
+    valid = [name for name in inspect_notebook(str(notebook)) if name not in _SET_BY_RENDER]
+    for key in parameters:
+        if key in _SET_BY_RENDER:
+            raise ValueError(f"--param {key}: set by render itself (STUDY, --tracking-uri, --out)")
+        if key not in valid:
+            raise ValueError(f"--param {key}: unknown notebook parameter; valid: {', '.join(valid) or '(none)'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,33 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from analysis.runs import StudyNotFoundError
+    from bnn.errors import EXIT_INVALID, EXIT_OK, EXIT_PARTIAL, run_cli
     from reports.render import ARTIFACT_PATH, DEFAULT_NOTEBOOK, ReportError, describe_uri, render
 
-    try:
+    notebook = args.notebook or DEFAULT_NOTEBOOK
+
+    def command() -> int:
+        _check_parameters(notebook, dict(args.param))
         result = render(
             args.study,
             out_dir=args.out,
             tracking_uri=args.tracking_uri,
-            notebook=args.notebook or DEFAULT_NOTEBOOK,
+            notebook=notebook,
             parameters=dict(args.param),
             log=not args.no_log,
             timeout=args.timeout,
         )
-    except StudyNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ReportError as err:
-        print(f"error: {err.summary()}", file=sys.stderr)
-        return 1
-    print(f"report of {args.study!r} in {result.out_dir} ({len(result.files)} files)")
-    print(f"  html: {result.html}")
-    if result.parent_run_id:
-        print(
-            f"  logged to MLflow run {result.parent_run_id} ({describe_uri(args.tracking_uri)}), "
-            f"artifacts {ARTIFACT_PATH}/"
-        )
-    return 0
+        print(f"report of {args.study!r} in {result.out_dir} ({len(result.files)} files)")
+        print(f"  html: {result.html}")
+        if result.parent_run_id:
+            print(
+                f"  logged to MLflow run {result.parent_run_id} ({describe_uri(args.tracking_uri)}), "
+                f"artifacts {ARTIFACT_PATH}/"
+            )
+        return EXIT_OK
 
+    # Every other user error (a path, a value): bnn.errors' one mapping.
+    extra = {
+        StudyNotFoundError: lambda err: (str(err), EXIT_INVALID),
+        ReportError: lambda err: (err.summary(), EXIT_PARTIAL),  # keeps the notebook's traceback tail
+    }
+    return run_cli(command, extra)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,11 +35,7 @@ def _load(args):
     from bnn.config import parse_overrides
     from studies.spec import load_study
 
-    try:
-        overrides = parse_overrides(args.set)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    return load_study(args.file, overrides)
+    return load_study(args.file, parse_overrides(args.set))  # a bad --set: ValueError, exit code 2 in main
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -68,7 +64,7 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
         table.add_column("test AUC", justify="right")
     for cell in study.cells:
         status = states.get(cell.cell_id, "pending")
-        style = {"done": "green", "failed": "red", "running": "yellow"}.get(status, "")
+        style = {"done": "green", "failed": "red", "running": "yellow", "not comparable": "magenta"}.get(status, "")
         row = [cell.cell_id, *(str(v) for v in cell.axes.values())]
         if teachers:
             row.append(cell.teacher.cell_id if cell.teacher else "-")
@@ -95,15 +91,14 @@ def _cost(config):
 
 
 def _states(study):
-    from studies.runner import cell_states, load_optuna_study
+    from studies.runner import cell_states, is_finished, load_optuna_study
 
     optuna_study = load_optuna_study(study, create=False)
     trials = {}
     if optuna_study is not None:
-        from optuna.trial import TrialState
-
-        for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            trials[t.user_attrs.get("cell_id")] = t.user_attrs
+        for t in optuna_study.get_trials(deepcopy=False):
+            if is_finished(t):
+                trials[t.user_attrs.get("cell_id")] = t.user_attrs
     return cell_states(optuna_study), trials
 
 
@@ -132,7 +127,7 @@ def cmd_status(args) -> int:
     study = _load(args)
     states, trials = _states(study)
     counts = {k: sum(1 for c in study.cells if states.get(c.cell_id, "pending") == k)
-              for k in ("done", "running", "waiting", "failed", "pending")}
+              for k in ("done", "not comparable", "running", "waiting", "failed", "pending")}
     console.print(f"study [bold]{study.name}[/]: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                   + f" of {len(study.cells)} cells")
     console.print(_cell_table(study, states, "", trials=trials))
@@ -142,12 +137,22 @@ def cmd_status(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from bnn.signals import StopRequest
+
+    with StopRequest() as stop:  # from here on a signal only sets a flag (nothing raises in library code)
+        return _run(args, stop)
+
+
+def _run(args, stop) -> int:
     from tqdm.auto import tqdm
 
-    from studies.runner import Runner, check_inputs, epoch_text
+    from studies.runner import DONE_STATES, Runner, check_inputs, epoch_text
 
     study = _load(args)
     check_inputs(study)
+    if stop:
+        console.print(f"[yellow]interrupted[/] ({stop.signal}) before anything was created")
+        return 130
     total = study.spec.search.trials if study.is_search else len(study.cells)
     console.print(f"study [bold]{study.name}[/]: {total} cells, data: {study.base.dataset}, "
                   f"tracking {study.tracking_uri}")
@@ -165,18 +170,23 @@ def cmd_run(args) -> int:
         elif kind == "waiting":
             bar.set_postfix_str(f"waiting for {info['running']} cell(s) running elsewhere")
 
-    runner = Runner(study, on_event=on_event)
-    done_before = sum(1 for s in _states(study)[0].values() if s == "done")
+    runner = Runner(study, on_event=on_event, stop=stop)
+    done_before = sum(1 for s in _states(study)[0].values() if s in DONE_STATES)
     bar.update(done_before)
     summary = runner.run()
     bar.close()
     states, trials = _states(study)
     if not study.is_search:
         console.print(_cell_table(study, states, f"study {study.name}", trials=trials))
-    console.print(f"this run: {len(summary.completed)} cells finished, {len(summary.failed)} failed, "
-                  f"{summary.skipped_done} already done before")
+    what = "trials" if study.is_search else "cells"
+    console.print(f"this run: {len(summary.completed)} {what} finished ({len(summary.not_comparable)} not "
+                  f"comparable), {len(summary.failed)} failed, {summary.skipped_done} already done before")
+    for cell_id, message in summary.not_comparable.items():
+        console.print(f"[magenta]not comparable[/] {cell_id}: {message} (metrics logged; not run again)")
     for cell_id, message in summary.failed.items():
         console.print(f"[red]failed[/] {cell_id}: {message}")
+    if summary.failed:
+        console.print("[red]some cells failed[/]: fix the cause and re-run the same command to try them again")
     for cell_id in summary.taken_over:
         console.print(f"[yellow]taken over[/] {cell_id}: this worker stalled past the heartbeat grace period "
                       "and another worker runs the cell")
@@ -190,7 +200,12 @@ def cmd_run(args) -> int:
 def cmd_ui(args) -> int:
     import subprocess
 
+    from studies.db_setup import open_shared
+    from studies.tracking import create_mlflow_schema
+
     study = _load(args)
+    # The server would create a missing SQLite store itself, half-way if interrupted: create it whole.
+    open_shared(study.tracking_uri, lambda: None, "creating the MLflow store", initialise=create_mlflow_schema)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study.tracking_uri,
                "--host", "127.0.0.1", "--port", str(args.port)]
     console.print(f"MLflow UI for study '{study.name}' on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
@@ -199,9 +214,11 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from bnn.data import DatasetLayoutError
-    from studies.yaml_lines import StudyFileError
+    from bnn.errors import EXIT_INVALID, exit_status_help, run_cli
 
-    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__)
+    status = exit_status_help("some cells failed (run)")
+    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__, epilog=status,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "validate": cmd_validate, "ui": cmd_ui}
     helps = {
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "ui": "start the MLflow UI on 127.0.0.1 for the study's tracking store",
     }
     for name, handler in handlers.items():
-        p = sub.add_parser(name, help=helps[name], description=helps[name], epilog=EXAMPLES[name],
+        p = sub.add_parser(name, help=helps[name], description=helps[name], epilog=f"{EXAMPLES[name]}\n\n{status}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("file", help="study file; a bare name resolves to the bundled studies/ folder")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -227,17 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except StudyFileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except DatasetLayoutError as err:
-        print(f"error: data missing for study {args.file}:\n{err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"error: input missing for study {args.file}:\n{err}", file=sys.stderr)
-        return 2
+    # StudyFileError (a ValueError) and every other user error: bnn.errors' one mapping.
+    extra = {DatasetLayoutError: lambda err: (f"data missing for study {args.file}: {err}", EXIT_INVALID)}
+    return run_cli(lambda: args.func(args), extra)
 
 
 if __name__ == "__main__":

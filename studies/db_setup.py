@@ -5,11 +5,18 @@ is not just a lost race: MLflow's alembic migrations rebuild tables through temp
 two of them interleaved leave the file broken (``table _alembic_tmp_... already exists``). So on
 SQLite the first open is serialised with a lock file beside the database; server databases
 (PostgreSQL, MySQL) keep a retry for the benign races of concurrent creation.
+
+A SQLite database is also created whole or not at all (``open_shared``'s ``initialise``): the
+schema is built in a temporary file beside it, which is then renamed into place, so a worker
+interrupted or killed while the schema is created leaves no half-migrated file behind. A
+half-created file left by an older version (``is_half_created``) is moved aside and rebuilt.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +35,65 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
-def open_shared(url: str, fn: Callable[[], T], what: str, attempts: int = 6) -> T:
-    """Runs ``fn`` (which opens or creates the database at ``url``) safely against other workers."""
+def open_shared(
+    url: str, fn: Callable[[], T], what: str, attempts: int = 6, initialise: Callable[[str], None] | None = None
+) -> T:
+    """Runs ``fn`` (which opens or creates the database at ``url``) safely against other workers.
+
+    Args:
+        url: The database URL.
+        fn: Opens it (creating the schema when missing).
+        what: For log lines (``"opening the MLflow store"``).
+        attempts: Tries of ``fn`` against races of concurrent creators (server databases).
+        initialise: Builds the complete schema at a given ``sqlite:///`` URL; with it, a missing
+            SQLite file is created atomically (``create_whole``) before ``fn`` runs.
+    """
     path = sqlite_path(url)
     if path is None:
         return retry_on_race(fn, what, attempts)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_SECONDS):
+        if initialise is None:
+            return retry_on_race(fn, what, attempts)
+        if path.exists() and is_half_created(path):
+            aside = path.with_name(f"{path.name}.half-created-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("%s: '%s' was left half-created by an interrupted first run (its schema version is not "
+                        "recorded; it holds no runs or trials); moved aside to '%s' and created again",
+                        what, path, aside)
+            os.replace(path, aside)
+        if not path.exists():
+            create_whole(path, initialise)
         return retry_on_race(fn, what, attempts)
+
+
+def create_whole(path: Path, initialise: Callable[[str], None]) -> None:
+    """Creates the SQLite database ``path`` by ``initialise``-ing a temporary file beside it and
+    renaming it into place (atomic on POSIX and Windows): ``path`` is either absent or complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    tmp.unlink(missing_ok=True)
+    try:
+        initialise(f"sqlite:///{tmp.as_posix()}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_half_created(path: Path) -> bool:
+    """Whether the SQLite file ``path`` is a schema whose creation was interrupted: tables but no
+    recorded alembic version (MLflow and Optuna both record it when their migrations finish a
+    step) or a leftover ``_alembic_tmp_*`` table, and no MLflow run or Optuna trial in it. A file
+    that cannot be read as SQLite is not judged (opening it reports the error)."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+            if not tables or any(db.execute(f"select count(*) from {t}").fetchone()[0]
+                                 for t in ("runs", "trials") if t in tables):
+                return False
+            if "alembic_version" not in tables or not db.execute("select count(*) from alembic_version").fetchone()[0]:
+                return True
+            return any(t.startswith("_alembic_tmp_") for t in tables)
+    except sqlite3.DatabaseError:
+        return False
 
 
 def retry_on_race(fn: Callable[[], T], what: str, attempts: int = 6) -> T:

@@ -8,8 +8,21 @@ runs (the other is pruned as a duplicate). A running cell records a heartbeat; a
 SIGKILL leaves a trial whose heartbeat goes stale, which any worker fails and enqueues again. A
 worker that was only stalled past the grace period finds, at its next epoch end, that its trial is
 no longer RUNNING; it then leaves the cell (and its MLflow run) to whichever worker took it over.
-SIGINT/SIGTERM end the current cell: its MLflow run becomes KILLED and its trial FAIL, and the next
-invocation runs it again, resuming training from the cell's last finished epoch.
+
+Stopping (``StopRequest``): SIGINT/SIGTERM only set a flag, so no exception is ever raised inside
+library code (an MLflow migration, a SQLAlchemy callback). The worker stops at the next safe point:
+between two training or evaluation batches (``fit``'s ``should_stop``), before the next claim, or
+while waiting. A cell stopped in training has its MLflow run KILLED and its trial FAIL; the next
+invocation runs it again, resuming from the cell's last finished epoch.
+
+Bounded attempts: in one invocation a cell is started at most ``MAX_ATTEMPTS`` times (a recorded
+failure is not retried at all; a worker that died is, up to the cap), and a search starts at most
+``search.trials`` trials minus those already complete, failed attempts included, as Optuna's
+``n_trials`` counts them. Re-running the command tries failed cells again.
+
+A cell whose objective is NaN (``val_auc`` of a one-class split) finishes as *not comparable*: its
+metrics are logged, its MLflow run is FINISHED with the tag ``bnn.not_comparable`` (the reason),
+its trial is PRUNED with the user attribute ``not_comparable``, and it counts as done everywhere.
 
 Distillation (``studies.distill``): a student cell is claimed only once its teacher cell has a
 COMPLETE trial, in this study or in the teacher's own study on the same storage. Until then the
@@ -25,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import threading
 import time
 import warnings
@@ -37,11 +49,13 @@ import optuna
 from optuna.trial import TrialState
 
 from bnn.config import FitConfig
-from bnn.train import EpochStats, fit
+from bnn.signals import StopRequest
+from bnn.train import EpochStats, FitInterrupted, fit
 from studies.db_setup import open_shared, sqlite_path
 from studies.distill import Teacher
+from studies.objective import not_comparable_reason, objective_value
 from studies.spec import Cell, Study, set_dotted
-from studies.tracking import Tracker
+from studies.tracking import Tracker, create_mlflow_schema
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -49,10 +63,12 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 HEARTBEAT_ENV = "BNN_HEARTBEAT_SECONDS"
 MIN_GRACE_SECONDS = 10  # a loaded machine can stall a heartbeat for seconds
 WAIT = "wait"  # a student's teacher is not done but may still finish
+MAX_ATTEMPTS = 3  # starts of one cell per invocation (workers that died included)
+NOT_COMPARABLE = "not comparable"  # the cell state of a finished cell whose objective is NaN
 
 
-class StudyInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived while a cell ran."""
+class StudyInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; raised by the runner itself at a safe point."""
 
 
 class ClaimLost(Exception):
@@ -66,6 +82,7 @@ class RunSummary:
     completed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     taken_over: list[str] = field(default_factory=list)
+    not_comparable: dict[str, str] = field(default_factory=dict)  # finished, objective NaN: why
     skipped_done: int = 0
     interrupted: bool = False
 
@@ -96,7 +113,13 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage | 
             url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace_seconds(interval)
         ),
         "opening the Optuna storage",
+        initialise=_create_optuna_schema,
     )
+
+
+def _create_optuna_schema(url: str) -> None:
+    """Builds Optuna's complete schema at the SQLite ``url`` (for ``open_shared``)."""
+    optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}}).engine.dispose()
 
 
 def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
@@ -120,31 +143,49 @@ def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
         return None
 
 
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial whose cell is done: COMPLETE, or PRUNED as not comparable (NaN objective)."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.PRUNED and "not_comparable" in trial.user_attrs)
+
+
+def trial_state_name(trial: optuna.trial.FrozenTrial) -> str | None:
+    """"done" | ``NOT_COMPARABLE`` | "running" | "waiting" | "failed", ``None`` for a pruned duplicate."""
+    if trial.state == TrialState.PRUNED:
+        return NOT_COMPARABLE if "not_comparable" in trial.user_attrs else None
+    return {TrialState.COMPLETE: "done", TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
+            TrialState.FAIL: "failed"}.get(trial.state)
+
+
+DONE_STATES = ("done", NOT_COMPARABLE)  # cell states that are final: not run again
+
+
 def cell_states(optuna_study: optuna.Study | None) -> dict[str, str]:
-    """cell_id -> "done" | "running" | "waiting" | "failed" from the trials (pruned duplicates ignored)."""
+    """cell_id -> "done" | ``NOT_COMPARABLE`` | "running" | "waiting" | "failed" from the trials
+    (pruned duplicates ignored); both states of ``DONE_STATES`` are final."""
     states: dict[str, str] = {}
     if optuna_study is None:
         return states
-    rank = {"done": 4, "running": 3, "waiting": 2, "failed": 1}
-    names = {TrialState.COMPLETE: "done", TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
-             TrialState.FAIL: "failed"}
+    rank = {"done": 5, NOT_COMPARABLE: 4, "running": 3, "waiting": 2, "failed": 1}
     for trial in optuna_study.get_trials(deepcopy=False):
         cell_id = trial.user_attrs.get("cell_id")
-        name = names.get(trial.state)
+        name = trial_state_name(trial)
         if cell_id and name and rank[name] > rank.get(states.get(cell_id, ""), 0):
             states[cell_id] = name
     return states
 
 
 def check_inputs(study: Study) -> None:
-    """Fails before anything is created when a cell's dataset or pretrained weights are missing."""
-    from bnn.data import create_dataset
+    """Fails before anything is created when a cell's dataset (every split; an empty one is an
+    error) or pretrained weights are missing."""
     from bnn.pretrained import resolve_weights
+    from bnn.train import load_splits
 
     configs = [cell.config for cell in study.cells] or [study.base]
-    datasets = {(c.dataset, c.data_root, repr(sorted(c.data_params.items()))): c for c in configs}
+    datasets = {(c.dataset, c.data_root, repr(sorted(c.data_params.items())), c.max_train_samples,
+                 c.max_val_samples, c.max_test_samples, c.seed): c for c in configs}
     for c in datasets.values():
-        create_dataset(c.dataset, "train", root=c.data_root, resolution=c.resolution, **c.data_params)
+        load_splits(c)
     for c in configs:
         if c.pretrained:
             resolve_weights(c.backbone, c.pretrained)
@@ -182,29 +223,27 @@ class _Heartbeat:
 class Runner:
     """Runs the cells of one study in this process (see the module docstring)."""
 
-    def __init__(self, study: Study, on_event: Callable[[str, dict], None] | None = None) -> None:
+    def __init__(self, study: Study, on_event: Callable[[str, dict], None] | None = None,
+                 stop: StopRequest | None = None) -> None:
+        """``stop``: the caller's ``StopRequest`` when it handles signals from before the stores
+        are created (``studies run`` does); otherwise ``run`` installs its own."""
         self.study = study
         self.on_event = on_event or (lambda kind, info: None)
+        self.stop = stop
+        self._started = time.time()  # attempts of this invocation are trials started after it
         self.optuna_study = load_optuna_study(study, create=True)
         self.storage = self.optuna_study._storage
-        self.tracker = open_shared(study.tracking_uri, lambda: Tracker(study), "opening the MLflow store")
+        self.tracker = open_shared(study.tracking_uri, lambda: Tracker(study), "opening the MLflow store",
+                                   initialise=create_mlflow_schema)
         self.cells = {cell.cell_id: cell for cell in study.cells}
-        self._signal: str | None = None  # name of a SIGINT/SIGTERM received
         self._other_studies: dict[str, optuna.Study] = {}  # teachers' own studies, by name
         self._unrunnable: dict[int, str] = {}  # claimed trial id -> why its teacher cannot finish
         self._waiting_for_teacher = False  # a WAITING student's teacher may still finish
-        self._in_training = False  # a signal interrupts training at once, anything else at its end
-
-    def _on_signal(self, signum, frame) -> None:
-        """Interrupts a cell's training immediately; between cells, stops before the next claim."""
-        self._signal = signal.Signals(signum).name
-        if self._in_training:
-            self._in_training = False
-            raise StudyInterrupted(self._signal)
+        self._failed_here = 0  # search trials this worker saw fail in this invocation
 
     def _check_signal(self) -> None:
-        if self._signal:
-            raise StudyInterrupted(self._signal)
+        if self.stop:
+            raise StudyInterrupted(self.stop.signal)
 
     # --- queue -------------------------------------------------------------------------------
     def _trials_by_cell(self) -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -223,26 +262,36 @@ class Runner:
                 self.tracker.mark_killed_if_running(run_id)
 
     def _enqueue(self, only_stale: bool) -> None:
-        """Enqueues cells that have no complete, running or waiting trial.
+        """Enqueues cells that have no finished, running or waiting trial.
 
         With ``only_stale``, a failed cell is enqueued again only when its worker died (no
-        recorded failure); cells that raised stay failed until the next invocation.
+        recorded failure) and the cell was started fewer than ``MAX_ATTEMPTS`` times since this
+        invocation began; cells that raised stay failed until the next invocation.
         """
         by_cell = self._trials_by_cell()
         for cell_id in self.cells:
-            trials = [t for t in by_cell.get(cell_id, []) if t.state != TrialState.PRUNED]
-            if any(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            trials = [t for t in by_cell.get(cell_id, []) if is_finished(t) or t.state != TrialState.PRUNED]
+            if any(is_finished(t) or t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
                 continue
-            if only_stale and trials and "failure" in trials[-1].user_attrs:
-                continue
+            if only_stale and trials:
+                if "failure" in trials[-1].user_attrs:
+                    continue
+                if self._attempts_here(trials) >= MAX_ATTEMPTS:
+                    log.error("cell %s: %d attempts in this invocation ended without a result (its worker "
+                              "died each time); not retried until the next invocation", cell_id, MAX_ATTEMPTS)
+                    continue
             self.optuna_study.enqueue_trial({}, user_attrs={"cell_id": cell_id})
+
+    def _attempts_here(self, trials: list[optuna.trial.FrozenTrial]) -> int:
+        """How many of ``trials`` were started since this invocation began."""
+        return sum(1 for t in trials if t.datetime_start is not None and t.datetime_start.timestamp() >= self._started)
 
     def _teacher_verdict(self, teacher: Teacher, by_cell: dict[str, list]) -> str | None:
         """``None`` when the teacher cell is done, ``WAIT`` while it may still finish, else why not."""
         name = f"teacher cell {teacher.cell_id} ({teacher.label})"
         if teacher.study == self.study.name:
-            trials = [t for t in by_cell.get(teacher.cell_id, []) if t.state != TrialState.PRUNED]
-            if any(t.state == TrialState.COMPLETE for t in trials):
+            trials = [t for t in by_cell.get(teacher.cell_id, []) if t.state != TrialState.PRUNED or is_finished(t)]
+            if any(is_finished(t) for t in trials):
                 return None
             failed = trials[-1].user_attrs.get("failure") if trials and trials[-1].state == TrialState.FAIL else None
             return f"{name} failed: {failed}" if failed else WAIT  # unrecorded failures are enqueued again
@@ -256,9 +305,10 @@ class Runner:
         states = {}
         if other is not None:
             optuna.storages.fail_stale_trials(other)
-            states = {t.state for t in other.get_trials(deepcopy=False) if t.user_attrs.get("cell_id") == teacher.cell_id}
-            if TrialState.COMPLETE in states:
+            teacher_trials = [t for t in other.get_trials(deepcopy=False) if t.user_attrs.get("cell_id") == teacher.cell_id]
+            if any(is_finished(t) for t in teacher_trials):
                 return None
+            states = {t.state for t in teacher_trials}
             busy = other.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if TrialState.RUNNING in states or (TrialState.WAITING in states and busy):
                 return WAIT
@@ -310,7 +360,7 @@ class Runner:
         for other in self._trials_by_cell().get(cell_id, []):
             if other.number == trial.number:
                 continue
-            if other.state == TrialState.COMPLETE:
+            if is_finished(other):
                 return True
             if other.state in (TrialState.RUNNING, TrialState.WAITING) and other.number < trial.number:
                 return True
@@ -320,13 +370,13 @@ class Runner:
     def run(self) -> RunSummary:
         """Runs cells until none is left to this worker; returns what happened."""
         summary = RunSummary()
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in previous:
-            signal.signal(s, self._on_signal)
+        own_stop = self.stop is None
+        if own_stop:
+            self.stop = StopRequest().__enter__()
         try:
             self._fail_stale()
             states = cell_states(self.optuna_study)
-            summary.skipped_done = sum(1 for c in self.cells if states.get(c) == "done")
+            summary.skipped_done = sum(1 for c in self.cells if states.get(c) in DONE_STATES)
             if self.study.is_search:
                 self._run_search(summary)
                 return summary
@@ -352,18 +402,17 @@ class Runner:
         except StudyInterrupted:
             summary.interrupted = True
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            if own_stop:
+                self.stop.__exit__(None, None, None)
             self._close_parent(summary)
         return summary
 
     def _sleep(self) -> None:
-        """One heartbeat interval; a signal interrupts it (nothing to clean up while waiting)."""
-        self._in_training = True
-        try:
-            time.sleep(self.storage.get_heartbeat_interval())
-        finally:
-            self._in_training = False
+        """One heartbeat interval, cut short by a signal (nothing to clean up while waiting)."""
+        deadline = time.monotonic() + self.storage.get_heartbeat_interval()
+        while not self.stop and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+        self._check_signal()
 
     def _run_trial(self, trial: optuna.Trial, summary: RunSummary) -> None:
         cell_id = trial.user_attrs["cell_id"]
@@ -390,7 +439,8 @@ class Runner:
         self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": reason})
 
     def _run_search(self, summary: RunSummary) -> None:
-        """TPE trials until the budget of started trials is used (finished or running)."""
+        """TPE trials until the budget is used: trials finished or running (any worker) plus the
+        trials that failed here in this invocation reach ``search.trials``."""
         search = self.study.spec.search
         while self.study.teacher is not None:  # every trial distils from one teacher cell
             verdict = self._teacher_verdict(self.study.teacher, {})
@@ -406,8 +456,12 @@ class Runner:
         while True:
             self._check_signal()
             self._fail_stale()
-            used = self.optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if len(used) >= search.trials:
+            used = [t for t in self.optuna_study.get_trials(deepcopy=False)
+                    if is_finished(t) or t.state == TrialState.RUNNING]
+            if len(used) + self._failed_here >= search.trials:
+                if self._failed_here:
+                    log.error("search: %d of its %d trials failed in this invocation; stopping (re-run to try "
+                              "again)", self._failed_here, search.trials)
                 return
             trial = self.optuna_study.ask()
             values = {}
@@ -425,6 +479,8 @@ class Runner:
             self.cells[cell.cell_id] = cell
             trial.set_user_attr("cell_id", cell.cell_id)
             self._execute(trial, cell, summary)
+            if self.storage.get_trial(trial._trial_id).state == TrialState.FAIL:
+                self._failed_here += 1
 
     def _execute(self, trial: optuna.Trial, cell: Cell, summary: RunSummary) -> None:
         cell_id = cell.cell_id
@@ -439,12 +495,12 @@ class Runner:
         ]
         try:
             with _Heartbeat(self.storage, trial._trial_id):
-                self._in_training = True
+                self._check_signal()
                 try:
+                    result = fit(cell.config, callbacks=callbacks, should_stop=self.stop.__bool__)
+                except FitInterrupted:
                     self._check_signal()
-                    result = fit(cell.config, callbacks=callbacks)
-                finally:
-                    self._in_training = False
+                    raise
                 self._check_claim(trial)
                 self.tracker.log_result(run_id, result)
         except ClaimLost:
@@ -465,23 +521,34 @@ class Runner:
             trial.set_user_attr("failure", message)
             self.tracker.end(run_id, "FAILED", message)
             self.optuna_study.tell(trial, state=TrialState.FAIL)
-            summary.failed[cell_id] = message
+            summary.failed[self._label(trial, cell_id)] = message
             self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": message})
             return
         metric = self.study.spec.objective.metric
-        value = getattr(result.val, metric.removeprefix("val_"), None) if metric.startswith("val_") else None
-        if value is None:
-            value = getattr(result.test, metric.removeprefix("test_"), float("nan"))
-        for key, val in {**result.val.scalars("val_"), **result.test.scalars("test_"), "ops": result.cost.ops}.items():
+        scalars = result.scalars()
+        value = objective_value(scalars, metric)
+        for key, val in scalars.items():
             trial.set_user_attr(key, val)
-        self.tracker.end(run_id, "FINISHED")
-        if value is None or math.isnan(value):
-            trial.set_user_attr("failure", f"objective {metric} is NaN")  # not enqueued again in this run
-            self.optuna_study.tell(trial, state=TrialState.FAIL)
+        status = "FINISHED"
+        if math.isnan(value):  # finished, but cannot be ranked: done, never re-run automatically
+            reason = not_comparable_reason(metric, scalars)
+            log.warning("cell %s is %s: %s", cell_id, NOT_COMPARABLE, reason)
+            self.tracker.mark_not_comparable(run_id, reason)
+            trial.set_user_attr("not_comparable", reason)
+            self.tracker.end(run_id, "FINISHED")
+            self.optuna_study.tell(trial, state=TrialState.PRUNED)
+            summary.not_comparable[self._label(trial, cell_id)] = reason
+            status = NOT_COMPARABLE.upper()
         else:
-            self.optuna_study.tell(trial, float(value))
+            self.tracker.end(run_id, "FINISHED")
+            self.optuna_study.tell(trial, value)
         summary.completed.append(cell_id)
-        self.on_event("cell_end", {"cell": cell, "status": "FINISHED", "result": result})
+        self.on_event("cell_end", {"cell": cell, "status": status, "result": result})
+
+    def _label(self, trial: optuna.Trial, cell_id: str) -> str:
+        """How the summary names an attempt: the cell id, with the trial number in a search (two
+        trials can draw the same cell)."""
+        return f"trial {trial.number} (cell {cell_id})" if self.study.is_search else cell_id
 
     def _check_claim(self, trial: optuna.Trial) -> None:
         if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
@@ -492,7 +559,7 @@ class Runner:
             self.tracker.finish_parent("KILLED" if summary.interrupted else "FINISHED")
             return
         states = cell_states(self.optuna_study)
-        if all(states.get(c) == "done" for c in self.cells):
+        if all(states.get(c) in DONE_STATES for c in self.cells):
             self.tracker.finish_parent("FINISHED")
         elif summary.interrupted:
             self.tracker.finish_parent("KILLED")

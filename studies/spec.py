@@ -19,11 +19,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bnn.config import FitConfig
+from bnn.errors import validation_errors
 from studies.db_setup import sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
+from studies.objective import objective_metric_names, unknown_metric_message
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 
 BUNDLED_DIR = Path(__file__).resolve().parent
+# A study file sets at least one of these (else it would train one default cell nobody asked for).
+REQUIRED_ANY = ("dataset", "defaults", "grid", "search")
+_MINIMUM = f"a study needs at least one of {', '.join(REQUIRED_ANY[:-1])} or {REQUIRED_ANY[-1]}"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FIT_KEYS = list(FitConfig.model_fields)
 
@@ -235,14 +240,17 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     """
     path = resolve_path(name)
     data, lines = load_with_lines(path)
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # nothing, only comments, or {}
+        raise StudyFileError(path, None, None, f"empty study file; {_MINIMUM}")
     if not isinstance(data, dict):
         raise StudyFileError(path, 1, None, "a study file is a mapping of keys (name, defaults, grid, ...)")
     valid_top = list(StudyFile.model_fields)
     for key in data:
         if key not in valid_top:
             raise _unknown_key_error(path, lines, (), str(key), valid_top)
+    if not any(key in data for key in REQUIRED_ANY):
+        raise StudyFileError(path, None, None, f"nothing to train; {_MINIMUM} (this file has only "
+                             f"{', '.join(map(str, data))})")
     data = dict(data)
     for key, value in (overrides or {}).items():
         top = key.split(".")[0]
@@ -277,6 +285,10 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
             raise StudyFileError(path, line_of(lines, ("grid", key)), f"grid.{key}", f"also set at top level ({key})")
     if path.resolve().parent == BUNDLED_DIR:
         _check_absolute_paths(path, lines, spec)
+    valid_metrics = objective_metric_names(spec)
+    if spec.objective.metric not in valid_metrics:
+        raise StudyFileError(path, line_of(lines, ("objective", "metric")), "objective.metric",
+                             unknown_metric_message(spec.objective.metric, valid_metrics))
 
     study_name = spec.name or path.stem
     base = dict(spec.defaults)
@@ -297,7 +309,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
         try:
             config = FitConfig(**resolved)
         except (ValidationError, KeyError, ValueError) as err:
-            raise _config_error(path, lines, spec, labels, err) from None
+            raise _config_error(path, lines, spec, labels, err, overrides) from None
         labels = {k: axis_label(v) if k == "distill" else v for k, v in labels.items()}
         pending.append(Pending(labels, config, reference))
         if spec.search:
@@ -334,7 +346,10 @@ def _check_search_space(path: Path, lines: dict, spec: StudyFile, base: FitConfi
             try:
                 FitConfig(**update)
             except (ValidationError, KeyError, ValueError) as err:
-                detail = err.errors()[0]["msg"] if isinstance(err, ValidationError) else str(err)
+                detail = str(err)
+                if isinstance(err, ValidationError):
+                    bad, detail = validation_errors(err)[0]
+                    detail = detail if bad == key else f"{bad}: {detail}"
                 raise StudyFileError(path, line_of(lines, ("search", "space", key)), f"search.space.{key}",
                                      f"value {value!r} is invalid: {detail}") from None
 
@@ -357,12 +372,13 @@ def _schema_error(path: Path, lines: dict, err: ValidationError) -> StudyFileErr
     return StudyFileError(path, line_of(lines, loc), ".".join(loc), message)
 
 
-def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: Exception) -> StudyFileError:
-    """Maps a FitConfig error of one cell back to the study file's key and line."""
+def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: Exception,
+                  overrides: dict[str, Any] | None = None) -> StudyFileError:
+    """Maps a FitConfig error of one cell back to where the key was written: a ``--set`` override,
+    a grid axis (the line of the offending value), a top-level key or ``defaults``."""
     if isinstance(err, ValidationError):
         first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
+        key, message = validation_errors(err)[0]
         if first["type"] == "extra_forbidden":
             message = f"unknown key; {_suggest(key, FIT_KEYS)}valid keys: {', '.join(FIT_KEYS)}"
     else:
@@ -370,12 +386,20 @@ def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: E
         for name in ("backbone", "features", "compat"):
             if name in message:
                 key = name
-    top = key.split(".")[0]
-    if top in spec.grid:
-        where = ("grid", top)
-    elif top in ("dataset", "data_root", "data_params") and getattr(spec, top) is not None:
-        where = (top,)
-    else:
-        where = ("defaults", *key.split("."))
     cell = f" (in grid cell {labels})" if labels else ""
+    for given in overrides or {}:
+        if key == given or key.startswith(f"{given}.") or given.startswith(f"{key}."):
+            return StudyFileError(path, None, f"--set {given}", message + cell)
+    parts = tuple(key.split("."))
+    top = parts[0]
+    if top in spec.grid:
+        axis = spec.grid[top]
+        where = ("grid", top)
+        if isinstance(axis, list) and labels.get(top) in axis:  # the line of the offending value
+            where = ("grid", top, str(axis.index(labels[top])), *parts[1:])
+        return StudyFileError(path, line_of(lines, where), ".".join(("grid", *parts)), message + cell)
+    if top in ("dataset", "data_root", "data_params") and getattr(spec, top) is not None:
+        where = parts
+    else:
+        where = ("defaults", *parts)
     return StudyFileError(path, line_of(lines, where), ".".join(where), message + cell)

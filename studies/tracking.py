@@ -70,6 +70,15 @@ def artifact_location(tracking_uri: str, study: str) -> str | None:
     return None
 
 
+def create_mlflow_schema(url: str) -> None:
+    """Builds MLflow's complete tracking schema (all migrations, the Default experiment) at the
+    SQLite ``url``, as ``MlflowClient`` would on first use (for ``studies.db_setup.open_shared``)."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(url, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
+
+
 class Tracker:
     """Writes one study's MLflow record through an explicit ``MlflowClient`` (no global state)."""
 
@@ -167,9 +176,7 @@ class Tracker:
     def log_result(self, run_id: str, result: FitResult) -> None:
         """Final metrics, cost, data provenance tags and artifacts of a finished cell."""
         now = int(time.time() * 1000)
-        values = {**result.val.scalars("val_"), **result.test.scalars("test_"), **result.cost.as_dict()}
-        values.update(best_epoch=result.best_epoch, skipped_images=result.skipped_images)
-        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        metrics = [Metric(k, v, now, 0) for k, v in result.scalars().items()]
         tags = [
             RunTag("bnn.data", result.data["train"][:5000]),
             RunTag("bnn.data_digest", ",".join(f"{k}:{v}" for k, v in result.data_digest.items())),
@@ -233,6 +240,11 @@ class Tracker:
         if message:
             self.client.set_tag(run_id, "bnn.failure", message[:5000])
         self.client.set_terminated(run_id, status=status)
+
+    def mark_not_comparable(self, run_id: str, reason: str) -> None:
+        """A finished cell whose objective is not a number (``studies.runner.NOT_COMPARABLE``): its
+        metrics stay logged; the tag says why it cannot be ranked."""
+        self.client.set_tag(run_id, "bnn.not_comparable", reason[:5000])
 
     def mark_killed_if_running(self, run_id: str) -> None:
         """A run left RUNNING by a killed worker becomes KILLED."""

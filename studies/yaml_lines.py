@@ -61,7 +61,12 @@ def _collect(data: Any, registry: dict[int, dict], prefix: tuple, out: dict[tupl
 def load_with_lines(path: str | Path) -> tuple[Any, dict[tuple, int]]:
     """Parses ``path``; returns (data, {key path: line}). Syntax errors name the line."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise StudyFileError(path, None, None, "not a text (YAML) file") from None
+    except IsADirectoryError:
+        raise StudyFileError(path, None, None, "is a folder, not a study file") from None
     loader = _LineLoader(text)
     loader.name = str(path)
     loader.key_lines = {}

@@ -254,6 +254,142 @@ def test_folder_without_classes_is_layout_error(tmp_path: Path):
         create_dataset("folder", "train", root=tmp_path / "empty")
 
 
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(58)  # 82-byte header
+
+
+def c06_tree(root: Path) -> Path:
+    """The C06 case: <root>/{REAL,FAKE}/000..019.png."""
+    for cls, offset in (("REAL", 0), ("FAKE", 1000)):
+        for i in range(20):
+            write_image(root / cls / f"{i:03d}.png", seed=offset + i)
+    return root
+
+
+def add_clutter(root: Path, kind: str) -> None:
+    """What Macs, Windows and NAS boxes write into folders (some of it readable images)."""
+    real = root / "REAL"
+    if kind == "appledouble":
+        for i in range(20):
+            (real / f"._{i:03d}.png").write_bytes(APPLEDOUBLE)
+    elif kind == "macosx":
+        for folder in (real / "__MACOSX", root / "__MACOSX" / "REAL"):
+            folder.mkdir(parents=True)
+            for i in range(20):
+                (folder / f"._{i:03d}.png").write_bytes(APPLEDOUBLE)
+    elif kind == "ds_store":
+        for folder in (root, real, root / "FAKE"):
+            (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(20))
+    elif kind == "hidden_folder":
+        write_image(real / ".hidden" / "copy.png")
+        write_image(root / ".thumbnails" / "REAL" / "t.png")
+    elif kind == "thumbs_db":
+        (real / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+    elif kind == "desktop_ini":
+        (root / "FAKE" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    elif kind == "eadir":
+        write_image(real / "@eaDir" / "000.png" / "SYNOFILE_THUMB_S.jpg")
+    else:
+        raise AssertionError(kind)
+
+
+CLUTTER = ["appledouble", "macosx", "ds_store", "hidden_folder", "thumbs_db", "desktop_ini", "eadir"]
+
+
+@pytest.mark.parametrize("kind", CLUTTER)
+def test_folder_clutter_is_never_listed(tmp_path: Path, kind: str, caplog):
+    clean = c06_tree(tmp_path / "clean")
+    shipped = c06_tree(tmp_path / "shipped")
+    add_clutter(shipped, kind)
+    with caplog.at_level(logging.WARNING, logger="bnn.data"):
+        for split in ("train", "val", "test"):
+            a = create_dataset("folder", split, root=clean)
+            b = create_dataset("folder", split, root=shipped)
+            assert [Path(p).relative_to(shipped) for p, _ in b.items] == [
+                Path(p).relative_to(clean) for p, _ in a.items
+            ]
+            assert b.digest() == a.digest() and b.labels() == a.labels()
+    train = create_dataset("folder", "train", root=shipped)
+    counts = train.class_counts()
+    assert counts == {"real": 13, "fake": 18}  # the C06 train split; pos_weight = 13/18
+    assert counts["real"] / counts["fake"] == pytest.approx(0.7222, abs=1e-4)
+    assert all(train[i] is not None for i in range(len(train)))
+    assert not [r for r in caplog.records if r.name.startswith("bnn")]  # nor an "unknown folder"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("Training", "Validation", "Testing", "Real", "Fake"),
+        ("TRAIN", "DEV", "TEST", "0_real", "1_fake"),
+        ("train", "valid", "testing", "nature", "ai"),
+        ("Train", "VAL", "Test", "REAL", "FAKE"),
+    ],
+)
+def test_folder_names_in_any_case_and_synonyms(tmp_path: Path, names):
+    train, val, test, real, fake = names
+    root = tmp_path / "tree"
+    class_tree(root / train, 4, 3, real=real, fake=fake)
+    class_tree(root / val, 2, 1, real=real, fake=fake)
+    class_tree(root / test, 1, 2, real=real, fake=fake)
+    counts = {s: create_dataset("folder", s, root=root).class_counts() for s in ("train", "val", "test")}
+    assert counts == {
+        "train": {"real": 4, "fake": 3},
+        "val": {"real": 2, "fake": 1},
+        "test": {"real": 1, "fake": 2},
+    }
+    ds = create_dataset("folder", "test", root=root)
+    assert all(label == (Path(p).parent.name == fake) for p, label in ds.items)
+
+
+def test_folder_two_names_for_one_role_is_a_layout_error(tmp_path: Path):
+    root = tmp_path / "tree"
+    class_tree(root / "test", 1, 1)
+    write_image(root / "test" / "real" / "x.png")
+    with pytest.raises(DatasetLayoutError, match="'REAL' and 'real'.*REAL class"):
+        create_dataset("folder", "test", root=root)
+    class_tree(tmp_path / "two" / "val", 1, 1)
+    class_tree(tmp_path / "two" / "validation", 1, 1)
+    with pytest.raises(DatasetLayoutError, match="val split"):
+        create_dataset("folder", "train", root=tmp_path / "two")
+
+
+def test_folder_unrecognised_folders_and_loose_images_are_warned(tmp_path: Path, caplog):
+    root = tmp_path / "tree"
+    class_tree(root / "train", 3, 3)
+    class_tree(root / "test", 2, 2)
+    write_image(root / "train" / "generated" / "g.png")  # a third class? not read, but said
+    write_image(root / "train" / "loose.png")
+    write_image(root / "extras" / "REAL" / "e.png")
+    with caplog.at_level(logging.WARNING, logger="bnn.data"):
+        ds = create_dataset("folder", "train", root=root, val_fraction=0.0)
+        create_dataset("folder", "train", root=root, val_fraction=0.0)  # once per message
+    assert ds.class_counts() == {"real": 3, "fake": 3}
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert any(f"'{root / 'train' / 'generated'}': not a class folder" in m and "0_real" in m for m in messages)
+    assert any(f"'{root / 'extras'}': not a split folder" in m and "validation" in m for m in messages)
+    assert any(f"1 image file(s) lying directly in '{root / 'train'}'" in m for m in messages)
+
+
+def test_folder_one_class_tree_is_read_with_a_warning(tmp_path: Path, caplog):
+    root = tmp_path / "fakes"
+    class_tree(root / "test", 0, 5)
+    (root / "test" / "REAL").mkdir()
+    (root / "test" / "REAL" / "._0.png").write_bytes(APPLEDOUBLE)  # only clutter: no real image
+    with caplog.at_level(logging.WARNING, logger="bnn.data"):
+        ds = create_dataset("folder", "test", root=root)
+    assert ds.class_counts() == {"real": 0, "fake": 5}
+    assert any("no image files in" in r.getMessage() and "one class only" in r.getMessage() for r in caplog.records)
+    (root / "test" / "FAKE").rename(root / "test" / "elsewhere")
+    with pytest.raises(DatasetLayoutError, match="no FAKE folder"):
+        create_dataset("folder", "test", root=root)
+    cifake = tmp_path / "cifake"
+    class_tree(cifake / "train", 0, 3)
+    class_tree(cifake / "test", 2, 2)
+    with pytest.raises(DatasetLayoutError, match="no REAL folder"):  # CIFAKE always has both
+        create_dataset("cifake", "train", root=cifake)
+
+
 # ---------------------------------------------------------------- COCOFake
 
 
@@ -323,6 +459,16 @@ def test_cocofake_env_and_missing_real(coco_roots, monkeypatch):
     monkeypatch.delenv("BNN_DATA_COCOFAKE")
     with pytest.raises(DatasetLayoutError, match="BNN_DATA_COCOFAKE"):
         create_dataset("cocofake", "train")
+
+
+def test_cocofake_clutter_folders_are_not_image_ids(coco_roots):
+    coco, fake = coco_roots
+    write_image(fake / "val2014" / ".ipynb_checkpoints" / "0.jpg")  # would need a real '.ipynb...jpg'
+    (fake / "val2014" / "__MACOSX" / "COCO_val2014_000000000000").mkdir(parents=True)
+    (fake / "val2014" / "__MACOSX" / "COCO_val2014_000000000000" / "._0.jpg").write_bytes(APPLEDOUBLE)
+    (fake / "val2014" / "COCO_val2014_000000000000" / "._0.jpg").write_bytes(APPLEDOUBLE)
+    ds = create_dataset("cocofake", "test", root=coco, fake_root=fake)
+    assert ds.class_counts() == {"real": 4, "fake": 20}
 
 
 # ---------------------------------------------------------------- DFFD

@@ -45,3 +45,24 @@ def test_single_class_gives_nan_auc_not_an_error():
 def test_scalars_have_prefixes():
     s = compute_metrics([0, 1], [0.2, 0.8]).scalars("val_")
     assert set(s) == {"val_accuracy", "val_auc", "val_eer", "val_ap", "val_accuracy_real", "val_accuracy_fake", "val_count"}
+
+
+@pytest.mark.parametrize(
+    "labels, scores, accuracy, accuracy_real, accuracy_fake",
+    [
+        ([1, 1, 1, 1], [0.9, 0.6, 0.4, 0.2], 0.5, math.nan, 0.5),  # fakes of one generator
+        ([0, 0, 0], [0.1, 0.7, 0.3], 2 / 3, 2 / 3, math.nan),  # reals only
+    ],
+    ids=["fake_only", "real_only"],
+)
+def test_one_class_gives_accuracy_and_recall_and_nan_ranking_metrics(labels, scores, accuracy, accuracy_real,
+                                                                       accuracy_fake):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning either
+        m = compute_metrics(labels, scores)
+    assert m.accuracy == pytest.approx(accuracy) and m.count == len(labels) and m.roc == {}
+    for value, expected in ((m.accuracy_real, accuracy_real), (m.accuracy_fake, accuracy_fake)):
+        assert math.isnan(value) if math.isnan(expected) else value == pytest.approx(expected)
+    assert math.isnan(m.auc) and math.isnan(m.eer) and math.isnan(m.ap)  # AP would be 1 for any fake-only scores

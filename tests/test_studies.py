@@ -238,7 +238,7 @@ def test_study_end_to_end_mlflow_record_and_rerun(tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["run", str(path), "--quiet"]) == 0  # re-run: nothing left to do
-    assert "0 cells finished, 0 failed, 4 already done before" in capsys.readouterr().out
+    assert "0 cells finished (0 not comparable), 0 failed, 4 already done before" in capsys.readouterr().out
     assert len(_trials(tmp_path)) == 4 and len(_record(tmp_path)[2]) == 4
     assert main(["status", str(path)]) == 0
     assert "4 done of 4 cells" in capsys.readouterr().out

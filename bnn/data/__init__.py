@@ -4,7 +4,9 @@ Deepfake Detection using Binary Neural Networks", CVPRW 2024.
 
 Every dataset is an ``ImageDataset`` of ``(path, label)`` items, label 1 = fake and 0 = real,
 whose samples are ``(image (3, R, R) in [0, 1], label, path)`` or ``None`` for an unreadable file
-(use ``collate_skip`` as the DataLoader's ``collate_fn``).
+(use ``collate_skip`` as the DataLoader's ``collate_fn``). ``load_rgb`` is the one decoder, and
+its ``UnreadableImage`` the one definition of an unreadable file, for training and ``detect``
+alike; ``layout.list_images`` is the one listing (hidden files and ``__MACOSX`` left out).
 """
 
 from __future__ import annotations
@@ -19,9 +21,32 @@ from bnn.data._registry import DATASETS, DatasetSpec, Listing
 from bnn.data.dataset import ImageDataset, collate_skip
 from bnn.data.layout import SPLITS, DatasetLayoutError, check_split
 from bnn.data.synthetic import generate_synthetic
-from bnn.data.transforms import build_transform, load_rgb
+from bnn.data.transforms import UNREADABLE_ERRORS, UnreadableImage, build_transform, load_rgb
+from bnn.errors import KeyedValueError
 
 COMMON_PARAMS = ("max_samples", "seed")
+
+
+class DatasetParamError(KeyedValueError, TypeError):
+    """Unknown reader parameter(s) for a dataset; the message lists the valid ones.
+
+    A ``ValueError`` (an invalid value of ``data_params``, one line and exit code 2 in the command
+    lines, a validation error inside ``FitConfig``) and a ``TypeError`` (what an unexpected keyword
+    argument is, and what ``create_dataset`` raised before this class).
+
+    Attributes:
+        dataset: The dataset's registered name.
+        unknown: The unknown parameters, sorted.
+        valid: The parameters the dataset accepts, sorted.
+    """
+
+    def __init__(self, dataset: str, unknown: list[str], valid: list[str]) -> None:
+        self.dataset, self.unknown, self.valid = dataset, list(unknown), list(valid)
+        super().__init__(
+            f"unknown parameter(s) {', '.join(unknown)} for dataset {dataset!r}; valid: {', '.join(valid)}",
+            key=self.unknown[0],
+            detail=f"unknown parameter; valid: {', '.join(valid)}",
+        )
 
 
 def create_dataset(
@@ -52,7 +77,8 @@ def create_dataset(
     Raises:
         KeyError: Unknown dataset name.
         ValueError: Unknown split.
-        TypeError: Unknown parameter (the message lists the valid ones).
+        DatasetParamError: Unknown parameter (the message lists the valid ones); a ``TypeError``
+            and a ``ValueError``.
         DatasetLayoutError: Missing root or a layout that does not match.
     """
     canonical = DATASETS.canonical(name)
@@ -62,10 +88,7 @@ def create_dataset(
     valid = sorted({*reader_params, *COMMON_PARAMS})
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise TypeError(
-            f"unknown parameter(s) {', '.join(unknown)} for dataset {canonical!r}; "
-            f"valid: {', '.join(valid)}"
-        )
+        raise DatasetParamError(canonical, unknown, valid)
     max_samples = params.pop("max_samples", None)
     seed = params.get("seed", 0)
     if "seed" not in reader_params:
@@ -105,10 +128,13 @@ def _reader_params(spec: DatasetSpec) -> list[str]:
 __all__ = [
     "DATASETS",
     "SPLITS",
+    "UNREADABLE_ERRORS",
     "DatasetLayoutError",
+    "DatasetParamError",
     "DatasetSpec",
     "ImageDataset",
     "Listing",
+    "UnreadableImage",
     "build_transform",
     "collate_skip",
     "create_dataset",

@@ -10,6 +10,8 @@ Layout (as on Kaggle and in the authors' ``cifake_dataset.py``)::
 CIFAKE has no validation split. Here ``val`` is carved out of ``train``: an image goes to val when
 a seeded hash of its path relative to ``train/`` (e.g. ``REAL/1000 (2).jpg``) falls below
 ``val_fraction`` (default 10%); ``train`` is the rest. ``test`` is CIFAKE's test split.
+Class folder names are matched as by the ``folder`` reader (any case, its synonyms); both classes
+must be present. Hidden files (``.DS_Store``, macOS ``._<name>``) are never listed.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ A real image is used when COCOFake has a folder of fakes named after its file st
 authors' code. Splits: the paper reports on val2014, so ``test`` is val2014. ``val`` is carved out
 of train2014 by a seeded hash of the image id (the folder name), default 5%, so an image and its
 fakes always land in the same split; ``train`` is the rest of train2014. Every split has about five
-fakes per real (use ``pos_weight`` or balanced sampling when training).
+fakes per real (use ``pos_weight`` or balanced sampling when training). Hidden files and folders
+(``.DS_Store``, macOS ``._<name>``, ``__MACOSX``) are never listed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bnn.data.layout import (
     FAKE,
     REAL,
     check_split,
+    child_folders,
     hash_split,
     layout_error,
     list_images,
@@ -75,8 +77,7 @@ def read_cocofake(
             raise layout_error(f"missing folder '{folder}'", env_var=env_var, **errors)
 
     fractions = {"val": val_fraction, "train": 1.0 - val_fraction}
-    with os.scandir(fake_dir) as entries:
-        image_ids = sorted(e.name for e in entries if e.is_dir())
+    image_ids = [folder.name for folder in child_folders(fake_dir)]  # no __MACOSX, hidden folders
     if not image_ids:
         raise layout_error(
             f"no folders of fake images in '{fake_dir}'", env_var=FAKE_ENV_VAR, **errors

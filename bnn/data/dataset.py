@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bnn.data.transforms import load_rgb
+from bnn.data.transforms import UnreadableImage, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,15 @@ class ImageDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Sample | None:
-        """Returns ``(image (3, R, R) in [0, 1], label, path)``, or ``None`` if unreadable."""
+        """Returns ``(image (3, R, R) in [0, 1], label, path)``, or ``None`` for an ``UnreadableImage``
+        (logged once per file with its reason)."""
         path, label = self.items[index]
         try:
             image = load_rgb(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except UnreadableImage as error:
             if path not in self._warned:
                 self._warned.add(path)
-                log.warning("skipping unreadable image %s: %s", path, error)
+                log.warning("skipping unreadable image %s: %s", path, error.reason)
             return None
         return self.transform(image), label, path
 

@@ -12,7 +12,8 @@ Layout (the authors' ``dffd_dataset.py``)::
                                                         stargan
 
 Splits are DFFD's own: CelebA by its partition file, the other sources by their folders (``val``
-reads ``validation``). Images are listed flat (no sub-folders), as in the authors' code.
+reads ``validation``). Images are listed flat (no sub-folders), as in the authors' code; hidden
+files (``.DS_Store``, macOS ``._<name>``) are never listed.
 """
 
 from __future__ import annotations

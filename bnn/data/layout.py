@@ -1,5 +1,6 @@
-"""Finding image files on disk: roots from arguments or environment variables, layout errors that
-say what was expected, and deterministic hash splits.
+"""Finding image files on disk: roots from arguments or environment variables, the one image
+listing (hidden files, macOS ``._*`` / ``__MACOSX`` and other clutter left out), case-insensitive
+folder matching, layout errors that say what was expected, and deterministic hash splits.
 
 Part of the data layer of the reproduction of Lanzino et al., "Faster Than Lies: Real-time Deepfake
 Detection using Binary Neural Networks", CVPRW 2024.
@@ -8,13 +9,18 @@ Detection using Binary Neural Networks", CVPRW 2024.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Folders that tools write next to the data (compared case-insensitively, lower case here).
+JUNK_FOLDERS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
 REAL, FAKE = 0, 1
+_WARNED: set[str] = set()
+_WARNED_CAP = 1000
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -79,27 +85,61 @@ def resolve_root(
     return path
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder is system clutter that never holds dataset images.
+
+    Hidden names (a leading ``.``: macOS ``._<name>`` AppleDouble companions and ``.DS_Store``,
+    ``.ipynb_checkpoints``, ``.git``, ...) and the folders in ``JUNK_FOLDERS`` (``__MACOSX`` of
+    zips made on a Mac, Synology ``@eaDir`` thumbnails, Windows ``$RECYCLE.BIN`` and ``System
+    Volume Information``), in any capitalisation.
+    """
+    return name.startswith(".") or name.casefold() in JUNK_FOLDERS
+
+
 def is_image(name: str) -> bool:
-    """Whether a file name has one of ``IMAGE_EXTENSIONS`` (case-insensitive)."""
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+    """Whether a file name is listed as an image: one of ``IMAGE_EXTENSIONS`` (case-insensitive)
+    and not hidden (``is_hidden``: ``._photo.png`` is an 82-byte macOS AppleDouble header)."""
+    return not is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (optionally in its sub-folders too), sorted by path."""
-    if recursive:
-        paths = [p for p in folder.rglob("*") if p.is_file() and is_image(p.name)]
-    else:
-        with os.scandir(folder) as entries:
-            paths = [folder / e.name for e in entries if e.is_file() and is_image(e.name)]
+    """Image files (``is_image``) in ``folder``, optionally in its sub-folders too, sorted by path.
+
+    The one listing every reader and ``python -m bnn detect`` use, so counts, class weights, hash
+    splits and data digests only ever see these files. Sub-folders that are hidden or in
+    ``JUNK_FOLDERS`` are not entered; symbolic links to folders are not followed (as ``rglob``).
+    """
+    paths: list[Path] = []
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_hidden(d)] if recursive else []
+        base = Path(current)
+        paths.extend(base / f for f in files if is_image(f) and (base / f).is_file())
     return sorted(paths)
 
 
-def find_child(folder: Path, names: Sequence[str]) -> Path | None:
-    """The first sub-folder of ``folder`` named one of ``names``, or ``None``."""
-    for name in names:
-        if (folder / name).is_dir():
-            return folder / name
-    return None
+def child_folders(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder`` that are not hidden or junk (``is_hidden``), sorted by name."""
+    with os.scandir(folder) as entries:
+        return sorted(folder / e.name for e in entries if e.is_dir() and not is_hidden(e.name))
+
+
+def find_children(folder: Path, names: Sequence[str]) -> list[Path]:
+    """Sub-folders of ``folder`` named one of ``names``, compared case-insensitively, sorted."""
+    wanted = {name.casefold() for name in names}
+    return [child for child in child_folders(folder) if child.name.casefold() in wanted]
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """Logs ``message`` as a warning the first time it is seen in this process.
+
+    Readers run once per split, so a layout remark would otherwise repeat three times. At most
+    ``_WARNED_CAP`` distinct messages are remembered; later ones are always logged.
+    """
+    if message in _WARNED:
+        return
+    if len(_WARNED) < _WARNED_CAP:
+        _WARNED.add(message)
+    logger.warning(message)
 
 
 def hash_unit(key: str, seed: int) -> float:

@@ -1,6 +1,7 @@
-"""Image decoding and preprocessing: the training augmentation as presets with typed knobs, and the
-evaluation preprocessing of Lanzino et al., "Faster Than Lies: Real-time Deepfake Detection using
-Binary Neural Networks", CVPRW 2024 (``coco_fake_dataset.py``).
+"""Image decoding (``load_rgb``, the one decoder, and ``UnreadableImage``, the one definition of a
+file that cannot be used) and preprocessing: the training augmentation as presets with typed knobs,
+and the evaluation preprocessing of Lanzino et al., "Faster Than Lies: Real-time Deepfake Detection
+using Binary Neural Networks", CVPRW 2024 (``coco_fake_dataset.py``).
 
 train, preset ``paper`` (the authors' recipe): Resize(shorter side -> R + R // 8, bilinear,
        antialias) -> random horizontal flip (p 0.5) -> random vertical flip (p 0.5) -> rotation by
@@ -22,6 +23,7 @@ detector (``bnn.detector``).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +33,51 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 from torch import Tensor
 
+# Largest image decoded, in pixels: Pillow's default ``Image.MAX_IMAGE_PIXELS`` (2**30 / 4 / 3,
+# about 9459 x 9459; 268 MB as 8-bit RGB). Checked from the header here, so it holds even where
+# ``Image.MAX_IMAGE_PIXELS`` was raised or set to ``None``, and images between 1x and 2x this size
+# (which Pillow only warns about) are refused too.
+MAX_PIXELS = 89_478_485
+# Longest side over shortest side. The preprocessing resizes the shorter side to R + R // 8, so a
+# 1 x 50,000 strip would become 252 x 12.6 million pixels (9.5 GB); no photograph comes close.
+MAX_ASPECT_RATIO = 100
+
+# What decoding a file can raise when the FILE is bad (not the code): the exceptions Pillow's own
+# fuzz tests accept from open + load + convert (``Tests/oss-fuzz/test_fuzzers.py``: OSError,
+# SyntaxError, MemoryError, ValueError, NotImplementedError, OverflowError, DecompressionBombError,
+# DecompressionBombWarning; ``UnidentifiedImageError`` and ``FileNotFoundError`` are OSErrors),
+# plus EOFError, which some plugins raise on a file that ends early.
+UNREADABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    MemoryError,
+    NotImplementedError,
+    OverflowError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+class UnreadableImage(OSError):
+    """An image file that cannot be turned into an RGB image: the one definition every reader and
+    ``python -m bnn detect`` use (``load_rgb`` raises it; nothing else decodes images).
+
+    Attributes:
+        path: The file, as given.
+        reason: What went wrong, one line: the underlying error's type and message, or the limit
+            (``MAX_PIXELS``, ``MAX_ASPECT_RATIO``) the image exceeds.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+    def __reduce__(self):  # OSError would rebuild from the message alone (DataLoader workers pickle)
+        return type(self), (self.path, self.reason)
+
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decodes an image file fully into an 8-bit RGB PIL image.
@@ -39,22 +86,51 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     Alpha (``RGBA``, ``LA``, ``P`` with transparency) is dropped: the stored colour values are kept
     as they are, not composited on a background, so generator pixels reach the detector unchanged.
     16-bit grey (``I;16*``) is scaled by 1/257; 32-bit ``I`` likewise when its values exceed 255;
-    float ``F`` is taken as [0, 1] when its maximum is at most 1, else as [0, 255].
+    float ``F`` is taken as [0, 1] when its maximum is at most 1, else as [0, 255]. The size is
+    checked from the header before any pixel is decoded (``MAX_PIXELS``, ``MAX_ASPECT_RATIO``).
 
     Raises:
-        OSError: Unreadable or truncated file (``PIL.UnidentifiedImageError`` is an ``OSError``).
-        ValueError: A mode PIL cannot convert.
+        UnreadableImage: (an ``OSError``) The file is missing, not an image, truncated, corrupt,
+            too large, too elongated, or in a mode PIL cannot convert; any ``UNREADABLE_ERRORS``
+            raised while opening, decoding or converting is wrapped, with the path and reason.
     """
-    with Image.open(path) as image:
-        image.load()  # decode now: truncated files raise here, not later in the transform
-        mode = image.mode
-        if mode == "RGB":
-            return image.copy()
-        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            return _high_depth_to_rgb(image)
-        if mode == "P":
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        return image.convert("RGB")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit: refuse those images instead (the size
+            # check below refuses them too, whatever the limit). Its UserWarnings (``Corrupt EXIF
+            # data``) concern metadata nothing here reads; an unusable file is reported by its
+            # error, so they would only be stray lines.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise UnreadableImage(
+                        path, f"{width}x{height} = {width * height} pixels exceeds the limit of "
+                        f"{MAX_PIXELS} (decompression bomb guard)"
+                    )
+                if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                    raise UnreadableImage(
+                        path, f"{width}x{height} pixels: aspect ratio beyond {MAX_ASPECT_RATIO}:1"
+                    )
+                return _decode_rgb(image)
+    except UnreadableImage:
+        raise
+    except UNREADABLE_ERRORS as error:
+        raise UnreadableImage(path, f"{type(error).__name__}: {error}") from error
+
+
+def _decode_rgb(image: Image.Image) -> Image.Image:
+    """The decoding and mode conversion of ``load_rgb`` on an open image."""
+    image.load()  # decode now: truncated files raise here, not later in the transform
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(image)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image.convert("RGB")
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:

@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,postgres]"
 	@touch $(STAMP)
 
 # The quickstart runs as two single-threaded workers on one store (each cell exactly once): on 2
@@ -26,8 +26,9 @@ demo: $(STAMP)
 	wait $$worker || status=1; exit $$status
 	$(PY) -m reports render quickstart
 
+# Every test, the slow and e2e ones included (a plain `pytest` leaves those out: see pyproject.toml).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "" --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check bnn studies analysis reports tests benchmarks

@@ -1,12 +1,10 @@
 """A study's MLflow record as tidy pandas frames.
 
-The record (written by ``studies.tracking``): one experiment per study, named after it; one parent
-run tagged ``bnn.role=study``; one child run per cell tagged ``bnn.role=cell`` with ``cell_id``,
-``bnn.model``, ``bnn.family``, ``bnn.binary``, ``bnn.data``, ``bnn.synthetic``, ``git_commit``;
-params = the flattened training config (strings) plus ``axes``; final metrics ``val_*``,
-``test_*`` (the test split of the checkpoint selected on validation) and the cost per image
-(``ops``, ``bops``, ``flops``, ``params``, ...); per-epoch metrics ``epoch_*`` with step = epoch;
-artifacts including ``metrics/roc_test.json``.
+The record and every name in it belong to ``studies.record`` (its writer is the runner's
+``Tracker``); this module reads it only through ``studies.record``'s reader (``search_all``,
+``read_cell``, ``read_parent``) and turns the rows into frames: one row per cell run with the run
+columns (``RUN_COLUMNS``), the params typed back and the final metrics; per-epoch metrics
+(``EPOCH_METRICS``, step = epoch) and the ROC artifact on request.
 """
 
 from __future__ import annotations
@@ -24,63 +22,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci
+from studies import record
+from studies.record import COST_METRICS, EPOCH_METRICS, RUN_COLUMNS
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-EPOCH_METRICS = (
-    "epoch_train_loss",
-    "epoch_val_loss",
-    "epoch_val_accuracy",
-    "epoch_val_auc",
-    "epoch_lr",
-    "epoch_seconds",
-    "epoch_images_per_second",
-)
-COST_METRICS = (
-    "ops",
-    "bops",
-    "flops",
-    "params",
-    "binary_params",
-    "trainable_params",
-    "storage_bytes",
-    "feature_flops",
-)
 # Params that do not define a configuration: replicates differ only in these.
-REPLICATE_EXCLUDE = ("seed", "output_dir", "axes", "device", "num_workers")
-# Columns that describe a run rather than its configuration.
-RUN_COLUMNS = (
-    "run_id",
-    "run_name",
-    "status",
-    "cell_id",
-    "study",
-    "model",
-    "family",
-    "binary",
-    "data",
-    "synthetic",
-    "data_digest",
-    "not_comparable",
-    "git_commit",
-    "parent_run_id",
-    "start_time",
-    "end_time",
-    "duration_s",
+REPLICATE_EXCLUDE = (
+    record.PARAM_SEED, "output_dir", record.PARAM_AXES, "device", "num_workers"
 )
-# Tag -> column; every other tag is left out of the frame.
-_TAG_COLUMNS = {
-    "cell_id": "cell_id",
-    "study": "study",
-    "bnn.model": "model",
-    "bnn.family": "family",
-    "bnn.binary": "binary",
-    "bnn.data": "data",
-    "bnn.synthetic": "synthetic",
-    "bnn.data_digest": "data_digest",
-    "bnn.not_comparable": "not_comparable",  # why the objective is NaN (studies.runner)
-    "git_commit": "git_commit",
-    "mlflow.parentRunId": "parent_run_id",
-}
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -150,7 +99,7 @@ def list_experiments(tracking_uri: str | None = None) -> list[str]:
 
 
 def find_experiment(study: str, tracking_uri: str | None = None):
-    """The MLflow experiment of a study (by experiment name, else by the ``bnn.study`` tag).
+    """The MLflow experiment of a study (by experiment name, else by its parent's ``TAG_STUDY`` tag).
 
     Raises:
         StudyNotFoundError: Listing the experiments that exist at the URI.
@@ -169,31 +118,12 @@ def find_experiment(study: str, tracking_uri: str | None = None):
     if "'" not in study and experiments:  # a parent run tagged with the study, in one query
         found = client.search_runs(
             [e.experiment_id for e in experiments],
-            filter_string=f"tags.`bnn.study` = '{study}'",
+            filter_string=f"tags.`{record.TAG_STUDY}` = '{study}'",
             max_results=1,
         )
         if found:
             return client.get_experiment(found[0].info.experiment_id)
     raise StudyNotFoundError(study, redact_uri(uri), [e.name for e in experiments])
-
-
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
-    from mlflow.entities import ViewType
-
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _typed(values: list[str | None]) -> pd.Series:
@@ -215,23 +145,16 @@ def _typed(values: list[str | None]) -> pd.Series:
 
 
 def _row(run) -> tuple[dict, dict, dict]:
-    info, data = run.info, run.data
-    tags = data.tags
-    meta = {
-        "run_id": info.run_id,
-        "run_name": info.run_name,
-        "status": info.status,
-        "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
-        "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
-    }
+    row = record.read_cell(run)
+    meta = dict(row.meta)
+    meta["start_time"] = pd.to_datetime(row.start_time_ms, unit="ms", utc=True)
+    meta["end_time"] = pd.to_datetime(row.end_time_ms, unit="ms", utc=True) if row.end_time_ms else pd.NaT
     meta["duration_s"] = (
-        (info.end_time - info.start_time) / 1000.0 if info.end_time and info.start_time else np.nan
+        (row.end_time_ms - row.start_time_ms) / 1000.0
+        if row.end_time_ms and row.start_time_ms
+        else np.nan
     )
-    for tag, column in _TAG_COLUMNS.items():
-        meta[column] = tags.get(tag)
-    metrics = {k: v for k, v in data.metrics.items() if not k.startswith("epoch_")}
-    params = {k: (None if v == "None" else v) for k, v in data.params.items()}
-    return meta, params, metrics
+    return meta, row.params, row.metrics
 
 
 def _fill_model_tags(frame: pd.DataFrame) -> None:
@@ -261,14 +184,15 @@ def load_runs(
 
     Args:
         study: Study name (= experiment name), or an experiment whose parent run has
-            ``bnn.study`` = this name.
+            ``studies.record.TAG_STUDY`` = this name.
         tracking_uri: Any MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
         include_unfinished: Also return FAILED / KILLED / RUNNING runs (their metrics may be NaN).
 
     Returns:
         Columns: the run columns (``run_id``, ``cell_id``, ``seed`` among the params, ``model``,
-        ``family``, ``binary`` and ``synthetic`` as bools, ``data``, ``git_commit``, ``status``,
-        times), every param typed back (``freeze_backbone`` bool, ``seed`` int, numbers numeric,
+        ``family``, ``binary`` and ``synthetic`` as bools, ``data``, ``data_digest``,
+        ``not_comparable`` and ``failure`` (the reasons, else missing), ``attempts`` (int),
+        ``git_commit``, ``status``, times), every param typed back (``freeze_backbone`` bool, ``seed`` int, numbers numeric,
         ``"None"`` as missing), and every final metric (``val_*``, ``test_*``, cost). ``attrs``:
         ``study``, ``tracking_uri`` (redacted), ``experiment_id``, ``parent_run_id``,
         ``parent_git_commit``, ``params``, ``metrics``, ``unfinished`` ({status: count} of the
@@ -280,8 +204,8 @@ def load_runs(
     uri = resolve_tracking_uri(tracking_uri)
     experiment = find_experiment(study, uri)
     client = client_for(uri)
-    parents = _search_all(client, experiment.experiment_id, "tags.`bnn.role` = 'study'")
-    cells = _search_all(client, experiment.experiment_id, "tags.`bnn.role` = 'cell'")
+    parents = record.search_all(client, experiment.experiment_id, record.ROLE_STUDY)
+    cells = record.search_all(client, experiment.experiment_id, record.ROLE_CELL)
     unfinished = Counter(r.info.status for r in cells if r.info.status != "FINISHED")
     if not include_unfinished:
         cells = [r for r in cells if r.info.status == "FINISHED"]
@@ -303,21 +227,22 @@ def load_runs(
         frame[name] = pd.Series([m.get(name, np.nan) for m in metrics], dtype=float).to_numpy()
     _fill_model_tags(frame)
     for column in ("binary", "synthetic"):
-        frame[column] = frame[column].map({"true": True, "false": False}).astype("boolean")
+        frame[column] = frame[column].map({record.TRUE: True, record.FALSE: False}).astype("boolean")
         if not frame[column].isna().any():
             frame[column] = frame[column].astype(bool)
+    frame["attempts"] = pd.to_numeric(frame["attempts"]).astype("Int64")
     if "study" in frame:
         frame["study"] = frame["study"].fillna(study)
     frame = frame.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
 
-    parent = parents[0] if parents else None
+    parent = record.read_parent(parents[0]) if parents else {}
     frame.attrs.update(
-        study=parent.data.tags.get("bnn.study", study) if parent else study,
+        study=parent.get("study") or study,
         experiment=experiment.name,
         experiment_id=experiment.experiment_id,
         tracking_uri=redact_uri(uri),
-        parent_run_id=parent.info.run_id if parent else None,
-        parent_git_commit=parent.data.tags.get("git_commit") if parent else None,
+        parent_run_id=parent.get("run_id"),
+        parent_git_commit=parent.get("git_commit"),
         params=param_names,
         metrics=metric_names,
         unfinished=dict(sorted(unfinished.items())),

@@ -24,8 +24,9 @@ class StopRequest:
     signal received, or ``None``.
     """
 
-    def __init__(self) -> None:
-        self.signal: str | None = None
+    def __init__(self, already: str | None = None) -> None:
+        """``already``: a signal that arrived before this request existed (``studies.early_signals``)."""
+        self.signal: str | None = already
         self._previous: dict = {}
 
     def __bool__(self) -> bool:

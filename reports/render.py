@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.runs import find_experiment, redact_uri, resolve_tracking_uri
+from studies.record import ROLE_STUDY, filter_role
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
 DEFAULT_NOTEBOOK = NOTEBOOKS_DIR / "study_report.ipynb"
@@ -185,7 +186,7 @@ def log_report(study: str, tracking_uri: str, out_dir: Path) -> str | None:
     experiment = find_experiment(study, tracking_uri)
     parents = client.search_runs(
         [experiment.experiment_id],
-        filter_string="tags.`bnn.role` = 'study'",
+        filter_string=filter_role(ROLE_STUDY),
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from studies import early_signals
+
+if __name__ == "__main__":  # `python -m studies`: hold signals before anything else is imported
+    early_signals.hold()
+
 import argparse
 import logging
+import signal
 import sys
 
 from rich.console import Console
@@ -16,6 +22,7 @@ EXAMPLES = {
   python -m studies run quickstart.yaml               # bundled study, synthetic data, ~10 min on 2 CPUs
   python -m studies run ablation_cocofake.yaml        # Table 4; needs COCO 2014 + COCOFake and a GPU
   python -m studies run quickstart.yaml --set epochs=1 --set tracking_uri=sqlite:///tmp/mlflow.db
+  python -m studies run quickstart.yaml --workers 2   # two single-threaded worker processes
 Run the same command in several terminals (or machines sharing a PostgreSQL storage and an MLflow
 server) to split the cells between workers; re-running resumes where it stopped.""",
     "plan": """examples:
@@ -27,7 +34,10 @@ server) to split the cells between workers; re-running resumes where it stopped.
   python -m studies validate my_study.yaml            # exit code 2 and file:line: key: message if invalid""",
     "ui": """examples:
   python -m studies ui quickstart.yaml                # MLflow UI on http://127.0.0.1:5000
-  python -m studies ui quickstart.yaml --port 5001""",
+  python -m studies ui quickstart.yaml --port 5001
+It prints (and opens, where there is a browser) the study's runs sorted by its objective. Ctrl-C or
+SIGTERM stops the server and everything it started; the exit status is then 0. A study tracked on an
+http(s):// server gets that server's link instead, and nothing is started.""",
 }
 
 
@@ -47,6 +57,10 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials: dict | None = None) -> Table:
+    """The cells with their status; with ``trials`` (cell id -> Optuna user attributes of its
+    finished trial) also their accuracies and AUC, read from MLflow through ``studies.record``."""
+    from studies import record
+
     table = Table(title=title, title_justify="left")
     table.add_column("cell")
     for axis in list(study.cells[0].axes) if study.cells else []:
@@ -58,10 +72,17 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
     if with_ops:
         table.add_column("OPs (M)", justify="right")
         table.add_column("params (M)", justify="right")
+    results = {}
     if trials is not None:
         table.add_column("val acc", justify="right")
         table.add_column("test acc", justify="right")
         table.add_column("test AUC", justify="right")
+        run_ids = {cell_id: attrs.get(record.ATTR_RUN_ID) for cell_id, attrs in trials.items()}
+        try:
+            metrics = record.read_cell_metrics(study.tracking_uri, study.name, [r for r in run_ids.values() if r])
+            results = {cell_id: metrics.get(run_id, {}) for cell_id, run_id in run_ids.items()}
+        except Exception as err:  # the states come from Optuna; the results are only shown if readable
+            table.caption = f"results not read from MLflow at {study.tracking_uri}: {type(err).__name__}: {err}"
     for cell in study.cells:
         status = states.get(cell.cell_id, "pending")
         style = {"done": "green", "failed": "red", "running": "yellow", "not comparable": "magenta"}.get(status, "")
@@ -73,8 +94,9 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
             cost = _cost(cell.config)
             row += [f"{cost.ops / 1e6:.1f}", f"{cost.params / 1e6:.2f}"]
         if trials is not None:
-            attrs = trials.get(cell.cell_id, {})
-            row += [_fmt(attrs.get("val_accuracy")), _fmt(attrs.get("test_accuracy")), _fmt(attrs.get("test_auc"))]
+            values = results.get(cell.cell_id, {})
+            row += [_fmt(values.get(name))
+                    for name in (record.METRIC_VAL_ACCURACY, record.METRIC_TEST_ACCURACY, record.METRIC_TEST_AUC)]
         table.add_row(*row)
     return table
 
@@ -91,6 +113,9 @@ def _cost(config):
 
 
 def _states(study):
+    """cell id -> state, and cell id -> Optuna user attributes of its finished trial (they hold the
+    MLflow run id, not the results: ``studies.record``)."""
+    from studies.record import ATTR_CELL_ID
     from studies.runner import cell_states, is_finished, load_optuna_study
 
     optuna_study = load_optuna_study(study, create=False)
@@ -98,7 +123,7 @@ def _states(study):
     if optuna_study is not None:
         for t in optuna_study.get_trials(deepcopy=False):
             if is_finished(t):
-                trials[t.user_attrs.get("cell_id")] = t.user_attrs
+                trials[t.user_attrs.get(ATTR_CELL_ID)] = t.user_attrs
     return cell_states(optuna_study), trials
 
 
@@ -139,16 +164,82 @@ def cmd_status(args) -> int:
 def cmd_run(args) -> int:
     from bnn.signals import StopRequest
 
-    with StopRequest() as stop:  # from here on a signal only sets a flag (nothing raises in library code)
+    # A signal only sets a flag (nothing raises in library code); one that came during start-up counts.
+    with StopRequest(already=early_signals.received()) as stop:
+        if args.workers > 1:
+            return _run_workers(args, stop)
         return _run(args, stop)
+
+
+def _run_workers(args, stop) -> int:
+    """``run --workers N``: N worker processes running ``run FILE --workers 1 --quiet`` (same
+    ``--set`` values) on the study's shared stores, each single-threaded unless ``OMP_NUM_THREADS``
+    is set; their output lines prefixed ``[wK]``. A signal is forwarded to every worker, which stops
+    at its next safe point; the exit status is the worst: 130 interrupted, 2 invalid input, 1 any
+    other failure, else 0."""
+    import os
+    import subprocess
+    import threading
+    import time
+
+    from studies.db_setup import require_driver
+
+    study = _load(args)  # an invalid file, --set or missing driver: one error here, not one per worker
+    for url in (study.storage, study.tracking_uri):
+        require_driver(url)
+    command = [sys.executable, "-m", "studies", "run", args.file, "--workers", "1", "--quiet"]
+    for item in args.set:
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    console.print(f"study [bold]{study.name}[/]: starting {args.workers} workers "
+                  f"(OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each)")
+    lock = threading.Lock()
+
+    def relay(name: str, stream) -> None:
+        for line in stream:
+            with lock:
+                sys.stdout.write(f"[{name}] {line}")
+                sys.stdout.flush()
+
+    workers, relays = [], []
+    for k in range(1, args.workers + 1):
+        if stop:
+            break
+        # A session of its own: a signal reaches a worker once, forwarded by this process.
+        worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  bufsize=1, start_new_session=True)
+        workers.append(worker)
+        relays.append(threading.Thread(target=relay, args=(f"w{k}", worker.stdout), daemon=True))
+        relays[-1].start()
+    forwarded = None
+    while any(w.poll() is None for w in workers):
+        if stop and stop.signal != forwarded:
+            forwarded = stop.signal
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(getattr(signal, stop.signal))
+        time.sleep(0.2)
+    for thread in relays:
+        thread.join(timeout=10)
+    codes = [w.returncode for w in workers]
+    console.print("workers: " + ", ".join(f"w{k} exit {c}" for k, c in enumerate(codes, 1))
+                  + f"; progress: python -m studies status {args.file}")
+    if stop or 130 in codes:
+        return 130
+    if 2 in codes:
+        return 2
+    return 1 if any(codes) else 0
 
 
 def _run(args, stop) -> int:
     from tqdm.auto import tqdm
 
+    from studies.db_setup import require_driver
     from studies.runner import DONE_STATES, Runner, check_inputs, epoch_text
 
     study = _load(args)
+    for url in (study.storage, study.tracking_uri):  # before anything is created
+        require_driver(url)
     check_inputs(study)
     if stop:
         console.print(f"[yellow]interrupted[/] ({stop.signal}) before anything was created")
@@ -198,21 +289,30 @@ def _run(args, stop) -> int:
 
 
 def cmd_ui(args) -> int:
-    import subprocess
+    from studies.ui import serve
 
-    from studies.db_setup import open_shared
-    from studies.tracking import create_mlflow_schema
+    return serve(_load(args), args.port, open_browser=not args.no_browser)  # plain print: a URL unwrapped
 
-    study = _load(args)
-    # The server would create a missing SQLite store itself, half-way if interrupted: create it whole.
-    open_shared(study.tracking_uri, lambda: None, "creating the MLflow store", initialise=create_mlflow_schema)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", study.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(args.port)]
-    console.print(f"MLflow UI for study '{study.name}' on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
-    return subprocess.call(command)
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
+    early_signals.hold()  # first: a Ctrl-C during the imports below is recorded, never swallowed
+    try:
+        return _main(argv)
+    finally:
+        try:
+            early_signals.release()
+        except KeyboardInterrupt:  # arrived after the command ended: nothing left to stop
+            pass
+
+
+def _main(argv: list[str] | None) -> int:
     from bnn.data import DatasetLayoutError
     from bnn.errors import EXIT_INVALID, exit_status_help, run_cli
 
@@ -236,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a study key or a defaults (FitConfig) key, e.g. epochs=1")
         if name == "run":
             p.add_argument("--quiet", action="store_true", help="no progress bar")
+            p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                           help="worker processes on this machine (default 1); each single-threaded "
+                                "(OMP_NUM_THREADS=1) unless OMP_NUM_THREADS is set")
         if name == "ui":
-            p.add_argument("--port", type=int, default=5000)
+            p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+            p.add_argument("--no-browser", action="store_true", help="print the link only")
         p.set_defaults(func=handler)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -246,7 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # StudyFileError (a ValueError) and every other user error: bnn.errors' one mapping.
     extra = {DatasetLayoutError: lambda err: (f"data missing for study {args.file}: {err}", EXIT_INVALID)}
-    return run_cli(lambda: args.func(args), extra)
+
+    def command() -> int:
+        if args.command != "run":  # only run stops at safe points; the others stop at once
+            early_signals.release()
+        return args.func(args)
+
+    return run_cli(command, extra)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,15 @@ A SQLite database is also created whole or not at all (``open_shared``'s ``initi
 schema is built in a temporary file beside it, which is then renamed into place, so a worker
 interrupted or killed while the schema is created leaves no half-migrated file behind. A
 half-created file left by an older version (``is_half_created``) is moved aside and rebuilt.
+
+A PostgreSQL URL needs the optional driver (``pip install -e ".[postgres]"``, psycopg 3, which
+SQLAlchemy 2 uses for ``postgresql://`` and ``postgresql+psycopg://``): ``require_driver`` refuses
+such a URL with one line naming the extra before anything is opened.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sqlite3
@@ -35,6 +40,19 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg://")  # SQLAlchemy 2: both mean psycopg 3
+
+
+class MissingDriverError(ValueError):
+    """A database URL whose driver is not installed (a user error: exit code 2 in every CLI)."""
+
+
+def require_driver(url: str) -> None:
+    """Raises ``MissingDriverError`` when ``url`` is a PostgreSQL URL and psycopg is not installed."""
+    if url.startswith(POSTGRES_SCHEMES) and importlib.util.find_spec("psycopg") is None:
+        raise MissingDriverError('PostgreSQL needs the driver: pip install -e ".[postgres]"')
+
+
 def open_shared(
     url: str, fn: Callable[[], T], what: str, attempts: int = 6, initialise: Callable[[str], None] | None = None
 ) -> T:
@@ -47,7 +65,11 @@ def open_shared(
         attempts: Tries of ``fn`` against races of concurrent creators (server databases).
         initialise: Builds the complete schema at a given ``sqlite:///`` URL; with it, a missing
             SQLite file is created atomically (``create_whole``) before ``fn`` runs.
+
+    Raises:
+        MissingDriverError: ``url`` is PostgreSQL and its driver is not installed.
     """
+    require_driver(url)
     path = sqlite_path(url)
     if path is None:
         return retry_on_race(fn, what, attempts)

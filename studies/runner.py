@@ -6,8 +6,12 @@ claims one with Optuna's atomic WAITING -> RUNNING transition; a cell with a COM
 run again, and when two workers enqueued the same cell concurrently only the lowest-numbered trial
 runs (the other is pruned as a duplicate). A running cell records a heartbeat; a worker killed with
 SIGKILL leaves a trial whose heartbeat goes stale, which any worker fails and enqueues again. A
-worker that was only stalled past the grace period finds, at its next epoch end, that its trial is
-no longer RUNNING; it then leaves the cell (and its MLflow run) to whichever worker took it over.
+worker that was only stalled past the grace period finds that its trial is no longer RUNNING (its
+heartbeat thread checks at every beat, and the claim is checked right before every write into the
+cell's MLflow run: each epoch's metrics, the results, the end); it then stops and leaves the cell
+and its MLflow run to whichever worker took it over, writing nothing more into either. Each epoch
+is logged once per cell over all attempts (a retry skips epochs already in the run and logs those
+an earlier attempt checkpointed but did not log).
 
 Stopping (``StopRequest``): SIGINT/SIGTERM only set a flag, so no exception is ever raised inside
 library code (an MLflow migration, a SQLAlchemy callback). The worker stops at the next safe point:
@@ -54,8 +58,8 @@ from bnn.train import EpochStats, FitInterrupted, fit
 from studies.db_setup import open_shared, sqlite_path
 from studies.distill import Teacher
 from studies.objective import not_comparable_reason, objective_value
+from studies.record import Tracker, create_mlflow_schema
 from studies.spec import Cell, Study, set_dotted
-from studies.tracking import Tracker, create_mlflow_schema
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -195,11 +199,14 @@ def check_inputs(study: Study) -> None:
 
 
 class _Heartbeat:
-    """Records a trial's heartbeat in a thread while its cell runs."""
+    """Records a trial's heartbeat in a thread while its cell runs, and notices when the trial is
+    no longer RUNNING (failed as stale by another worker): ``lost`` is then set, which ``fit``'s
+    ``should_stop`` polls, so a worker whose cell was taken over stops within a beat."""
 
     def __init__(self, storage, trial_id: int) -> None:
         self._storage, self._trial_id = storage, trial_id
         self._stop = threading.Event()
+        self.lost = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
@@ -207,6 +214,8 @@ class _Heartbeat:
         while not self._stop.is_set():
             try:
                 self._storage.record_heartbeat(self._trial_id)
+                if self._storage.get_trial(self._trial_id).state != TrialState.RUNNING:
+                    self.lost.set()
             except Exception as err:  # a transient lock must not kill the cell
                 log.warning("heartbeat failed: %s", err)
             self._stop.wait(interval)
@@ -254,11 +263,19 @@ class Runner:
         return by_cell
 
     def _fail_stale(self) -> None:
-        """Fails trials whose worker stopped beating; their MLflow runs become KILLED."""
+        """Fails trials whose worker stopped beating; their MLflow runs become KILLED, unless the
+        cell has a newer trial: a retry reuses the cell's run, which then belongs to it."""
         optuna.storages.fail_stale_trials(self.optuna_study)
-        for trial in self.optuna_study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        trials = self.optuna_study.get_trials(deepcopy=False)
+        newest: dict[str, int] = {}
+        for trial in trials:
+            cell_id = trial.user_attrs.get("cell_id")
+            if cell_id:
+                newest[cell_id] = max(newest.get(cell_id, -1), trial.number)
+        for trial in trials:
             run_id = trial.user_attrs.get("mlflow_run_id")
-            if run_id and "failure" not in trial.user_attrs:
+            if (trial.state == TrialState.FAIL and run_id and "failure" not in trial.user_attrs
+                    and newest.get(trial.user_attrs.get("cell_id")) == trial.number):
                 self.tracker.mark_killed_if_running(run_id)
 
     def _enqueue(self, only_stale: bool) -> None:
@@ -488,34 +505,45 @@ class Runner:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("axes", cell.axes_label())
         self.on_event("cell_start", {"cell": cell, "run_id": run_id})
+        log_epoch = self._epoch_logger_once(run_id)
         callbacks = [
-            self.tracker.epoch_logger(run_id),
-            lambda s: self.on_event("epoch", {"cell": cell, "stats": s}),
+            # The claim first: a worker whose cell was taken over writes nothing more into the run.
             lambda s: self._check_claim(trial),
+            log_epoch,
+            lambda s: self.on_event("epoch", {"cell": cell, "stats": s}),
         ]
         try:
-            with _Heartbeat(self.storage, trial._trial_id):
+            with _Heartbeat(self.storage, trial._trial_id) as heartbeat:
                 self._check_signal()
                 try:
-                    result = fit(cell.config, callbacks=callbacks, should_stop=self.stop.__bool__)
+                    result = fit(cell.config, callbacks=callbacks,
+                                 should_stop=lambda: bool(self.stop) or heartbeat.lost.is_set())
                 except FitInterrupted:
                     self._check_signal()
+                    self._check_claim(trial)
                     raise
                 self._check_claim(trial)
+                for stats in result.history:  # epochs an earlier attempt checkpointed but did not log
+                    log_epoch(stats)
                 self.tracker.log_result(run_id, result)
+                self._check_claim(trial)  # once more before the run is ended (logging artifacts takes time)
         except ClaimLost:
-            log.warning("cell %s: this worker's heartbeat expired and another worker took the cell over; "
-                        "leaving it (and MLflow run %s) to that worker", cell_id, run_id)
-            summary.taken_over.append(cell_id)
-            self.on_event("cell_end", {"cell": cell, "status": "TAKEN OVER"})
+            self._leave_taken_over(cell, run_id, summary)
             return
         except StudyInterrupted as err:
+            if not self._holds_claim(trial):  # the run belongs to the worker that took the cell over
+                self._leave_taken_over(cell, run_id, summary)
+                raise
             trial.set_user_attr("failure", f"interrupted by {err}")
             self.tracker.end(run_id, "KILLED", f"interrupted by {err}")
             self.optuna_study.tell(trial, state=TrialState.FAIL)
             self.on_event("cell_end", {"cell": cell, "status": "KILLED"})
             raise
         except Exception as err:
+            if not self._holds_claim(trial):
+                log.warning("cell %s: %s: %s after the cell was taken over", cell_id, type(err).__name__, err)
+                self._leave_taken_over(cell, run_id, summary)
+                return
             log.exception("cell %s failed", cell_id)
             message = f"{type(err).__name__}: {err}"
             trial.set_user_attr("failure", message)
@@ -526,9 +554,7 @@ class Runner:
             return
         metric = self.study.spec.objective.metric
         scalars = result.scalars()
-        value = objective_value(scalars, metric)
-        for key, val in scalars.items():
-            trial.set_user_attr(key, val)
+        value = objective_value(scalars, metric)  # results live in MLflow only (see studies.record)
         status = "FINISHED"
         if math.isnan(value):  # finished, but cannot be ranked: done, never re-run automatically
             reason = not_comparable_reason(metric, scalars)
@@ -551,8 +577,42 @@ class Runner:
         return f"trial {trial.number} (cell {cell_id})" if self.study.is_search else cell_id
 
     def _check_claim(self, trial: optuna.Trial) -> None:
+        """Raises ``ClaimLost`` when ``trial`` is no longer RUNNING: another worker failed it as
+        stale and runs its cell. Called right before each write into the cell's MLflow run (the
+        stores have no conditional write, so a stall of a whole grace period between this check
+        and the write is the one case it cannot exclude)."""
         if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
             raise ClaimLost(trial.user_attrs.get("cell_id", ""))
+
+    def _holds_claim(self, trial: optuna.Trial) -> bool:
+        """Whether ``trial`` is still this worker's (True when the storage cannot say: the caller
+        then records its failure as before)."""
+        try:
+            return self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+        except Exception:
+            return True
+
+    def _leave_taken_over(self, cell: Cell, run_id: str, summary: RunSummary) -> None:
+        """A worker whose trial was failed as stale leaves the cell, its trial and its MLflow run to
+        the worker that took it over, writing nothing into either."""
+        log.warning("cell %s: this worker's heartbeat expired and another worker took the cell over; "
+                    "leaving it (and MLflow run %s) to that worker", cell.cell_id, run_id)
+        summary.taken_over.append(cell.cell_id)
+        self.on_event("cell_end", {"cell": cell, "status": "TAKEN OVER"})
+
+    def _epoch_logger_once(self, run_id: str) -> Callable[[EpochStats], None]:
+        """The tracker's epoch logger, logging each epoch of the cell's run once over all attempts:
+        epochs already in the run (logged by an earlier attempt; a retry resumes from the last
+        checkpoint, or trains again from scratch where it cannot read it) are not logged again."""
+        logged = self.tracker.logged_epochs(run_id)
+        log_epoch = self.tracker.epoch_logger(run_id)
+
+        def log_once(stats: EpochStats) -> None:
+            if stats.epoch not in logged:
+                log_epoch(stats)
+                logged.add(stats.epoch)
+
+        return log_once
 
     def _close_parent(self, summary: RunSummary) -> None:
         if self.study.is_search:

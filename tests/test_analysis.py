@@ -1,7 +1,9 @@
 """analysis/: MLflow record -> frames, Pareto fronts, tables, figures (a real SQLite MLflow store).
 
-``make_study_record`` writes a study exactly as ``studies.tracking`` does (parent run, one child
-run per cell with params, tags, final and per-epoch metrics, artifacts); test_reports imports it.
+``make_study_record`` writes a study with the names of ``studies.record`` (parent run, one child
+run per cell with params, tags, final and per-epoch metrics, artifacts) for cells that the runner
+cannot train in a test (BNext-S, ResNet-50, many seeds); test_reports imports it. That the runner's
+writer and this reader agree is ``tests/test_record_contract.py``'s job.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from analysis import literature, pareto, plots, runs, stats, tables
 from analysis.provenance import Provenance
 from analysis.runs import StudyNotFoundError
+from studies import record as R
 
 GIT_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SPECS = {  # backbone: (display name, family, binary, base OPs, BOPs, params, binary params)
@@ -77,14 +80,14 @@ def _ops(backbone: str, features: str) -> tuple[int, int, int]:
 def _params(
     backbone: str, features: str, frozen: bool, seed: int, dataset: str, axes: str
 ) -> dict[str, str]:
-    """The flattened FitConfig, as ``studies.tracking`` logs it (strings, nested keys dotted)."""
+    """The flattened FitConfig, as ``studies.record.Tracker`` logs it (strings, nested keys dotted)."""
     return {
-        "backbone": backbone,
-        "features": features,
-        "freeze_backbone": str(frozen),
+        R.PARAM_BACKBONE: backbone,
+        R.PARAM_FEATURES: features,
+        R.PARAM_FREEZE_BACKBONE: str(frozen),
         "pretrained": "None",
         "compat": "exact",
-        "dataset": dataset,
+        R.PARAM_DATASET: dataset,
         "data_root": "None",
         "data_params.count": "64",
         "resolution": "32",
@@ -100,13 +103,13 @@ def _params(
         "amp": "True",
         "device": "auto",
         "num_workers": "None",
-        "seed": str(seed),
+        R.PARAM_SEED: str(seed),
         "max_train_samples": "None",
         "max_val_samples": "None",
         "max_test_samples": "None",
         "max_train_batches": "None",
         "max_eval_batches": "None",
-        "axes": axes,
+        R.PARAM_AXES: axes,
     }
 
 
@@ -129,6 +132,7 @@ def make_study_record(
     dataset: str = "synthetic",
     unfinished: bool = True,
     omit_metrics: tuple[str, ...] = (),
+    commit_tag: str = R.TAG_GIT_COMMIT,
 ) -> StudyRecord:
     """Writes a study's MLflow record following the runner's contract.
 
@@ -141,6 +145,7 @@ def make_study_record(
         dataset: The ``dataset`` param of every cell.
         unfinished: Also add a FAILED and a RUNNING cell run.
         omit_metrics: Final metrics not to log (to make a report fail).
+        commit_tag: The git commit's tag (``R.LEGACY_TAG_GIT_COMMIT`` for a record of an older version).
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     location = (Path(artifact_root) / study).as_uri() if artifact_root else None
@@ -148,13 +153,13 @@ def make_study_record(
     parent = client.create_run(
         experiment_id,
         run_name=study,
-        tags={"bnn.role": "study", "bnn.study": study, "git_commit": GIT_COMMIT},
+        tags={R.TAG_ROLE: R.ROLE_STUDY, R.TAG_STUDY: study, commit_tag: GIT_COMMIT},
     )
     parent_id = parent.info.run_id
     staging = Path(tempfile.mkdtemp(prefix="study-record-"))
     study_file = staging / f"{study}.yaml"
     study_file.write_text(f"name: {study}\ngrid:\n  features: {{powerset: [sobel, fft, lbp]}}\n")
-    client.log_artifact(parent_id, str(study_file), artifact_path="study")
+    client.log_artifact(parent_id, str(study_file), artifact_path=R.ARTIFACT_STUDY_DIR)
     record = StudyRecord(tracking_uri, study, experiment_id, parent_id)
 
     cells = DEFAULT_CELLS if cells is None else cells
@@ -165,17 +170,18 @@ def make_study_record(
             axes = f"features={features}|backbone={backbone}|freeze_backbone={frozen}"
             axes += f"|seed={seed}" if len(accuracies) > 1 else ""
             tags = {
-                "mlflow.parentRunId": parent_id,
-                "bnn.role": "cell",
-                "cell_id": f"{index:06x}{seed:06x}",
-                "study": study,
-                "bnn.model": name,
-                "bnn.family": family,
-                "bnn.binary": str(binary).lower(),
-                "bnn.data": f"{dataset} benchmark (generated locally, 64 images)",
-                "bnn.synthetic": str(dataset == "synthetic").lower(),
-                "bnn.data_digest": "train:abc",
-                "git_commit": GIT_COMMIT,
+                R.TAG_PARENT_RUN_ID: parent_id,
+                R.TAG_ROLE: R.ROLE_CELL,
+                R.TAG_CELL_ID: f"{index:06x}{seed:06x}",
+                R.TAG_CELL_STUDY: study,
+                R.TAG_MODEL: name,
+                R.TAG_FAMILY: family,
+                R.TAG_BINARY: str(binary).lower(),
+                R.TAG_DATA: f"{dataset} benchmark (generated locally, 64 images)",
+                R.TAG_SYNTHETIC: str(dataset == "synthetic").lower(),
+                R.TAG_DATA_DIGEST: "train:abc",
+                R.TAG_ATTEMPTS: "1",
+                commit_tag: GIT_COMMIT,
             }
             run_id = client.create_run(
                 experiment_id, run_name=f"{name} {features}", tags=tags
@@ -211,27 +217,34 @@ def make_study_record(
             metrics = [Metric(k, float(v), 0, 0) for k, v in final.items()]
             for epoch in range(EPOCHS):
                 progress = (epoch + 1) / EPOCHS
-                epoch_values = {
-                    "epoch_train_loss": 0.7 - 0.3 * progress - 0.05 * seed,
-                    "epoch_val_loss": 0.72 - 0.25 * progress,
-                    "epoch_val_accuracy": 0.5 + (accuracy + 0.01 - 0.5) * progress,
-                    "epoch_val_auc": 0.5 + accuracy / 2 * progress,
-                    "epoch_lr": 1e-4 / (epoch + 1),
-                    "epoch_seconds": 2.0,
-                    "epoch_images_per_second": 32.0,
-                }
+                epoch_values = dict(
+                    zip(
+                        R.EPOCH_METRICS,  # train loss, val loss, val acc, val AUC, lr, s, images/s
+                        (
+                            0.7 - 0.3 * progress - 0.05 * seed,
+                            0.72 - 0.25 * progress,
+                            0.5 + (accuracy + 0.01 - 0.5) * progress,
+                            0.5 + accuracy / 2 * progress,
+                            1e-4 / (epoch + 1),
+                            2.0,
+                            32.0,
+                        ),
+                        strict=True,
+                    )
+                )
                 metrics += [Metric(k, v, epoch, epoch) for k, v in epoch_values.items()]
             client.log_batch(
                 run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()]
             )
             tmp = staging / run_id
-            (tmp / "metrics").mkdir(parents=True)
-            (tmp / "metrics" / "roc_test.json").write_text(json.dumps(_roc((1 + accuracy) / 2)))
-            (tmp / "config.yaml").write_text(
+            roc = tmp / R.ARTIFACT_ROC
+            roc.parent.mkdir(parents=True)
+            roc.write_text(json.dumps(_roc((1 + accuracy) / 2)))
+            (tmp / R.ARTIFACT_CONFIG).write_text(
                 f"backbone: {backbone}\nfeatures: {features}\nseed: {seed}\n"
             )
-            client.log_artifact(run_id, str(tmp / "config.yaml"))
-            client.log_artifacts(run_id, str(tmp / "metrics"), artifact_path="metrics")
+            client.log_artifact(run_id, str(tmp / R.ARTIFACT_CONFIG))
+            client.log_artifacts(run_id, str(roc.parent), artifact_path=Path(R.ARTIFACT_ROC).parent.as_posix())
             client.set_terminated(run_id, "FINISHED")
             record.finished.append(
                 {
@@ -246,14 +259,14 @@ def make_study_record(
     if unfinished:
         for status in ("FAILED", "RUNNING"):
             tags = {
-                "mlflow.parentRunId": parent_id,
-                "bnn.role": "cell",
-                "cell_id": f"bad{status.lower()}",
-                "study": study,
-                "bnn.model": "BNext-M",
-                "bnn.family": "BNext",
-                "bnn.binary": "true",
-                "git_commit": GIT_COMMIT,
+                R.TAG_PARENT_RUN_ID: parent_id,
+                R.TAG_ROLE: R.ROLE_CELL,
+                R.TAG_CELL_ID: f"bad{status.lower()}",
+                R.TAG_CELL_STUDY: study,
+                R.TAG_MODEL: "BNext-M",
+                R.TAG_FAMILY: "BNext",
+                R.TAG_BINARY: R.TRUE,
+                commit_tag: GIT_COMMIT,
             }
             run_id = client.create_run(
                 experiment_id, run_name=f"BNext-M {status}", tags=tags
@@ -262,8 +275,8 @@ def make_study_record(
             client.log_batch(
                 run_id,
                 params=[Param(k, v) for k, v in params.items()],
-                metrics=[Metric("epoch_train_loss", 0.69, 0, 0)],
-                tags=[RunTag("bnn.failure", "boom")] if status == "FAILED" else [],
+                metrics=[Metric(R.EPOCH_METRICS[0], 0.69, 0, 0)],
+                tags=[RunTag(R.TAG_FAILURE, "boom")] if status == "FAILED" else [],
             )
             if status != "RUNNING":
                 client.set_terminated(run_id, status)
@@ -297,8 +310,13 @@ def _make_shared(root: Path) -> dict[str, StudyRecord]:
     ]
     return {
         "demo": make_study_record(uri, "demo", artifact_root=artifacts),
-        "other": make_study_record(
-            uri, "other", artifact_root=artifacts, cells=DEFAULT_CELLS[:1], unfinished=False
+        "other": make_study_record(  # as an older version wrote it: the custom commit tag
+            uri,
+            "other",
+            artifact_root=artifacts,
+            cells=DEFAULT_CELLS[:1],
+            unfinished=False,
+            commit_tag=R.LEGACY_TAG_GIT_COMMIT,
         ),
         "coco": make_study_record(
             uri, "coco", artifact_root=artifacts, cells=coco, dataset="cocofake", unfinished=False
@@ -392,6 +410,12 @@ def test_load_runs_by_study_tag_experiment_name_or_env(record, tmp_path_factory,
     assert by_tag.attrs["experiment"] == "aliased-experiment"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", record.tracking_uri)
     assert len(runs.load_runs("demo")) == 13
+
+
+def test_records_of_older_versions_keep_their_git_commit(tmp_path_factory):
+    other = shared_records(tmp_path_factory)["other"]  # custom ``git_commit`` tag, not MLflow's
+    frame = runs.load_runs(other.study, other.tracking_uri)
+    assert frame["git_commit"].eq(GIT_COMMIT).all() and frame.attrs["parent_git_commit"] == GIT_COMMIT
 
 
 def test_missing_study_lists_experiments(record, tmp_path):

@@ -24,6 +24,7 @@ from bnn.train import FitInterrupted, fit, load_splits, scalar_names
 from studies import objective
 from studies.__main__ import main
 from studies.db_setup import create_whole, open_shared
+from studies.record import create_mlflow_schema
 from studies.runner import (
     MAX_ATTEMPTS,
     NOT_COMPARABLE,
@@ -32,7 +33,6 @@ from studies.runner import (
     check_inputs,
 )
 from studies.spec import load_study
-from studies.tracking import create_mlflow_schema
 from studies.yaml_lines import StudyFileError
 
 STUDY = """\
@@ -347,3 +347,20 @@ def test_a_final_training_batch_of_one_image_is_left_out(tmp_path, backbone, res
     assert len(load_splits(config)["train"]) % config.batch_size == 1
     result = fit(config)
     assert len(result.history) == 1 and result.checkpoint.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.5, 2.0])
+def test_ctrl_c_during_start_up_imports_is_never_swallowed(tmp_path, delay):
+    """C03's second face: a Ctrl-C while `studies run` still imports torch/MLflow/Optuna used to be
+    raised inside library code and lost (the study ran to the end, exit 0). It is now recorded
+    from the first instruction: exit 130, no traceback, nothing created."""
+    path = _study(tmp_path)
+    run = subprocess.Popen([sys.executable, "-m", "studies", "run", str(path), "--quiet"], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    time.sleep(delay)
+    run.send_signal(signal.SIGINT)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, output
+    assert "Traceback" not in output and "Exception ignored" not in output
+    assert not (tmp_path / "runs").exists()

@@ -375,3 +375,178 @@ def test_a_worker_whose_trial_was_failed_as_stale_leaves_the_cell(tmp_path):
     _, _, children = _record(tmp_path)
     retried = next(r for r in children if r.data.tags["cell_id"] == cell_id)
     assert retried.data.tags["bnn.attempts"] == "2"
+
+
+# --- scale-out: the PostgreSQL driver, a taken-over worker, --workers N ------------------------
+
+MICRO = """\
+name: tiny
+dataset: synthetic
+data_params: {{count: {count}, image_size: 20, difficulty: 0.0}}
+tracking_uri: sqlite:///{root}/mlflow.db
+runs_dir: {root}/runs
+defaults:
+  backbone: bnext_micro
+  resolution: 16
+  epochs: {epochs}
+  batch_size: 16
+  lr: 1.0e-3
+{grid}log_checkpoint: false
+"""
+FOUR_CELLS = "grid:\n  features: [rgb, rgb+fft, rgb+lbp, rgb+sobel]\n"
+
+
+def _micro(tmp_path, count=60, epochs=1, grid=FOUR_CELLS) -> Path:
+    """A study of tiny cells (BNext-micro at 16 px): 4 cells, or 1 with ``grid=""``."""
+    return _write(tmp_path, MICRO.format(root=tmp_path, count=count, epochs=epochs, grid=grid), "tiny.yaml")
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@db/optuna", "postgresql+psycopg://u@db/optuna"])
+def test_a_postgresql_url_without_its_driver_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys, url):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else find_spec(name, *a))
+    path = _micro(tmp_path, grid="")
+    for command in (["run", str(path), "--set", f"storage={url}"], ["status", str(path), "--set", f"storage={url}"],
+                    ["run", str(path), "--set", f"tracking_uri={url}"],
+                    ["run", str(path), "--workers", "2", "--set", f"storage={url}"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == 'error: PostgreSQL needs the driver: pip install -e ".[postgres]"', err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_worker_taken_over_before_its_first_epoch_writes_nothing_more_into_the_run(tmp_path):
+    """The claim is checked before each write: a stalled worker whose trial was failed as stale
+    (here: before its cell trained) logs no epoch, no result and no end into the run, which now
+    belongs to the worker that took the cell over; that worker logs each epoch once."""
+    study = load_study(_micro(tmp_path, epochs=2))
+    runner = Runner(study)
+    window = []  # ["open"] from the steal until the taken-over attempt has left
+    writes = []
+    stolen = []
+
+    def on_event(kind, info):
+        if kind == "cell_start" and not stolen:
+            trial = runner.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))[0]
+            runner.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            stolen.append(info["cell"].cell_id)
+            window.append("open")
+        elif kind == "cell_end" and info["status"] == "TAKEN OVER":
+            window.clear()
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            if window:
+                writes.append(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    tracker = runner.tracker
+    epoch_logger = tracker.epoch_logger
+    tracker.epoch_logger = lambda run_id: spy("epoch", epoch_logger(run_id))
+    tracker.log_result = spy("log_result", tracker.log_result)
+    tracker.end = spy("end", tracker.end)
+    runner.on_event = on_event
+    summary = runner.run()
+    assert summary.taken_over == stolen and not summary.failed
+    assert writes == []
+    _assert_each_cell_once(tmp_path)
+    client, _, children = _record(tmp_path)
+    retried = next(r for r in children if r.data.tags["cell_id"] == stolen[0])
+    assert retried.data.tags["bnn.attempts"] == "2"
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
+        assert sorted(m.step for m in history) == [0, 1]
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL right after ``fit`` wrote an epoch's checkpoint, before it was logged."""
+
+
+def test_an_epoch_checkpointed_but_not_logged_by_a_killed_attempt_is_logged_by_the_retry(tmp_path):
+    path = _micro(tmp_path, epochs=3, grid="")
+    runner = Runner(load_study(path))
+    epoch_logger = runner.tracker.epoch_logger
+
+    def dies_at_epoch_1(run_id):
+        log_epoch = epoch_logger(run_id)
+
+        def log(stats):
+            if stats.epoch == 1:
+                raise _Killed
+            log_epoch(stats)
+        return log
+
+    runner.tracker.epoch_logger = dies_at_epoch_1
+    with pytest.raises(_Killed):
+        runner.run()
+    (trial,) = _trials(tmp_path)
+    assert trial.state == TrialState.RUNNING
+    runner.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # as fail_stale_trials does
+    summary = Runner(load_study(path)).run()
+    assert len(summary.completed) == 1 and not summary.failed
+    _assert_each_cell_once(tmp_path, n_cells=1)
+    client, _, (run,) = _record(tmp_path)
+    history = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]  # epoch 1 from the checkpoint, 2 trained again
+    assert run.data.tags["bnn.attempts"] == "2"
+
+
+def _workers_parent(path: Path, n: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return subprocess.Popen([sys.executable, "-m", "studies", "run", str(path), "--workers", str(n)],
+                            cwd=path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _processes_running(path: Path) -> list[int]:
+    """Ids of the processes whose command line names ``path`` (the parent and its workers)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                if (proc / "stat").read_text().split(")")[-1].split()[0] != "Z":
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_workers_option_runs_each_cell_once_with_single_threaded_workers(tmp_path):
+    path = _micro(tmp_path, epochs=2)
+    parent = _workers_parent(path, 2)
+    output, _ = parent.communicate(timeout=300)
+    assert parent.returncode == 0, output
+    _assert_each_cell_once(tmp_path)
+    assert "starting 2 workers (OMP_NUM_THREADS=1 each)" in output
+    assert "w1 exit 0, w2 exit 0" in output
+    assert sum(line.startswith(("[w1]", "[w2]")) and "FINISHED" in line for line in output.splitlines()) == 4
+    assert not _processes_running(path)
+
+
+@pytest.mark.slow
+def test_sigint_to_the_workers_parent_stops_every_worker_with_130(tmp_path):
+    path = _micro(tmp_path, count=400, epochs=4)
+    parent = _workers_parent(path, 2)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # both workers are in a cell
+        assert parent.poll() is None, parent.stdout.read()
+        try:
+            running = [t for t in _trials(tmp_path) if t.state == TrialState.RUNNING]
+        except Exception:  # the stores are being created
+            running = []
+        if len(running) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the two workers did not start their cells in time")
+    parent.send_signal(signal.SIGINT)
+    output, _ = parent.communicate(timeout=120)
+    assert parent.returncode == 130, output
+    assert "w1 exit 130, w2 exit 130" in output
+    assert not _processes_running(path)
+    trials = _trials(tmp_path)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sorted("SIGINT" in t.user_attrs.get("failure", "") for t in trials if t.state == TrialState.FAIL) == [True, True]

@@ -257,7 +257,12 @@ def _run(args, stop) -> int:
             bar.set_postfix_str(f"{info['cell'].cell_id} {epoch_text(info['stats'])}")
         elif kind == "cell_end":
             bar.update(1)
-            logging.getLogger("studies").info("cell %s %s", info["cell"].cell_id, info["status"])
+            if "seconds" in info:  # runner: claim, MLflow run and records, Optuna; not training
+                logging.getLogger("studies").info(
+                    "cell %s %s in %.2f s (training and evaluation %.2f s, runner %.3f s)", info["cell"].cell_id,
+                    info["status"], info["seconds"], info["fit_seconds"], info["runner_seconds"])
+            else:
+                logging.getLogger("studies").info("cell %s %s", info["cell"].cell_id, info["status"])
         elif kind == "waiting":
             bar.set_postfix_str(f"waiting for {info['running']} cell(s) running elsewhere")
 

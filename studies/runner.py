@@ -249,6 +249,7 @@ class Runner:
         self._unrunnable: dict[int, str] = {}  # claimed trial id -> why its teacher cannot finish
         self._waiting_for_teacher = False  # a WAITING student's teacher may still finish
         self._failed_here = 0  # search trials this worker saw fail in this invocation
+        self._claimed_at: float | None = None  # perf_counter() before the claim of the next cell
 
     def _check_signal(self) -> None:
         if self.stop:
@@ -400,6 +401,7 @@ class Runner:
             self._enqueue(only_stale=False)
             while True:
                 self._check_signal()
+                self._claimed_at = time.perf_counter()
                 trial = self._claim()
                 if trial is None:
                     self._fail_stale()
@@ -480,6 +482,7 @@ class Runner:
                     log.error("search: %d of its %d trials failed in this invocation; stopping (re-run to try "
                               "again)", self._failed_here, search.trials)
                 return
+            self._claimed_at = time.perf_counter()
             trial = self.optuna_study.ask()
             values = {}
             for key, p in search.space.items():
@@ -500,24 +503,39 @@ class Runner:
                 self._failed_here += 1
 
     def _execute(self, trial: optuna.Trial, cell: Cell, summary: RunSummary) -> None:
+        started = self._claimed_at or time.perf_counter()
+        self._claimed_at = None
         cell_id = cell.cell_id
         run_id = self.tracker.cell_run(cell)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("axes", cell.axes_label())
         self.on_event("cell_start", {"cell": cell, "run_id": run_id})
         log_epoch = self._epoch_logger_once(run_id)
+        in_callbacks = [0.0]  # seconds the runner spent inside fit (claim checks, epoch logging)
+
+        def timed(callback: Callable[[EpochStats], None]) -> Callable[[EpochStats], None]:
+            def run(stats: EpochStats) -> None:
+                begin = time.perf_counter()
+                try:
+                    callback(stats)
+                finally:
+                    in_callbacks[0] += time.perf_counter() - begin
+            return run
+
         callbacks = [
             # The claim first: a worker whose cell was taken over writes nothing more into the run.
-            lambda s: self._check_claim(trial),
-            log_epoch,
+            timed(lambda s: self._check_claim(trial)),
+            timed(log_epoch),
             lambda s: self.on_event("epoch", {"cell": cell, "stats": s}),
         ]
         try:
             with _Heartbeat(self.storage, trial._trial_id) as heartbeat:
                 self._check_signal()
                 try:
+                    fit_started = time.perf_counter()
                     result = fit(cell.config, callbacks=callbacks,
                                  should_stop=lambda: bool(self.stop) or heartbeat.lost.is_set())
+                    fit_seconds = time.perf_counter() - fit_started - in_callbacks[0]
                 except FitInterrupted:
                     self._check_signal()
                     self._check_claim(trial)
@@ -569,7 +587,9 @@ class Runner:
             self.tracker.end(run_id, "FINISHED")
             self.optuna_study.tell(trial, value)
         summary.completed.append(cell_id)
-        self.on_event("cell_end", {"cell": cell, "status": status, "result": result})
+        seconds = time.perf_counter() - started
+        self.on_event("cell_end", {"cell": cell, "status": status, "result": result, "seconds": seconds,
+                                   "fit_seconds": fit_seconds, "runner_seconds": seconds - fit_seconds})
 
     def _label(self, trial: optuna.Trial, cell_id: str) -> str:
         """How the summary names an attempt: the cell id, with the trial number in a search (two

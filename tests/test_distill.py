@@ -317,7 +317,7 @@ def test_a_failed_teacher_fails_its_student_with_the_reason(tmp_path, store):
     summary = Runner(load_study(path)).run()
     assert list(summary.failed) == [teacher.cell_id, student.cell_id] and not summary.completed
     assert summary.failed[student.cell_id].startswith(
-        f"teacher cell {teacher.cell_id} (distill=None) failed: ValueError: train split has no")
+        f"teacher cell {teacher.cell_id} (distill=None) failed: ValueError: the train split has no")
     trials = _pair_trials(tmp_path)
     assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)  # each once, no loop
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -18,12 +18,14 @@ such a URL with one line naming the extra before anything is opened.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -129,3 +131,34 @@ def retry_on_race(fn: Callable[[], T], what: str, attempts: int = 6) -> T:
             log.info("%s: retrying after %s", what, type(err).__name__)
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def study_lock(storage_url: str, engine, name: str) -> Iterator[None]:
+    """Serialises a one-time set-up step of a study (creating its MLflow parent run) across the
+    workers that share its Optuna storage: a file lock beside a SQLite storage, a session advisory
+    lock on a PostgreSQL storage (released by the server if the worker dies), none elsewhere.
+
+    Without it, workers starting together each create a parent run and keep the oldest one they
+    can see; a run inserted late but stamped early made two workers keep different parents, one
+    of them deleted by its creator (seen in the PostgreSQL + MLflow server e2e test).
+    """
+    path = sqlite_path(storage_url)
+    if path is not None:
+        with FileLock(f"{path}.{hashlib.sha256(name.encode()).hexdigest()[:12]}.lock", timeout=LOCK_TIMEOUT_SECONDS):
+            yield
+        return
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn:
+        conn.execute(text(f"set lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'"))
+        conn.execute(text("select pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("select pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()

@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 from bnn.config import FitConfig
 from bnn.signals import StopRequest
 from bnn.train import EpochStats, FitInterrupted, fit
-from studies.db_setup import open_shared, sqlite_path
+from studies.db_setup import open_shared, sqlite_path, study_lock
 from studies.distill import Teacher
 from studies.objective import not_comparable_reason, objective_value
 from studies.record import Tracker, create_mlflow_schema
@@ -242,8 +242,9 @@ class Runner:
         self._started = time.time()  # attempts of this invocation are trials started after it
         self.optuna_study = load_optuna_study(study, create=True)
         self.storage = self.optuna_study._storage
-        self.tracker = open_shared(study.tracking_uri, lambda: Tracker(study), "opening the MLflow store",
-                                   initialise=create_mlflow_schema)
+        with study_lock(study.storage, getattr(self.storage, "engine", None), f"mlflow parent run of {study.name}"):
+            self.tracker = open_shared(study.tracking_uri, lambda: Tracker(study), "opening the MLflow store",
+                                       initialise=create_mlflow_schema)
         self.cells = {cell.cell_id: cell for cell in study.cells}
         self._other_studies: dict[str, optuna.Study] = {}  # teachers' own studies, by name
         self._unrunnable: dict[int, str] = {}  # claimed trial id -> why its teacher cannot finish

@@ -106,7 +106,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     import math
 
     from bnn.data import create_dataset
-    from bnn.train import _loader, evaluate, load_detector, resolve_device
+    from bnn.protocol import source_scalars
+    from bnn.train import evaluate, load_detector, make_loader, resolve_device
 
     model, config = load_detector(args.checkpoint, args.device)
     dataset = args.dataset or config.dataset
@@ -114,10 +115,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     params = {} if args.dataset else dict(config.data_params)
     ds = create_dataset(dataset, args.split, root=root, resolution=config.resolution, **params)
     device = resolve_device(args.device)
-    loader = _loader(ds, config.model_copy(update={"batch_size": args.batch_size}), device, shuffle=False)
-    loss, metrics, _, skipped, ips = evaluate(model, loader, device, amp=config.amp, desc=args.split)
-    report = {"split": args.split, "loss": loss, **metrics.scalars(), "skipped_images": skipped,
-              "images_per_second": ips}
+    loader = make_loader(ds, config.model_copy(update={"batch_size": args.batch_size}), device, shuffle=False)
+    loss, metrics, predictions, skipped, ips = evaluate(model, loader, device, amp=config.amp, desc=args.split)
+    report = {"split": args.split, "loss": loss, **metrics.scalars(), **source_scalars(predictions),
+              "skipped_images": skipped, "images_per_second": ips}
     # NaN is not JSON: a metric that is not defined on this split (AUC, EER, AP on one class) is null.
     undefined = [k for k, v in report.items() if isinstance(v, float) and math.isnan(v)]
     print(f"data: {ds.describe()}")

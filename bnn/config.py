@@ -21,7 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from bnn.data.transforms import AUGMENT_PRESETS
+from bnn.data.perturb import check_quality_range, check_sigma_range
+from bnn.data.transforms import AUGMENT_PRESETS, DEGRADATIONS
+
+# blur_p and jpeg_p of ``augment: {degrade: true}``: CNNDetection's (Wang et al., CVPR 2020).
+DEGRADE_P = 0.5
 
 
 class AugmentConfig(BaseModel):
@@ -30,10 +34,23 @@ class AugmentConfig(BaseModel):
     Attributes:
         preset: ``paper`` (the authors': flips, always a +-90 degree rotation, colour jitter 0.2),
             ``standard`` (random crop and horizontal flips) or ``none`` (evaluation preprocessing).
+            Every preset has the degradations below off.
         hflip_p, vflip_p: Probability of a horizontal / vertical flip.
         rotate90_p: Probability of a rotation by -90 or +90 degrees (the paper: 1, always).
         color_jitter: Brightness, contrast, saturation and hue jitter strength (0 = off).
         random_crop: Random crop of R from the R + R // 8 resize (else the centre crop).
+        blur_p: Probability of a Gaussian blur of the decoded image, before everything else
+            (preset: 0, off).
+        blur_sigma: [low, high] range of the blur's sigma in pixels, drawn uniformly,
+            0 <= low <= high <= 10 (preset: [0, 3]; sigma 0 leaves the image unchanged).
+        jpeg_p: Probability of a JPEG re-encoding, after the blur (preset: 0, off).
+        jpeg_quality: [low, high] inclusive range of the JPEG quality, an integer drawn uniformly,
+            1 <= low <= high <= 100 (preset: [30, 100]).
+        degrade: The CNNDetection recipe (Wang et al., CVPR 2020): ``true`` sets ``blur_p`` and
+            ``jpeg_p`` to 0.5 where they are not given (the ranges keep their values).
+
+    A degradation at probability 0 is not part of the content id (``identity``), so configurations
+    written before these knobs existed keep their ids.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,14 +61,40 @@ class AugmentConfig(BaseModel):
     rotate90_p: float | None = Field(None, ge=0, le=1)
     color_jitter: float | None = Field(None, ge=0, le=1)
     random_crop: bool | None = None
+    blur_p: float | None = Field(None, ge=0, le=1)
+    blur_sigma: tuple[float, float] | None = None
+    jpeg_p: float | None = Field(None, ge=0, le=1)
+    jpeg_quality: tuple[int, int] | None = None
+    degrade: bool = False
+
+    @field_validator("blur_sigma", mode="before")
+    @classmethod
+    def _sigma_range(cls, value: Any) -> Any:
+        return None if value is None else check_sigma_range(value)
+
+    @field_validator("jpeg_quality", mode="before")
+    @classmethod
+    def _quality_range(cls, value: Any) -> Any:
+        return None if value is None else check_quality_range(value)
 
     def resolved(self) -> dict[str, Any]:
-        """Every knob's value: the preset's, overridden by the knobs given."""
+        """Every knob's value: the preset's, overridden by the knobs given (and by ``degrade``)."""
         knobs = dict(AUGMENT_PRESETS[self.preset])
+        if self.degrade:
+            knobs.update(blur_p=DEGRADE_P, jpeg_p=DEGRADE_P)
         for key in knobs:
             value = getattr(self, key)
             if value is not None:
                 knobs[key] = value
+        return knobs
+
+    def identity(self) -> dict[str, Any]:
+        """What is hashed into the content id: ``resolved()`` less each degradation whose
+        probability is 0 (its probability and range knobs)."""
+        knobs = self.resolved()
+        for p, range_knob in DEGRADATIONS.items():
+            if knobs[p] == 0:
+                del knobs[p], knobs[range_knob]
         return knobs
 
 
@@ -203,11 +246,12 @@ class FitConfig(BaseModel):
         """Short hash of the settings that change the result (not where outputs are written).
 
         Keys in ``LEGACY_VALUES`` are left out while they hold their legacy value, and
-        ``augment`` is hashed as its resolved knobs (a preset and the same knobs spelt out are one
-        configuration). ``recipe`` is not hashed: the values it filled in are.
+        ``augment`` is hashed as its resolved knobs less the degradations that are off
+        (``AugmentConfig.identity``: a preset and the same knobs spelt out are one configuration).
+        ``recipe`` is not hashed: the values it filled in are.
         """
         payload = self.model_dump(mode="json", exclude=NOT_HASHED)
-        payload["augment"] = self.augment.resolved()
+        payload["augment"] = self.augment.identity()
         if self.distill is not None:  # the teacher's identity, not where its checkpoint lies
             payload["distill"] = self.distill.identity()
         for key, legacy in LEGACY_VALUES.items():
@@ -279,7 +323,7 @@ NOT_HASHED = {"output_dir", "num_workers", "device", "recipe", "log_every_second
 
 # Keys added after the first release, with the value that reproduces the code before them.
 LEGACY_VALUES: dict[str, Any] = {
-    "augment": AUGMENT_PRESETS["paper"],
+    "augment": AugmentConfig(preset="paper").identity(),  # the paper's knobs, degradations off
     "lr_schedule": "linear",
     "warmup_epochs": 0.0,
     "binary_weight_decay": None,

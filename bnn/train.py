@@ -30,7 +30,7 @@ from bnn.cost import Cost, count
 from bnn.data import ImageDataset, collate_skip, create_dataset
 from bnn.detector import Detector, create_detector
 from bnn.distill import load_teacher, mix_distillation, teacher_logits
-from bnn.metrics import Metrics, compute_metrics
+from bnn.metrics import Metrics, bootstrap_ci, compute_metrics, per_source_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ class FitResult:
         skipped_images: Unreadable images skipped over the whole run.
         data: Which data the run used (the datasets' ``describe()``), per split.
         data_digest: Digests of the splits' file lists.
-        test_predictions: Per test image: path, label (1 = fake), fake probability.
+        test_predictions: Per test image: path, label (1 = fake), fake probability, source.
+        test_extra: ``test_extra_scalars`` of the test predictions: 95% bootstrap intervals of
+            accuracy and AUC, per-source metrics.
         device: Where it ran.
         resumed_from_epoch: Last finished epoch found in a checkpoint, or -1 for a fresh run.
     """
@@ -84,14 +86,16 @@ class FitResult:
     data: dict[str, str]
     data_digest: dict[str, str]
     test_predictions: list[dict] = field(repr=False, default_factory=list)
+    test_extra: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     resumed_from_epoch: int = -1
 
     def scalars(self) -> dict[str, float]:
         """Every final scalar of the run by its metric name (``scalar_names()`` lists them):
         ``val_*`` and ``test_*`` metrics, the cost (``ops``, ``bops``, ``params``, ...),
-        ``best_epoch`` and ``skipped_images``."""
-        values = {**self.val.scalars("val_"), **self.test.scalars("test_"), **self.cost.as_dict()}
+        ``best_epoch`` and ``skipped_images``, the test split's confidence intervals and per-source
+        metrics (``test_extra``)."""
+        values = {**self.val.scalars("val_"), **self.test.scalars("test_"), **self.test_extra, **self.cost.as_dict()}
         values.update(best_epoch=self.best_epoch, skipped_images=self.skipped_images)
         return {name: float(value) for name, value in values.items()}
 
@@ -99,8 +103,29 @@ class FitResult:
 def scalar_names() -> list[str]:
     """The names ``FitResult.scalars()`` returns, known before any run (for validating objectives)."""
     metrics = [f.name for f in fields(Metrics) if f.name != "roc"]
-    return [*(f"val_{m}" for m in metrics), *(f"test_{m}" for m in metrics), *(f.name for f in fields(Cost)),
-            "best_epoch", "skipped_images"]
+    return [*(f"val_{m}" for m in metrics), *(f"test_{m}" for m in metrics), *CI_NAMES,
+            *(f.name for f in fields(Cost)), "best_epoch", "skipped_images"]
+
+
+# 95% bootstrap confidence intervals of the test split (``bnn.metrics.bootstrap_ci``).
+CI_METRICS = ("accuracy", "auc")
+CI_NAMES = tuple(f"test_{m}_ci_{end}" for m in CI_METRICS for end in ("low", "high"))
+
+
+def test_extra_scalars(predictions: Sequence[dict], seed: int = 0) -> dict[str, float]:
+    """From test predictions (``label``, ``prob_fake``, ``source``): ``test_accuracy_ci_low``,
+    ``test_accuracy_ci_high``, ``test_auc_ci_low``, ``test_auc_ci_high`` (95% percentile
+    bootstrap over images, 1000 resamples, seeded) and ``source_<name>_accuracy`` /
+    ``_auc`` (fake sources against all reals) / ``_count`` per source."""
+    labels = [p["label"] for p in predictions]
+    scores = [p["prob_fake"] for p in predictions]
+    values: dict[str, float] = {}
+    for metric in CI_METRICS:
+        low, high = bootstrap_ci(labels, scores, metric, seed=seed)
+        values.update({f"test_{metric}_ci_low": low, f"test_{metric}_ci_high": high})
+    if predictions:
+        values.update(per_source_metrics(labels, scores, [p["source"] for p in predictions]))
+    return values
 
 
 class FitInterrupted(Exception):
@@ -150,7 +175,7 @@ def load_splits(config: FitConfig) -> dict[str, ImageDataset]:
     return splits
 
 
-def _loader(ds: ImageDataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:
+def make_loader(ds: ImageDataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:
     workers = config.num_workers
     if workers is None:
         cpus = os.cpu_count() or 1
@@ -222,11 +247,17 @@ def evaluate(
     max_batches: int | None = None,
     desc: str = "eval",
     should_stop: Callable[[], bool] | None = None,
+    val_threshold: float | None = None,
 ) -> tuple[float, Metrics, list[dict], int, float]:
-    """Runs ``model`` over ``loader``.
+    """Runs ``model`` over ``loader`` (whose dataset is an ``ImageDataset``).
+
+    Args:
+        val_threshold: Decision threshold chosen on validation, for ``Metrics.accuracy_valthr``
+            (``None``: the set's own equal-error-rate threshold, as for the validation split).
 
     Returns:
-        (mean loss, metrics, per-sample predictions, skipped images, images per second).
+        (mean loss, metrics, per-sample predictions ``{path, label, prob_fake, source}``, skipped
+        images, images per second).
 
     Raises:
         FitInterrupted: ``should_stop()`` became true (checked before every batch).
@@ -256,8 +287,11 @@ def evaluate(
         return float("nan"), compute_metrics([], []), [], skipped, 0.0
     y = torch.cat(labels_all).numpy()
     p = torch.cat(probs_all).numpy()
-    predictions = [{"path": path, "label": int(t), "prob_fake": float(q)} for path, t, q in zip(paths_all, y, p, strict=True)]
-    return sum(losses) / seen, compute_metrics(y, p), predictions, skipped, seen / max(elapsed, 1e-9)
+    sources = loader.dataset.source_by_path()
+    predictions = [{"path": path, "label": int(t), "prob_fake": float(q), "source": sources[path]}
+                   for path, t, q in zip(paths_all, y, p, strict=True)]
+    metrics = compute_metrics(y, p, val_threshold=val_threshold)
+    return sum(losses) / seen, metrics, predictions, skipped, seen / max(elapsed, 1e-9)
 
 
 def lr_at(config: FitConfig, progress: float) -> float:
@@ -382,7 +416,7 @@ def fit(
         resumed_from = state["epoch"]
         log.info("resuming %s after epoch %d", out, state["epoch"])
 
-    val_loader = _loader(splits["val"], config, device, shuffle=False)
+    val_loader = make_loader(splits["val"], config, device, shuffle=False)
     epochs = _progress(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch, total=config.epochs)
     for epoch in epochs:
         torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws; same on resume
@@ -395,7 +429,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
         loss_sum, seen, epoch_skipped = 0.0, 0, 0
-        loader = _loader(splits["train"], config, device, shuffle=True, epoch=epoch)
+        loader = make_loader(splits["train"], config, device, shuffle=True, epoch=epoch)
         n_batches = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
         progress_log = ProgressLog(f"epoch {epoch}", min(len(loader.dataset), n_batches * config.batch_size),
                                    config.log_every_seconds)
@@ -477,9 +511,10 @@ def fit(
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
     _, val_metrics, _, _, _ = evaluate(
         model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val", should_stop)
-    test_loader = _loader(splits["test"], config, device, shuffle=False)
+    test_loader = make_loader(splits["test"], config, device, shuffle=False)
     _, test_metrics, predictions, test_skipped, _ = evaluate(
-        model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, "test", should_stop
+        model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, "test", should_stop,
+        val_threshold=val_metrics.eer_threshold,
     )
     skipped_total += test_skipped
     model_cost = count(model, (1, 3, config.resolution, config.resolution))
@@ -495,6 +530,7 @@ def fit(
         data=data,
         data_digest={name: ds.digest() for name, ds in splits.items()},
         test_predictions=predictions,
+        test_extra=test_extra_scalars(predictions, config.seed),
         device=str(device),
         resumed_from_epoch=resumed_from,
     )

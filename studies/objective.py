@@ -15,11 +15,20 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from bnn.data.perturb import parse_robustness
+from bnn.protocol import TestSet, protocol_metric_names
 from bnn.train import scalar_names
 
 MetricFamily = Callable[[Any], Iterable[str]]  # the study file (studies.spec.StudyFile) -> names
 
-METRIC_FAMILIES: list[MetricFamily] = [lambda spec: scalar_names()]
+
+def _protocol_family(spec: Any) -> list[str]:
+    """``eval_<set>_*`` and ``robust_<perturbation>_*`` of the study's ``evaluate``/``robustness``."""
+    sets = [TestSet(entry["name"], entry["dataset"]) for entry in spec.evaluate]
+    return protocol_metric_names(sets, parse_robustness(spec.robustness))
+
+
+METRIC_FAMILIES: list[MetricFamily] = [lambda spec: scalar_names(), _protocol_family]
 
 
 def objective_metric_names(spec: Any) -> list[str]:

@@ -143,6 +143,8 @@ EPOCH_METRICS = tuple(_EPOCH_FIELDS.values())
 ARTIFACT_STUDY_DIR = "study"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_ROC = "metrics/roc_test.json"
+ARTIFACT_PREDICTIONS = "predictions/test_predictions.csv"  # per test image, PREDICTION_COLUMNS
+PREDICTION_COLUMNS = ("path", "label", "prob_fake", "source")
 DATASET_SOURCE_TYPE = "local"
 TAG_MAX_LENGTH = 5000
 
@@ -402,12 +404,14 @@ class Tracker:
         """Epochs whose metrics the run already holds (the steps of ``epoch_val_accuracy``)."""
         return {m.step for m in self.client.get_metric_history(run_id, _EPOCH_FIELDS["val_accuracy"])}
 
-    def log_result(self, run_id: str, result: FitResult) -> None:
-        """Final metrics, cost, data provenance (tags and dataset inputs) and artifacts of a finished cell."""
+    def log_result(self, run_id: str, result: FitResult, protocol: dict[str, float] | None = None) -> None:
+        """Final metrics (``result.scalars()`` and the evaluation protocol's ``eval_*``/``robust_*``
+        scalars, ``bnn.protocol``), cost, data provenance (tags and dataset inputs) and artifacts
+        of a finished cell."""
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in result.scalars().items()]
+        metrics = [Metric(k, v, now, 0) for k, v in {**result.scalars(), **(protocol or {})}.items()]
         tags = [
             RunTag(TAG_DATA, result.data["train"][:TAG_MAX_LENGTH]),
             RunTag(TAG_DATA_DIGEST, ",".join(f"{k}:{v}" for k, v in result.data_digest.items())),
@@ -427,13 +431,23 @@ class Tracker:
         if self.study.spec.log_checkpoint:
             self.client.log_artifact(run_id, str(result.checkpoint), artifact_path="checkpoint")
 
+    def log_scalars(self, run_id: str, scalars: dict[str, float]) -> None:
+        """Adds final metrics to a finished cell's run (the protocol of entries added later)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in scalars.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
     def _log_predictions(self, run_id: str, result: FitResult, tmp: Path) -> None:
         import pandas as pd
 
-        pd.DataFrame(result.test_predictions, columns=["path", "label", "prob_fake"]).to_csv(
-            tmp / "test_predictions.csv", index=False
+        pd.DataFrame(result.test_predictions, columns=list(PREDICTION_COLUMNS)).to_csv(
+            tmp / Path(ARTIFACT_PREDICTIONS).name, index=False
         )
-        self.client.log_artifact(run_id, str(tmp / "test_predictions.csv"), artifact_path="predictions")
+        predictions = Path(ARTIFACT_PREDICTIONS)
+        self.client.log_artifact(run_id, str(tmp / predictions.name), artifact_path=predictions.parent.as_posix())
         roc = Path(ARTIFACT_ROC)
         (tmp / roc.name).write_text(json.dumps(result.test.roc))
         self.client.log_artifact(run_id, str(tmp / roc.name), artifact_path=roc.parent.as_posix())

@@ -58,7 +58,7 @@ from bnn.train import EpochStats, FitInterrupted, fit
 from studies.db_setup import open_shared, sqlite_path, study_lock
 from studies.distill import Teacher
 from studies.objective import not_comparable_reason, objective_value
-from studies.record import Tracker, create_mlflow_schema
+from studies.record import Tracker, create_mlflow_schema, read_cell_metrics
 from studies.spec import Cell, Study, set_dotted
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def cell_states(optuna_study: optuna.Study | None) -> dict[str, str]:
 
 def check_inputs(study: Study) -> None:
     """Fails before anything is created when a cell's dataset (every split; an empty one is an
-    error) or pretrained weights are missing."""
+    error), an extra test set (``evaluate:``) or pretrained weights are missing."""
     from bnn.pretrained import resolve_weights
     from bnn.train import load_splits
 
@@ -190,6 +190,9 @@ def check_inputs(study: Study) -> None:
                  c.max_val_samples, c.max_test_samples, c.seed): c for c in configs}
     for c in datasets.values():
         load_splits(c)
+    for test_set in study.test_sets:  # extra test sets whose root is given must exist now
+        if not test_set.skip_reason:
+            test_set.load(configs[0].resolution)
     for c in configs:
         if c.pretrained:
             resolve_weights(c.backbone, c.pretrained)
@@ -396,6 +399,7 @@ class Runner:
             self._fail_stale()
             states = cell_states(self.optuna_study)
             summary.skipped_done = sum(1 for c in self.cells if states.get(c) in DONE_STATES)
+            self._complete_protocol()
             if self.study.is_search:
                 self._run_search(summary)
                 return summary
@@ -542,9 +546,14 @@ class Runner:
                     self._check_claim(trial)
                     raise
                 self._check_claim(trial)
+                protocol_started = time.perf_counter()
+                protocol = self._evaluate_protocol(cell, result.checkpoint, result.val.eer_threshold,
+                                                   lambda: bool(self.stop) or heartbeat.lost.is_set())
+                fit_seconds += time.perf_counter() - protocol_started
+                self._check_claim(trial)
                 for stats in result.history:  # epochs an earlier attempt checkpointed but did not log
                     log_epoch(stats)
-                self.tracker.log_result(run_id, result)
+                self.tracker.log_result(run_id, result, protocol)
                 self._check_claim(trial)  # once more before the run is ended (logging artifacts takes time)
         except ClaimLost:
             self._leave_taken_over(cell, run_id, summary)
@@ -572,7 +581,7 @@ class Runner:
             self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": message})
             return
         metric = self.study.spec.objective.metric
-        scalars = result.scalars()
+        scalars = {**result.scalars(), **protocol}
         value = objective_value(scalars, metric)  # results live in MLflow only (see studies.record)
         status = "FINISHED"
         if math.isnan(value):  # finished, but cannot be ranked: done, never re-run automatically
@@ -591,6 +600,64 @@ class Runner:
         seconds = time.perf_counter() - started
         self.on_event("cell_end", {"cell": cell, "status": status, "result": result, "seconds": seconds,
                                    "fit_seconds": fit_seconds, "runner_seconds": seconds - fit_seconds})
+
+    def _evaluate_protocol(self, cell: Cell, checkpoint: Path, val_threshold: float | None,
+                           should_stop: Callable[[], bool] | None = None,
+                           test_sets: list | None = None, perturbations: list | None = None) -> dict[str, float]:
+        """The study's extra test sets and robustness sweep on a cell's selected checkpoint
+        (``bnn.protocol``); ``{}`` when the study has neither. ``val_threshold`` ``None``: taken
+        from the validation split again (a cell finished before the threshold was logged)."""
+        test_sets = self.study.test_sets if test_sets is None else test_sets
+        perturbations = self.study.perturbations if perturbations is None else perturbations
+        if not test_sets and not perturbations:
+            return {}
+        from bnn.protocol import evaluate_protocol
+        from bnn.train import evaluate, load_detector, load_splits, make_loader
+
+        model, config = load_detector(checkpoint, cell.config.device)
+        device = next(model.parameters()).device
+        splits = load_splits(cell.config)
+        if val_threshold is None:
+            loader = make_loader(splits["val"], cell.config, device, shuffle=False)
+            val_threshold = evaluate(model, loader, device, amp=cell.config.amp, desc="val",
+                                     max_batches=cell.config.max_eval_batches)[1].eer_threshold
+        return evaluate_protocol(model, cell.config, val_threshold=val_threshold, test_split=splits["test"],
+                                 test_sets=test_sets, perturbations=perturbations, device=device,
+                                 should_stop=should_stop)
+
+    def _complete_protocol(self) -> None:
+        """Finished cells that lack metrics of the study's current ``evaluate``/``robustness``
+        entries (added after they ran) get them from their kept checkpoint, without retraining."""
+        if not self.study.test_sets and not self.study.perturbations:
+            return
+        from bnn.protocol import protocol_metric_names
+
+        by_cell = self._trials_by_cell()
+        done = {cell_id: t.user_attrs["mlflow_run_id"] for cell_id, trials in by_cell.items() for t in trials
+                if cell_id in self.cells and is_finished(t) and "mlflow_run_id" in t.user_attrs}
+        if not done:
+            return
+        logged = read_cell_metrics(self.study.tracking_uri, self.study.name, done.values())
+        for cell_id, run_id in done.items():
+            self._check_signal()
+            have = logged.get(run_id, {})
+            sets = [s for s in self.study.test_sets if not s.skip_reason
+                    and not set(protocol_metric_names([s], [])) <= set(have)]
+            perturbations = [p for p in self.study.perturbations if not set(protocol_metric_names([], [p])) <= set(have)]
+            if not sets and not perturbations:
+                continue
+            checkpoint = Path(self.cells[cell_id].config.output_dir) / "best.pt"
+            if not checkpoint.is_file():
+                log.warning("cell %s: cannot add %s: its checkpoint %s is gone", cell_id,
+                            ", ".join([s.name for s in sets] + [p.key for p in perturbations]), checkpoint)
+                continue
+            log.info("cell %s: evaluating its checkpoint on %s (added to the study after it finished)", cell_id,
+                     ", ".join([s.name for s in sets] + [p.key for p in perturbations]))
+            threshold = have.get("val_eer_threshold")
+            scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint, threshold, lambda: bool(self.stop),
+                                              sets, perturbations)
+            self.tracker.log_scalars(run_id, scalars)
+            self.on_event("cell_protocol", {"cell": self.cells[cell_id], "metrics": len(scalars)})
 
     def _label(self, trial: optuna.Trial, cell_id: str) -> str:
         """How the summary names an attempt: the cell id, with the trial number in a search (two

@@ -19,7 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bnn.config import FitConfig
-from bnn.errors import validation_errors
+from bnn.data import SPLITS, dataset_params, list_datasets
+from bnn.data.perturb import Perturbation, parse_robustness
+from bnn.errors import KeyedValueError, validation_errors
+from bnn.protocol import SET_NAME, TestSet
 from studies.db_setup import sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.objective import objective_metric_names, unknown_metric_message
@@ -98,6 +101,8 @@ class StudyFile(BaseModel):
     search: Search | None = None
     objective: Objective = Objective()
     log_checkpoint: bool = True
+    evaluate: list[dict[str, Any]] = []
+    robustness: list[dict[str, Any]] = []
 
 
 @dataclass
@@ -127,6 +132,8 @@ class Study:
     base: FitConfig
     runs_dir: Path
     teacher: Teacher | None = None
+    test_sets: list[TestSet] = field(default_factory=list)
+    perturbations: list[Perturbation] = field(default_factory=list)
 
     @property
     def is_search(self) -> bool:
@@ -285,6 +292,8 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
             raise StudyFileError(path, line_of(lines, ("grid", key)), f"grid.{key}", f"also set at top level ({key})")
     if path.resolve().parent == BUNDLED_DIR:
         _check_absolute_paths(path, lines, spec)
+    test_sets = _test_sets(path, lines, spec)
+    perturbations = _perturbations(path, lines, spec)
     valid_metrics = objective_metric_names(spec)
     if spec.objective.metric not in valid_metrics:
         raise StudyFileError(path, line_of(lines, ("objective", "metric")), "objective.metric",
@@ -320,7 +329,8 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     first = pending[0].config
     if spec.search:
         _check_search_space(path, lines, spec, first)
-        return Study(study_name, path, spec, [], spec.tracking_uri, storage, first, runs_dir, pending[0].teacher)
+        return Study(study_name, path, spec, [], spec.tracking_uri, storage, first, runs_dir, pending[0].teacher,
+                     test_sets, perturbations)
     cells: list[Cell] = []
     seen: dict[str, dict] = {}
     for entry in pending:
@@ -331,7 +341,69 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
         seen[cell_id] = entry.labels
         config = entry.config.model_copy(update={"output_dir": str(runs_dir / cell_id)})
         cells.append(Cell(cell_id, config, entry.labels, entry.teacher))
-    return Study(study_name, path, spec, cells, spec.tracking_uri, storage, first, runs_dir)
+    return Study(study_name, path, spec, cells, spec.tracking_uri, storage, first, runs_dir, None, test_sets,
+                 perturbations)
+
+
+TEST_SET_KEYS = ("name", "dataset", "data_root", "data_params", "split")
+
+
+def _test_sets(path: Path, lines: dict, spec: StudyFile) -> list[TestSet]:
+    """The ``evaluate:`` entries as ``TestSet``s. A ``data_root`` naming an unset environment
+    variable marks the entry skipped (warned when the cells are evaluated); a root that is given
+    is checked before anything is created (``studies.runner.check_inputs``)."""
+    sets: list[TestSet] = []
+    datasets = sorted(list_datasets())
+    for i, entry in enumerate(spec.evaluate):
+        where = ("evaluate", str(i))
+
+        def error(key: str | None, message: str) -> StudyFileError:
+            full = (*where, key) if key else where
+            return StudyFileError(path, line_of(lines, full), f"evaluate[{i}]" + (f".{key}" if key else ""), message)
+
+        unknown = [k for k in entry if k not in TEST_SET_KEYS]
+        if unknown:
+            raise error(str(unknown[0]), f"unknown key; valid keys: {', '.join(TEST_SET_KEYS)}")
+        for key in ("name", "dataset"):
+            if not isinstance(entry.get(key), str):
+                raise error(key if key in entry else None, f"an evaluate entry needs {key} (a string)")
+        name = entry["name"]
+        if not SET_NAME.match(name):
+            raise error("name", f"invalid name {name!r}: lower-case letters, digits and _ (metrics are "
+                        f"eval_<name>_<metric>)")
+        if any(s.name == name for s in sets):
+            raise error("name", f"duplicate test-set name {name!r}")
+        if entry["dataset"] not in datasets:
+            raise error("dataset", f"unknown dataset {entry['dataset']!r}; {_suggest(entry['dataset'], datasets)}"
+                        f"valid: {', '.join(datasets)}")
+        split = entry.get("split", "test")
+        if split not in SPLITS:
+            raise error("split", f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        params = entry.get("data_params") or {}
+        if not isinstance(params, dict):
+            raise error("data_params", "data_params is a mapping of reader parameters")
+        valid = dataset_params(entry["dataset"])
+        for key in params:
+            if key not in valid:
+                raise StudyFileError(path, line_of(lines, (*where, "data_params", key)),
+                                     f"evaluate[{i}].data_params.{key}", f"unknown parameter; valid: {', '.join(valid)}")
+        root, skip = entry.get("data_root"), None
+        if root is not None:
+            expanded = _expand_env(str(root))
+            if expanded is None:
+                skip = f"data_root {root} names an unset environment variable"
+            root = expanded
+        sets.append(TestSet(name, entry["dataset"], root, _expand_env(dict(params)), split, skip))
+    return sets
+
+
+def _perturbations(path: Path, lines: dict, spec: StudyFile) -> list[Perturbation]:
+    """The ``robustness:`` list (``bnn.data.perturb.parse_robustness``), errors at file:line:key."""
+    try:
+        return parse_robustness(spec.robustness)
+    except KeyedValueError as err:
+        parts = tuple(p for p in re.split(r"[\[\].]+", err.key) if p)
+        raise StudyFileError(path, line_of(lines, ("robustness", *parts)), f"robustness{err.key}", err.detail) from None
 
 
 def _check_search_space(path: Path, lines: dict, spec: StudyFile, base: FitConfig) -> None:

@@ -26,7 +26,7 @@ from studies.__main__ import main as studies_main
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER_PARAMS = "valid: max_samples, seed, train_fraction, val_fraction"
-SYNTHETIC_PARAMS = "valid: count, difficulty, image_size, max_samples, seed"
+SYNTHETIC_PARAMS = "valid: count, difficulty, generators, image_size, max_samples, seed"
 CIFAKE_PARAMS = "valid: max_samples, seed, val_fraction"
 
 

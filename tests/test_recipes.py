@@ -17,7 +17,7 @@ from bnn.backbones.binary import BinaryConv2d, set_weight_temperature
 from bnn.config import LEGACY_VALUES, RECIPES, AugmentConfig, FitConfig
 from bnn.data.transforms import AUGMENT_PRESETS, build_transform, resize_size
 from bnn.detector import create_detector
-from bnn.train import ProgressLog, _loader, _parameter_groups, load_splits, lr_at, seed_everything
+from bnn.train import ProgressLog, _parameter_groups, make_loader, load_splits, lr_at, seed_everything
 from studies.spec import load_study
 
 
@@ -156,7 +156,7 @@ def test_first_steps_from_scratch_keep_the_loss_bounded(tmp_path_factory, monkey
     model = create_detector(config.backbone, config.features, head=config.head).train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr)
     losses = []
-    for images, labels, _, _ in _loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True):
+    for images, labels, _, _ in make_loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True):
         loss = F.binary_cross_entropy_with_logits(model(images), labels)
         optimizer.zero_grad()
         loss.backward()

@@ -103,6 +103,7 @@ def create_dataset(
         description=listing.description,
         roots=listing.roots,
         transform=build_transform(resolution, train=train_augment, augment=augment),
+        sources=listing.item_sources(),
     )
     if max_samples is not None:
         dataset = dataset.subsample(max_samples, seed=seed)

@@ -22,11 +22,27 @@ class Listing:
         items: ``(path, label)`` pairs, label 1 = fake, 0 = real, in a fixed order.
         roots: Folders the paths live under (for relative-path digests).
         description: Which data this is and where, e.g. ``"COCOFake val2014 at /data/coco"``.
+        sources: Per item, where the image comes from (``ffhq``, ``stylegan_ffhq``, a generator
+            kind, ...), for per-source metrics; ``None``: ``real`` / ``fake`` by label.
     """
 
     items: list[Item]
     roots: list[Path]
     description: str
+    sources: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sources is not None and len(self.sources) != len(self.items):
+            raise ValueError(f"{len(self.sources)} sources for {len(self.items)} items")
+
+    def item_sources(self) -> list[str]:
+        """``sources``, or ``real`` / ``fake`` by label when the reader gave none."""
+        return list(self.sources) if self.sources is not None else [label_source(label) for _, label in self.items]
+
+
+def label_source(label: int) -> str:
+    """The source of an image whose reader knows no finer origin: ``real`` or ``fake``."""
+    return "fake" if label == 1 else "real"
 
 
 @dataclass(frozen=True)

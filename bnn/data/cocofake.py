@@ -46,6 +46,7 @@ SOURCE = (
     "(arXiv:2304.00500, https://arxiv.org/abs/2304.00500; the paper links the download)"
 )
 _MISSING_SHOWN = 3
+REAL_SOURCE, FAKE_SOURCE = "coco2014", "cocofake"  # per-source metrics: the photographs, their generated twins
 
 
 def read_cocofake(
@@ -117,7 +118,10 @@ def read_cocofake(
     else:
         what = f"COCOFake train = train2014 minus {val_fraction:.0%} held out as val (seed={seed})"
     return Listing(
-        reals + fakes, [root, fake_root], f"{what}, reals at {root}, fakes at {fake_root}"
+        reals + fakes,
+        [root, fake_root],
+        f"{what}, reals at {root}, fakes at {fake_root}",
+        [REAL_SOURCE] * len(reals) + [FAKE_SOURCE] * len(fakes),
     )
 
 

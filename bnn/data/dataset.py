@@ -37,9 +37,12 @@ class ImageDataset(Dataset):
         description: What this data is and where it lies; ``describe()`` adds the counts.
         roots: Folders the paths live under; ``digest()`` hashes paths relative to them.
         transform: RGB PIL image -> float tensor (3, R, R) in [0, 1].
+        sources: Per item, where the image comes from (``Listing.sources``); default ``real`` /
+            ``fake`` by label.
 
     Attributes:
         items: The ``(path, label)`` list, in a fixed order.
+        sources: One source name per item (the reader's, e.g. DFFD's ``stylegan_ffhq``).
     """
 
     def __init__(
@@ -51,8 +54,14 @@ class ImageDataset(Dataset):
         description: str,
         roots: Sequence[str | os.PathLike],
         transform: Callable[[Image.Image], Tensor],
+        sources: Sequence[str] | None = None,
     ) -> None:
         self.items: list[Item] = [(str(path), int(label)) for path, label in items]
+        if sources is not None and len(sources) != len(self.items):
+            raise ValueError(f"{len(sources)} sources for {len(self.items)} items")
+        self.sources: list[str] = (
+            [str(s) for s in sources] if sources is not None else ["fake" if y else "real" for _, y in self.items]
+        )
         self.name = name
         self.split = split
         self.description = description
@@ -80,6 +89,19 @@ class ImageDataset(Dataset):
                 log.warning("skipping unreadable image %s: %s", path, error.reason)
             return None
         return self.transform(image), label, path
+
+    def source_by_path(self) -> dict[str, str]:
+        """``{path: source}`` for every item (for per-source metrics of predictions)."""
+        return {path: source for (path, _), source in zip(self.items, self.sources, strict=True)}
+
+    def perturbed(self, perturbation: Callable[[Image.Image], Image.Image], note: str) -> ImageDataset:
+        """The same items with ``perturbation`` applied to each decoded RGB image before the
+        preprocessing (so before the detector computes its extra channels); ``note`` (e.g.
+        ``JPEG quality 75``) is added to the description."""
+        return ImageDataset(
+            self.items, name=self.name, split=self.split, description=f"{self.description}, {note}",
+            roots=self.roots, transform=Perturbed(perturbation, self.transform), sources=self.sources,
+        )
 
     def labels(self) -> list[int]:
         """Labels in item order."""
@@ -122,6 +144,7 @@ class ImageDataset(Dataset):
             description=description,
             roots=self.roots,
             transform=self.transform,
+            sources=[self.sources[i] for i in indices],
         )
 
     def subsample(self, max_samples: int, seed: int = 0) -> ImageDataset:
@@ -149,6 +172,16 @@ class ImageDataset(Dataset):
             chosen.extend(shuffled[: takes[label]])
         note = f"subsample of {max_samples} of {len(self)} (stratified, seed={seed})"
         return self.subset(sorted(chosen), note=note)
+
+
+class Perturbed:
+    """``transform(perturbation(image))``: a picklable composition (DataLoader workers pickle it)."""
+
+    def __init__(self, perturbation: Callable[[Image.Image], Image.Image], transform: Callable[[Image.Image], Tensor]):
+        self.perturbation, self.transform = perturbation, transform
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.transform(self.perturbation(image))
 
 
 def collate_skip(

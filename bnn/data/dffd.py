@@ -46,6 +46,8 @@ _MISSING_SHOWN = 3
 
 def read_dffd(split: str, root: str | os.PathLike | None) -> Listing:
     """Lists one DFFD split: CelebA and FFHQ reals, the six generator/editing sources as fakes.
+    Each image's source is its folder (``celeba`` for ``img_align_celeba``, ``ffhq``, ``pggan_v1``,
+    ..., ``stargan``).
 
     Args:
         split: ``train``, ``val`` or ``test`` (DFFD's own splits).
@@ -54,6 +56,7 @@ def read_dffd(split: str, root: str | os.PathLike | None) -> Listing:
     check_split(split)
     root = resolve_root(root, env_var=ENV_VAR, layout=LAYOUT, source=SOURCE)
     items = _celeba_items(root, split)
+    origins = ["celeba"] * len(items)
     for sources, label in ((REAL_SOURCES, REAL), (FAKE_SOURCES, FAKE)):
         for source in sources:
             folder = root / source / SPLIT_FOLDERS[split]
@@ -63,8 +66,9 @@ def read_dffd(split: str, root: str | os.PathLike | None) -> Listing:
             if not paths:
                 raise _error(f"no image files in '{folder}'")
             items.extend((str(p), label) for p in paths)
+            origins.extend([source] * len(paths))
     fakes = "+".join(FAKE_SOURCES)
-    return Listing(items, [root], f"DFFD {split} (celeba+ffhq real; {fakes} fake) at {root}")
+    return Listing(items, [root], f"DFFD {split} (celeba+ffhq real; {fakes} fake) at {root}", origins)
 
 
 def _celeba_items(root: Path, split: str) -> list[Item]:

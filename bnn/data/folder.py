@@ -165,6 +165,27 @@ def names_text(groups: dict[str, tuple[str, ...]]) -> str:
     return "; ".join(f"{role}: {', '.join(names)}" for role, names in groups.items())
 
 
+def item_sources(items: list[Item]) -> list[str]:
+    """Per item, its source: the first sub-folder under its class folder (``FAKE/stylegan2/x.png``
+    -> ``stylegan2``), or ``real`` / ``fake`` for an image lying directly in the class folder.
+
+    The class folder is the nearest ancestor named like a class (``CLASS_FOLDERS``, any case).
+    """
+    class_names = {name.casefold() for names in CLASS_FOLDERS.values() for name in names}
+    sources = []
+    for path, label in items:
+        parents = Path(path).parents
+        below = None  # the folder just below the class folder
+        for parent in parents:
+            if parent.name.casefold() in class_names:
+                break
+            below = parent
+        else:
+            below = None
+        sources.append(below.name if below is not None else ("fake" if label == FAKE else "real"))
+    return sources
+
+
 def carve(
     items: list[Item], base: Path, seed: int, fractions: dict[str, float], split: str
 ) -> list[Item]:
@@ -191,7 +212,8 @@ def read_folder(
     train_fraction: float = 0.8,
     val_fraction: float = 0.1,
 ) -> Listing:
-    """Lists one split of a real/fake folder tree (see the module docstring).
+    """Lists one split of a real/fake folder tree (see the module docstring); an image's source is
+    the first sub-folder under its class folder (``item_sources``).
 
     Args:
         split: ``train``, ``val`` or ``test``.
@@ -218,19 +240,19 @@ def read_folder(
             items = class_items(folder, recursive=True, one_class=True, **errors)
             if split == "train" and split_dirs["val"] is None:
                 items = carve(items, folder, seed, _held_out(val_fraction), "train")
-                return Listing(
+                return _listing(
                     items,
-                    [root],
+                    root,
                     f"folder tree train (minus {val_fraction:.0%} held out as val, "
                     f"seeded hash, seed={seed}) at {root}",
                 )
-            return Listing(items, [root], f"folder tree {split} at {root}")
+            return _listing(items, root, f"folder tree {split} at {root}")
         if split == "val" and split_dirs["train"] is not None:
             items = class_items(split_dirs["train"], recursive=True, one_class=True, **errors)
             items = carve(items, split_dirs["train"], seed, _held_out(val_fraction), "val")
-            return Listing(
+            return _listing(
                 items,
-                [root],
+                root,
                 f"folder tree val ({val_fraction:.0%} of train held out by seeded "
                 f"hash, seed={seed}) at {root}",
             )
@@ -254,11 +276,15 @@ def read_folder(
     }
     items = carve(items, root, seed, fractions, split)
     shares = "/".join(f"{f:.0%}" for f in fractions.values())
-    return Listing(
+    return _listing(
         items,
-        [root],
+        root,
         f"folder tree {split} (train/val/test {shares} by seeded hash, seed={seed}) at {root}",
     )
+
+
+def _listing(items: list[Item], root: Path, description: str) -> Listing:
+    return Listing(items, [root], description, item_sources(items))
 
 
 def _held_out(val_fraction: float) -> dict[str, float]:

@@ -67,6 +67,8 @@ COLOUR_PHOTOS = (
 )
 GREY_PHOTOS = ("camera", "coins", "moon", "clock", "grass", "gravel", "brick")
 GENERATORS = (("tconv4", 2), ("tconv3", 4), ("nearest", 2), ("tconv4", 4))  # (upsampling, factor)
+# The generator kinds by name (a fake's file name ends in ``_g<index>``), its per-source name.
+GENERATOR_NAMES = tuple(f"{kind}_x{factor}" for kind, factor in GENERATORS)
 LAYOUT = "<cache>/synthetic/<param-hash>/{train,val,test}/{REAL,FAKE}/*.png + meta.json"
 SOURCE = "generated locally by bnn.data.synthetic from scikit-image's bundled photographs"
 
@@ -374,8 +376,14 @@ def read_synthetic(
     count: int = 2000,
     image_size: int = 64,
     difficulty: float = 0.5,
+    generators: list[str] | None = None,
 ) -> Listing:
     """Lists one split of the synthetic benchmark, generating it first if it is not cached.
+
+    Each fake's source is its generator kind (``GENERATOR_NAMES``: ``tconv4_x2``, ``tconv3_x4``,
+    ``nearest_x2``, ``tconv4_x4``), each real's ``real``. ``generators`` keeps the fakes of those
+    kinds only (all reals stay): train on some kinds and evaluate on the others
+    (leave-one-generator-out) from one generated set.
 
     Args:
         split: ``train``, ``val`` or ``test`` (70/15/15 of ``count``).
@@ -385,17 +393,47 @@ def read_synthetic(
         image_size: Side of the generated images (``resolution`` of ``generate_synthetic``; the
             dataset's own ``resolution`` then resizes them like any other data).
         difficulty: 0 = strong generator traces, 1 = almost none.
+        generators: Generator kinds whose fakes are listed; ``None``: all.
+
+    Raises:
+        ValueError: An unknown generator kind (the message lists the valid ones).
     """
     check_split(split)
+    kinds = _check_generators(generators)
     folder = generate_synthetic(
         root, seed=seed, count=count, resolution=image_size, difficulty=difficulty
     )
     items = class_items(folder / split, recursive=False, layout=LAYOUT, env_var=None, source=SOURCE)
+    sources = [generator_of(path) if label == 1 else "real" for path, label in items]
+    if kinds is not None:
+        kept = [i for i, source in enumerate(sources) if source == "real" or source in kinds]
+        items, sources = [items[i] for i in kept], [sources[i] for i in kept]
     what = (
         f"synthetic benchmark (generated locally, seed={seed}, difficulty={difficulty}, "
-        f"{count} images of {image_size}px)"
+        f"{count} images of {image_size}px"
+        + (f", fakes of {'+'.join(sorted(kinds))} only" if kinds is not None else "") + ")"
     )
-    return Listing(items, [folder], f"{what} at {folder}")
+    return Listing(items, [folder], f"{what} at {folder}", sources)
+
+
+def generator_of(path: str | os.PathLike) -> str:
+    """The generator kind of a fake file written by ``generate_synthetic`` (``..._g<k>.png``)."""
+    stem = Path(path).stem
+    index = stem.rsplit("_g", 1)[-1]
+    if "_g" not in stem or not index.isdigit() or int(index) >= len(GENERATOR_NAMES):
+        raise ValueError(f"'{path}' is not a fake written by the synthetic benchmark (<n>_g<k>.png)")
+    return GENERATOR_NAMES[int(index)]
+
+
+def _check_generators(generators: list[str] | None) -> set[str] | None:
+    if generators is None:
+        return None
+    if isinstance(generators, str) or not isinstance(generators, (list, tuple)) or not generators:
+        raise ValueError(f"generators must be a non-empty list of {', '.join(GENERATOR_NAMES)}; got {generators!r}")
+    unknown = [g for g in generators if g not in GENERATOR_NAMES]
+    if unknown:
+        raise ValueError(f"unknown generator kind(s) {', '.join(map(str, unknown))}; valid: {', '.join(GENERATOR_NAMES)}")
+    return set(generators)
 
 
 DATASETS.add("synthetic", DatasetSpec(read_synthetic, CACHE_ENV, LAYOUT, SOURCE))

@@ -12,6 +12,11 @@ train, preset ``standard`` (default of ``bnn.config.AugmentConfig``): the same r
        contrast, i.e. the colour statistics and high frequencies that carry generator traces
        (measured in ``docs/training.md``).
 train, preset ``none``: the evaluation preprocessing.
+train, any preset, degradations (off in every preset): before everything above, on the image as
+       decoded, a Gaussian blur with probability ``blur_p`` (sigma ~ U[``blur_sigma``] pixels)
+       then a JPEG re-encoding with probability ``jpeg_p`` (quality ~ U{``jpeg_quality``}):
+       CNNDetection's training recipe (Wang et al., CVPR 2020: both at p 0.5, sigma in [0, 3],
+       quality in 30..100), which degrades the full image before its crop (``bnn.data.perturb``).
 eval:  Resize(shorter side -> R + R // 8) -> CenterCrop(R) -> float in [0, 1]       (3, R, R)
 
 One deliberate difference: the authors rotate with ``RandomRotation`` inside the original canvas,
@@ -32,6 +37,8 @@ import torch
 import torchvision.transforms.v2 as T
 from PIL import Image
 from torch import Tensor
+
+from bnn.data.perturb import RandomBlur, RandomJPEG
 
 # Largest image decoded, in pixels: Pillow's default ``Image.MAX_IMAGE_PIXELS`` (2**30 / 4 / 3,
 # about 9459 x 9459; 268 MB as 8-bit RGB). Checked from the header here, so it holds even where
@@ -150,11 +157,20 @@ def resize_size(resolution: int) -> int:
     return resolution + resolution // 8
 
 
+# The training degradations (CNNDetection's blur and JPEG), off in every preset: each probability
+# with the knob of its range. ``bnn.config.FitConfig.content_id`` leaves out a degradation whose
+# probability is 0, so configurations written before these knobs existed keep their ids.
+DEGRADATIONS: dict[str, str] = {"blur_p": "blur_sigma", "jpeg_p": "jpeg_quality"}
+_DEGRADATIONS_OFF: dict[str, Any] = {"blur_p": 0.0, "blur_sigma": (0.0, 3.0), "jpeg_p": 0.0, "jpeg_quality": (30, 100)}
+
 # The knobs of a training augmentation; a preset gives every knob a value (see the module docstring).
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"hflip_p": 0.5, "vflip_p": 0.5, "rotate90_p": 1.0, "color_jitter": 0.2, "random_crop": True},
-    "standard": {"hflip_p": 0.5, "vflip_p": 0.0, "rotate90_p": 0.0, "color_jitter": 0.0, "random_crop": True},
-    "none": {"hflip_p": 0.0, "vflip_p": 0.0, "rotate90_p": 0.0, "color_jitter": 0.0, "random_crop": False},
+    "paper": {"hflip_p": 0.5, "vflip_p": 0.5, "rotate90_p": 1.0, "color_jitter": 0.2, "random_crop": True,
+              **_DEGRADATIONS_OFF},
+    "standard": {"hflip_p": 0.5, "vflip_p": 0.0, "rotate90_p": 0.0, "color_jitter": 0.0, "random_crop": True,
+                 **_DEGRADATIONS_OFF},
+    "none": {"hflip_p": 0.0, "vflip_p": 0.0, "rotate90_p": 0.0, "color_jitter": 0.0, "random_crop": False,
+             **_DEGRADATIONS_OFF},
 }
 
 
@@ -168,8 +184,11 @@ def build_transform(
         train: Random augmentation (``True``) or deterministic centre crop (``False``).
         augment: The training knobs (``AUGMENT_PRESETS`` keys: ``hflip_p``, ``vflip_p``,
             ``rotate90_p`` = probability of a +-90 degree rotation, ``color_jitter`` = strength of
-            brightness/contrast/saturation/hue jitter, ``random_crop``); ``None`` is the ``paper``
-            preset. Ignored when ``train`` is false. ``bnn.config.AugmentConfig.resolved()`` gives it.
+            brightness/contrast/saturation/hue jitter, ``random_crop``, ``blur_p`` and
+            ``blur_sigma`` = probability and (low, high) sigma range in pixels of a Gaussian blur,
+            ``jpeg_p`` and ``jpeg_quality`` = probability and (low, high) inclusive quality range
+            of a JPEG re-encoding); ``None`` is the ``paper`` preset. Ignored when ``train`` is
+            false. ``bnn.config.AugmentConfig.resolved()`` gives it.
 
     Returns:
         A callable mapping an RGB PIL image to a float tensor (3, R, R) in [0, 1].
@@ -188,9 +207,14 @@ def build_transform(
     knobs = dict(AUGMENT_PRESETS["paper"] if augment is None else augment)
     if set(knobs) != set(AUGMENT_PRESETS["paper"]):
         raise ValueError(f"augment needs exactly the keys {sorted(AUGMENT_PRESETS['paper'])}, got {sorted(knobs)}")
-    steps: list[Callable] = [resize]
     # Each random step is left out at probability 0, so a preset draws the same random numbers as
     # the pipeline it names (the ``paper`` preset is the authors' pipeline draw for draw).
+    steps: list[Callable] = []
+    if knobs["blur_p"] > 0:  # degradations first, on the full decoded image (CNNDetection)
+        steps.append(RandomBlur(knobs["blur_p"], sigma=tuple(knobs["blur_sigma"])))
+    if knobs["jpeg_p"] > 0:
+        steps.append(RandomJPEG(knobs["jpeg_p"], quality=tuple(knobs["jpeg_quality"])))
+    steps.append(resize)
     if knobs["hflip_p"] > 0:
         steps.append(T.RandomHorizontalFlip(p=knobs["hflip_p"]))
     if knobs["vflip_p"] > 0:

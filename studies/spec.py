@@ -357,7 +357,7 @@ def _test_sets(path: Path, lines: dict, spec: StudyFile) -> list[TestSet]:
     for i, entry in enumerate(spec.evaluate):
         where = ("evaluate", str(i))
 
-        def error(key: str | None, message: str) -> StudyFileError:
+        def error(key: str | None, message: str, where: tuple = where, i: int = i) -> StudyFileError:
             full = (*where, key) if key else where
             return StudyFileError(path, line_of(lines, full), f"evaluate[{i}]" + (f".{key}" if key else ""), message)
 

@@ -107,9 +107,14 @@ def test_metric_families_added_by_later_features_become_valid_objectives(tmp_pat
 
 
 def test_scalar_names_are_the_names_a_finished_run_logs(tmp_path):
+    """Every name known before a run is logged; the others are per-source names, which depend on
+    the data (the synthetic benchmark's generator kinds)."""
     config = FitConfig(backbone="bnext_micro", features="rgb", dataset="synthetic", resolution=16, epochs=1,
                        batch_size=16, data_params={"count": 60, "image_size": 20}, output_dir=str(tmp_path / "r"))
-    assert sorted(fit(config).scalars()) == sorted(scalar_names())
+    logged = set(fit(config).scalars())
+    assert set(scalar_names()) <= logged
+    assert {name for name in logged - set(scalar_names()) if not name.startswith("source_")} == set()
+    assert {"source_real_accuracy", "source_real_count"} <= logged
 
 
 # --- C01: a NaN objective finishes the cell once, as "not comparable" --------------------------

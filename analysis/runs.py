@@ -4,7 +4,8 @@ The record and every name in it belong to ``studies.record`` (its writer is the 
 ``Tracker``); this module reads it only through ``studies.record``'s reader (``search_all``,
 ``read_cell``, ``read_parent``) and turns the rows into frames: one row per cell run with the run
 columns (``RUN_COLUMNS``), the params typed back and the final metrics; per-epoch metrics
-(``EPOCH_METRICS``, step = epoch) and the ROC artifact on request.
+(``EPOCH_METRICS``, step = epoch), the ROC artifact and the per-image test predictions
+(``ARTIFACT_PREDICTIONS``, cached per run) on request.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +25,13 @@ import pandas as pd
 
 from analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci
 from studies import record
-from studies.record import COST_METRICS, EPOCH_METRICS, RUN_COLUMNS
+from studies.record import (
+    ARTIFACT_PREDICTIONS,
+    COST_METRICS,
+    EPOCH_METRICS,
+    PREDICTION_COLUMNS,
+    RUN_COLUMNS,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Params that do not define a configuration: replicates differ only in these.
@@ -220,11 +228,14 @@ def load_runs(
     metric_names = sorted({k for m in metrics for k in m})
 
     frame = pd.DataFrame(metas, columns=list(RUN_COLUMNS))
+    columns = {}  # added in one go: a column at a time fragments a frame of hundreds of metrics
     for name in param_names:
         if name not in frame:
-            frame[name] = _typed([p.get(name) for p in params]).to_numpy()
+            columns[name] = _typed([p.get(name) for p in params]).to_numpy()
     for name in metric_names:
-        frame[name] = pd.Series([m.get(name, np.nan) for m in metrics], dtype=float).to_numpy()
+        columns[name] = np.array([m.get(name, np.nan) for m in metrics], dtype=float)
+    if columns:
+        frame = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
     _fill_model_tags(frame)
     for column in ("binary", "synthetic"):
         frame[column] = frame[column].map({record.TRUE: True, record.FALSE: False}).astype("boolean")
@@ -285,6 +296,16 @@ def _join(values) -> str:
     )
 
 
+def _shadowed_interval(metric: str, metrics: list[str]) -> bool:
+    """Whether ``metric`` is a run's interval (``<m>_ci_low``/``_ci_high``) of an aggregated
+    quality metric ``<m>``, whose seed-bootstrap interval columns have the same names."""
+    for end in ("_ci_low", "_ci_high"):
+        base = metric.removesuffix(end)
+        if base != metric and base in metrics and base.startswith(("val_", "test_")):
+            return True
+    return False
+
+
 def group_replicates(
     frame: pd.DataFrame,
     by: list[str] | None = None,
@@ -310,14 +331,17 @@ def group_replicates(
         ``study``), ``n`` (replicates), ``seeds``, ``run_ids`` and ``cell_ids`` (comma-joined),
         and per metric ``<metric>`` (mean over replicates, NaNs skipped); quality metrics
         (``val_*``, ``test_*``) also get ``<metric>_std`` (sample std, NaN for n = 1),
-        ``<metric>_ci_low`` and ``<metric>_ci_high`` (percentile bootstrap of the mean, NaN
-        for n < 2). ``attrs`` carries over, plus ``grouped_by``.
+        ``<metric>_ci_low`` and ``<metric>_ci_high`` (percentile bootstrap of the mean over
+        seeds, NaN for n < 2). A run's own interval over images (``test_accuracy_ci_low`` as the
+        runner logs it) has the name of that column: it is left out when its metric is
+        aggregated (read it from the runs). ``attrs`` carries over, plus ``grouped_by``.
     """
     keys = list(by) if by is not None else replicate_keys(frame)
     missing = [k for k in keys if k not in frame.columns]
     if missing:
         raise KeyError(f"group_replicates: no column(s) {missing}; columns: {list(frame.columns)}")
     metrics = list(metrics) if metrics is not None else metric_columns(frame)
+    metrics = [m for m in metrics if not _shadowed_interval(m, metrics)]
     descriptive = [
         c
         for c in ("model", "family", "binary", "data", "synthetic", "study")
@@ -410,3 +434,57 @@ def load_roc(
             raise FileNotFoundError(f"run {run_id} has no artifact {artifact}: {err}") from err
         data = json.loads(Path(path).read_text())
     return {key: np.asarray(data.get(key, []), dtype=float) for key in ("fpr", "tpr", "thresholds")}
+
+
+_PREDICTIONS: dict[tuple[str, str], pd.DataFrame] = {}
+
+
+def load_predictions(run_id: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """Per-image test predictions of a run (its ``studies.record.ARTIFACT_PREDICTIONS``).
+
+    Downloaded once per run and tracking URI (kept in memory for this process).
+
+    Args:
+        run_id: The cell's run id.
+        tracking_uri: MLflow URI (default as in ``load_runs``).
+
+    Returns:
+        One row per test image with ``PREDICTION_COLUMNS``: ``path`` (str), ``label`` (int,
+        1 = fake), ``prob_fake`` (float), ``source`` (str), in the order the runner wrote them.
+
+    Raises:
+        FileNotFoundError: The run has no such artifact (runs of older versions).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    key = (uri, run_id)
+    if key not in _PREDICTIONS:
+        client = client_for(uri)
+        folder, name = ARTIFACT_PREDICTIONS.rsplit("/", 1)
+        listed = {Path(a.path).name for a in client.list_artifacts(run_id, folder)}
+        if name not in listed:
+            raise FileNotFoundError(f"run {run_id} has no artifact {ARTIFACT_PREDICTIONS}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, ARTIFACT_PREDICTIONS, tmp)
+            table = pd.read_csv(path, dtype={"path": str, "source": str}, keep_default_na=False)
+        missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"run {run_id}: {ARTIFACT_PREDICTIONS} lacks column(s) {missing}")
+        table = table[list(PREDICTION_COLUMNS)].copy()
+        table["label"] = table["label"].astype("int64")
+        table["prob_fake"] = pd.to_numeric(table["prob_fake"], errors="coerce")
+        _PREDICTIONS[key] = table
+    return _PREDICTIONS[key].copy()
+
+
+def load_all_predictions(
+    run_ids: Iterable[str], tracking_uri: str | None = None
+) -> dict[str, pd.DataFrame]:
+    """``load_predictions`` of every run that has the artifact: ``{run_id: predictions}``
+    (runs without it are left out)."""
+    out = {}
+    for run_id in dict.fromkeys(run_ids):
+        try:
+            out[run_id] = load_predictions(run_id, tracking_uri)
+        except FileNotFoundError:
+            continue
+    return out

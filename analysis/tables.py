@@ -7,6 +7,12 @@ feature set (RGB, +Mag., +FFT, +LBP and combinations) with its difference to the
 Values are test metrics of the checkpoint selected on validation (what the runner logs); where
 seeds replicate a configuration, mean ± std and a seeded bootstrap confidence interval. Best and
 second best are marked as in the paper: bold and underline (``**x**`` and ``_x_`` in Markdown).
+With per-image test predictions, the ablation marks rows that differ significantly from RGB alone
+(``analysis.paired``).
+
+The evaluation protocol's tables (``analysis.protocol``): ``cross_dataset_table`` (own test split and
+extra test sets), ``per_source_table`` (each generator and real source), ``robustness_table``
+(test split under perturbations) and ``calibration_table`` (ECE, Brier, operating points).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import paired, protocol
 from analysis.literature import SHORT_CITATION, load_literature
 from analysis.provenance import Provenance
 from analysis.runs import group_replicates, is_grouped
@@ -54,6 +61,7 @@ class Column:
         std: Frame column with the std, shown as ``value ± std`` where present.
         interval: Frame columns (low, high) shown as ``[low, high]`` instead of ``key``.
         signed: Numbers with an explicit sign (differences).
+        suffix: Frame column with text put after the cell (significance marks such as ``*``).
     """
 
     key: str
@@ -64,6 +72,7 @@ class Column:
     std: str | None = None
     interval: tuple[str, str] | None = None
     signed: bool = False
+    suffix: str | None = None
 
 
 def _missing(value) -> bool:
@@ -91,8 +100,20 @@ def _latex_escape(text: str) -> str:
         "±": r"$\pm$",
         "–": "--",
         "Δ": r"$\Delta$",
+        "†": r"\dag{}",
+        "σ": r"$\sigma$",
+        "×": r"$\times$",
     }
     return "".join(replacements.get(ch, ch) for ch in text)
+
+
+def _markdown_marks(text: str) -> str:
+    return text.replace("*", r"\*")
+
+
+def _latex_marks(text: str) -> str:
+    marks = {"*": r"\textsuperscript{*}", "†": r"\textsuperscript{\dag}"}
+    return "".join(marks.get(ch, _latex_escape(ch)) for ch in text)
 
 
 @dataclass
@@ -166,7 +187,9 @@ class Table:
                         out[(i, column.key)] = "second"
         return out
 
-    def _rows(self, bold, underline, escape=lambda text: text) -> list[list[str]]:
+    def _rows(
+        self, bold, underline, escape=lambda text: text, suffix=lambda text: text
+    ) -> list[list[str]]:
         marks = self.marks()
         rows = []
         for i in range(len(self.frame)):
@@ -174,9 +197,11 @@ class Table:
             for column in self.columns:
                 text = escape(self.text(i, column))
                 mark = marks.get((i, column.key))
-                cells.append(
-                    bold(text) if mark == "best" else underline(text) if mark == "second" else text
-                )
+                cell = bold(text) if mark == "best" else underline(text) if mark == "second" else text
+                extra = self.frame.iloc[i][column.suffix] if column.suffix else None
+                if isinstance(extra, str) and extra:
+                    cell += suffix(extra)
+                cells.append(cell)
             rows.append(cells)
         return rows
 
@@ -187,15 +212,15 @@ class Table:
             ":--" if c.decimals is None and c.interval is None else "--:" for c in self.columns
         ]
         lines = [
-            f"**{self.caption}**",
+            f"**{_markdown_marks(self.caption)}**",
             "",
             "| " + " | ".join(header) + " |",
             "|" + "|".join(align) + "|",
         ]
-        for cells in self._rows(lambda t: f"**{t}**", lambda t: f"_{t}_"):
+        for cells in self._rows(lambda t: f"**{t}**", lambda t: f"_{t}_", suffix=_markdown_marks):
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         lines.append("")
-        lines += [f"{n}. {note}" for n, note in enumerate(self.notes, start=1)]
+        lines += [f"{n}. {_markdown_marks(note)}" for n, note in enumerate(self.notes, start=1)]
         if self.provenance is not None:
             p = self.provenance
             lines += [
@@ -231,7 +256,7 @@ class Table:
             r"\midrule",
         ]
         rows = self._rows(
-            lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}", _latex_escape
+            lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}", _latex_escape, _latex_marks
         )
         blocks = self.frame["block"].tolist() if "block" in self.frame else [""] * len(rows)
         for i, cells in enumerate(rows):
@@ -481,7 +506,9 @@ def results_tables(
     return {str(d): results_table(grouped, d, literature, split) for d in datasets}
 
 
-def _setting_label(row: pd.Series, varying: list[str]) -> str:
+def setting_label(row: pd.Series, varying: list[str]) -> str:
+    """What a row shares with the others of its setting (all but the features): ``BNext-T,
+    trainable, COCOFake`` plus ``key=value`` for every other key in ``varying``."""
     parts = [str(row.get("model") or row.get("backbone") or "")]
     if "freeze_backbone" in row and not _missing(row["freeze_backbone"]):
         parts.append(_state(row["freeze_backbone"]))
@@ -525,12 +552,40 @@ def _published_ablation() -> list[dict]:
     ]
 
 
+def _seed_runs(run_ids: str, seed_of: pd.Series | None) -> dict:
+    """``{seed: run_id}`` of a row's comma-joined runs (by position when runs have no seed)."""
+    ids = [r for r in str(run_ids).split(",") if r]
+    if seed_of is None:
+        return dict(enumerate(ids))
+    return {seed_of.get(r, i): r for i, r in enumerate(ids)}
+
+
+def _significance_note(results: pd.DataFrame, pooled: bool) -> str:
+    compared = int(results["p_mcnemar"].notna().sum())
+    text = (
+        f"{paired.MARK_ACCURACY} accuracy and {paired.MARK_AUC} AUC differ from the RGB row of "
+        f"the same setting at the {paired.ALPHA:g} level after Holm's correction across the "
+        f"{compared} compared row(s), separately per test: {paired.MARK_ACCURACY} two-sided exact "
+        f"McNemar test on per-image correctness at threshold {paired.THRESHOLD:g}, "
+        f"{paired.MARK_AUC} two-sided paired permutation test of the AUC difference "
+        f"({paired.RESAMPLES} random swaps, seeded). Both on the same test images: predictions "
+        "joined by image path, only images both rows scored."
+    )
+    if pooled:
+        text += (
+            " With several seeds, each seed is paired with the same seed of the RGB row and the "
+            "paired images of all seeds are pooled into one test."
+        )
+    return text + " Raw and Holm-adjusted p-values: CSV columns p_mcnemar(_holm), p_auc(_holm)."
+
+
 def ablation_table(
     frame: pd.DataFrame,
     metric: str = "test_accuracy",
     literature: bool = False,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
+    predictions: dict[str, pd.DataFrame] | None = None,
 ) -> Table:
     """The feature ablation shaped like the paper's: one row per feature set and setting.
 
@@ -543,11 +598,19 @@ def ablation_table(
         metric: A metric in [0, 1] shown in percent (``test_accuracy``, ``test_auc``, ...).
         literature: Add the paper's published ablation as its own block.
         level: Coverage of the bootstrap intervals.
-        seed: Seed of the bootstrap.
+        seed: Seed of the bootstrap and of the permutation test.
+        predictions: ``{run_id: test predictions}`` (``analysis.runs.load_all_predictions``):
+            each row is then tested against its setting's RGB row on the same images
+            (``analysis.paired``: exact McNemar for accuracy, paired permutation test for AUC,
+            Holm across rows per test) and marked ``*`` / ``†`` where significant at 0.05.
 
     Returns:
         Columns Setting, Features, the metric (%), 95% CI, Δ vs RGB (pp), Δ 95% CI, n (the
         interval and n columns only when seeds replicate); best and second marked per setting.
+        With one seed per row and the runs' own intervals (``<metric>_ci_low``/``_ci_high``,
+        bootstrap over test images), a "95% CI (images)" column instead. With predictions,
+        significance marks on Δ and the p-values in the frame (CSV): ``paired_images``,
+        ``paired_seeds``, ``p_mcnemar``, ``p_mcnemar_holm``, ``p_auc``, ``p_auc_holm``.
 
     Raises:
         KeyError: The runs lack ``metric`` or ``features``.
@@ -560,9 +623,13 @@ def ablation_table(
     grouped = group_replicates(frame, metrics=[metric], level=level, seed=seed)
     keys = [k for k in grouped.attrs["grouped_by"] if k != "features"]
     varying = [k for k in keys if grouped[k].astype(str).nunique() > 1]
-    per_run = frame.set_index("run_id")[metric] if "run_id" in frame else None
+    indexed = frame.set_index("run_id") if "run_id" in frame else None
+    per_run = indexed[metric] if indexed is not None else None
+    seed_of = indexed["seed"] if indexed is not None and "seed" in indexed else None
+    image_ci = [f"{metric}_ci_low", f"{metric}_ci_high"]
+    has_image_ci = indexed is not None and all(c in indexed for c in image_ci)
 
-    rows = []
+    rows, comparisons = [], []
     setting_ids = (
         grouped.groupby(keys, dropna=False, sort=False).ngroup()
         if keys
@@ -574,7 +641,7 @@ def ablation_table(
         setting = setting.sort_values(
             "features", key=lambda s: s.map(feature_sort_key), kind="stable"
         )
-        label = _setting_label(setting.iloc[0], varying)
+        label = setting_label(setting.iloc[0], varying)
         base = setting[setting["features"].map(feature_extras) == ()]
         base_value = base[metric].iloc[0] * 100 if len(base) else np.nan
         base_runs = (
@@ -590,6 +657,19 @@ def ablation_table(
                 if is_base
                 else bootstrap_diff_ci(runs, base_runs, level, seed=seed)
             )
+            image_low, image_high = (
+                indexed.loc[row["run_ids"].split(",")[0], image_ci].to_numpy(dtype=float) * 100
+                if has_image_ci and row["n"] == 1
+                else (np.nan, np.nan)
+            )
+            if not is_base and len(base):
+                comparisons.append(
+                    (
+                        len(rows),
+                        _seed_runs(row["run_ids"], seed_of),
+                        _seed_runs(base["run_ids"].iloc[0], seed_of),
+                    )
+                )
             rows.append(
                 {
                     "block": "ours",
@@ -600,6 +680,8 @@ def ablation_table(
                     "value_std": row[f"{metric}_std"] * 100,
                     "value_ci_low": row[f"{metric}_ci_low"] * 100,
                     "value_ci_high": row[f"{metric}_ci_high"] * 100,
+                    "value_image_ci_low": image_low,
+                    "value_image_ci_high": image_high,
                     "delta": np.nan if is_base else row[metric] * 100 - base_value,
                     "delta_ci_low": low * 100,
                     "delta_ci_high": high * 100,
@@ -609,6 +691,19 @@ def ablation_table(
                     "source": "this study (MLflow runs)",
                 }
             )
+
+    significance = None
+    if predictions and comparisons:
+        significance = paired.compare_with_baselines(
+            [(a, b) for _, a, b in comparisons], predictions, seed=seed
+        )
+        if not (significance["paired_images"] > 0).any():
+            significance = None  # no row has predictions paired with its baseline's
+        else:
+            significance.index = [i for i, _, _ in comparisons]
+            for i in significance.index:
+                rows[i].update(significance.loc[i].to_dict())
+
     if literature:
         rows = _published_ablation() + rows
     empty = pd.DataFrame(
@@ -619,14 +714,19 @@ def ablation_table(
         "value_std",
         "value_ci_low",
         "value_ci_high",
+        "value_image_ci_low",
+        "value_image_ci_high",
         "delta_ci_low",
         "delta_ci_high",
         "n",
     ):
         if column not in table:
             table[column] = np.nan
+    if significance is not None:
+        table["marks"] = table["marks"].fillna("") if "marks" in table else ""
 
     replicated = bool((table["n"] > 1).any())
+    image_intervals = not replicated and bool(table["value_image_ci_low"].notna().any())
     name = metric.removeprefix("test_").removeprefix("val_").replace("_", " ")
     header = (
         "Accuracy (%)" if name == "accuracy" else f"{name.upper() if len(name) <= 3 else name} (%)"
@@ -646,7 +746,26 @@ def ablation_table(
                 interval=("value_ci_low", "value_ci_high"),
             )
         )
-    columns.append(Column("delta", "Δ vs RGB (pp)", r"$\Delta$ vs RGB (pp)", 2, signed=True))
+    elif image_intervals:
+        columns.append(
+            Column(
+                "value_image_ci_low",
+                "95% CI (images)",
+                r"95\% CI (images)",
+                2,
+                interval=("value_image_ci_low", "value_image_ci_high"),
+            )
+        )
+    columns.append(
+        Column(
+            "delta",
+            "Δ vs RGB (pp)",
+            r"$\Delta$ vs RGB (pp)",
+            2,
+            signed=True,
+            suffix="marks" if significance is not None else None,
+        )
+    )
     if replicated:
         columns.append(
             Column(
@@ -666,12 +785,25 @@ def ablation_table(
         f"{' (mean ± std over seeds)' if replicated else ''} and its difference to RGB alone "
         "in the same setting. Mag. = Sobel gradient magnitude."
     )
+    if significance is not None:
+        caption += (
+            f" {paired.MARK_ACCURACY}/{paired.MARK_AUC}: accuracy/AUC significantly different "
+            "from RGB (Holm-corrected)."
+        )
     notes = []
     if replicated:
         notes.append(
             f"{int(level * 100)}% CI: percentile bootstrap over seeds (seeded); Δ CI resamples "
             "both feature sets independently. Coarse with few seeds."
         )
+    elif image_intervals:
+        notes.append(
+            "95% CI (images): one seed per row; percentile bootstrap over the test images "
+            f"(1000 resamples, seeded) as the runner logs it ({image_ci[0]}, {image_ci[1]})."
+        )
+    if significance is not None:
+        pooled = any("," in str(s) for s in significance["paired_seeds"])
+        notes.append(_significance_note(significance, pooled))
     if literature:
         notes.append(
             f"Published rows: {SHORT_CITATION}, feature ablation (accuracy), quoted verbatim; "
@@ -680,3 +812,363 @@ def ablation_table(
     if provenance.synthetic:
         notes.append("Synthetic data: these numbers are not comparable with published results.")
     return Table(table, columns, caption, "tab:ablation", notes, provenance, mark_within="setting")
+
+
+# --- the evaluation protocol (analysis.protocol) --------------------------------------------------
+
+
+def _ordered(grouped: pd.DataFrame) -> pd.DataFrame:
+    """Configurations in the ablation's order: settings as they first appear, feature sets in the
+    paper's order within each."""
+    keys = [k for k in grouped.attrs.get("grouped_by", []) if k != "features" and k in grouped]
+    setting = (
+        grouped.groupby(keys, dropna=False, sort=False).ngroup()
+        if keys
+        else pd.Series(0, grouped.index)
+    )
+    features = (
+        grouped["features"].map(feature_sort_key)
+        if "features" in grouped
+        else pd.Series([()] * len(grouped), grouped.index)
+    )
+    order = sorted(grouped.index, key=lambda i: (setting[i], features[i]))
+    out = grouped.loc[order]
+    out.attrs.update(grouped.attrs)
+    return out
+
+
+def _cells(grouped: pd.DataFrame) -> tuple[pd.DataFrame, list[Column]]:
+    """The columns that name a configuration, as the results tables do: Model, Backbone (frozen or
+    trainable), Features; "Trained on" when the dataset varies and "Other" for the other axes
+    that vary; with ``n``, ``seeds`` and ``run_ids`` for the CSV."""
+    varying = grouped.attrs.get("varying", [])
+    out = pd.DataFrame(index=grouped.index)
+    out["block"] = "ours"
+    out["model"] = grouped["model"] if "model" in grouped else grouped.get("backbone", DASH)
+    out["backbone"] = [
+        _state(v) for v in grouped.get("freeze_backbone", pd.Series(None, grouped.index))
+    ]
+    out["features"] = [
+        feature_label(f) for f in grouped.get("features", pd.Series("rgb", grouped.index))
+    ]
+    columns = [
+        Column("model", "Model", "Model"),
+        Column("backbone", "Backbone", "Backbone"),
+        Column("features", "Features", "Features"),
+    ]
+    if "dataset" in varying:
+        out["trained_on"] = [
+            DATASET_NAMES.get(d, d).removeprefix("the ") for d in grouped["dataset"]
+        ]
+        columns.append(Column("trained_on", "Trained on", "Trained on"))
+    others = [k for k in varying if k not in ("backbone", "features", "freeze_backbone", "dataset")]
+    if others:
+        out["other"] = [", ".join(f"{k}={row[k]}" for k in others) for _, row in grouped.iterrows()]
+        columns.append(Column("other", "Other", "Other"))
+    for column in ("n", "seeds", "run_ids"):
+        out[column] = grouped[column] if column in grouped else np.nan
+    return out, columns
+
+
+def _scaled(out: pd.DataFrame, grouped: pd.DataFrame, source: str, key: str, scale: float) -> None:
+    out[key] = grouped[source] * scale if source in grouped else np.nan
+    std = f"{source}_std"
+    out[f"{key}_std"] = grouped[std] * scale if std in grouped else np.nan
+
+
+def _protocol_table(
+    frame: pd.DataFrame,
+    grouped: pd.DataFrame,
+    values: list[tuple[str, float, Column]],
+    caption: str,
+    label: str,
+    notes: list[str],
+) -> Table:
+    """A table of configurations: the naming columns, then ``values`` as ``(source column,
+    scale, column)`` (a column's std is ``<key>_std``, shown when seeds replicate)."""
+    grouped = _ordered(grouped)
+    out, columns = _cells(grouped)
+    replicated = bool((out["n"] > 1).any())
+    for source, scale, column in values:
+        _scaled(out, grouped, source, column.key, float(scale))
+        columns.append(
+            Column(
+                column.key,
+                column.markdown,
+                column.latex,
+                column.decimals,
+                column.better,
+                std=f"{column.key}_std" if replicated else None,
+            )
+        )
+    if replicated:
+        columns.append(Column("n", "n", "$n$", 0))
+        caption = caption.rstrip(".") + " (mean ± std over seeds)."
+    provenance = Provenance.from_runs(frame)
+    if provenance.synthetic:
+        notes = [*notes, "Synthetic data: these numbers are not comparable with published results."]
+    return Table(out.reset_index(drop=True), columns, caption, label, notes, provenance)
+
+
+def _set_header(test_set: str) -> str:
+    return "Own test" if test_set == protocol.OWN_TEST else test_set
+
+
+def _count_text(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "?"
+    low, high = int(values.min()), int(values.max())
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def has_cross_dataset(frame: pd.DataFrame) -> bool:
+    """Whether the runs were evaluated on extra test sets (a study's ``evaluate:``)."""
+    return bool(protocol.extra_test_sets(frame))
+
+
+def cross_dataset_table(frame: pd.DataFrame) -> Table:
+    """Cross-dataset evaluation: each cell on its own test split and on every extra test set.
+
+    Args:
+        frame: Runs of ``load_runs`` (seeds are folded: mean ± std).
+
+    Returns:
+        Rows: configurations (Model, Backbone, Features, ...); columns: accuracy (threshold 0.5)
+        and AUC in percent on the own test split, then on each extra test set (``eval_<set>_*``);
+        the CSV adds the sets' image counts (``count_<set>``).
+
+    Raises:
+        ValueError: The runs have no extra test set.
+    """
+    sets = protocol.evaluated_sets(frame)
+    if not protocol.extra_test_sets(frame):
+        raise ValueError("cross_dataset_table: the runs have no extra test set (eval_<set>_*)")
+    grouped, _ = protocol.cross_dataset(frame)
+    values = []
+    for test_set in sets:
+        header = _set_header(test_set)
+        for metric, name in (("accuracy", "Acc."), ("auc", "AUC")):
+            values.append(
+                (
+                    protocol.metric_column(test_set, metric),
+                    100,
+                    Column(
+                        f"{metric}_{test_set}",
+                        f"{header} {name} (%)",
+                        _latex_escape(f"{header} {name} (%)"),
+                        2,
+                        "higher",
+                    ),
+                )
+            )
+    counts = {
+        s: grouped[protocol.metric_column(s, "count")]
+        for s in sets
+        if protocol.metric_column(s, "count") in grouped
+    }
+    datasets = sorted(grouped["dataset"].dropna().unique()) if "dataset" in grouped else []
+    trained = ", ".join(DATASET_NAMES.get(d, d) for d in datasets) or "the study's data"
+    notes = [
+        f"Own test: the test split of the data each cell was trained on ({trained}); "
+        f"{_count_text(counts[protocol.OWN_TEST])} images."
+        if protocol.OWN_TEST in counts
+        else f"Own test: the test split of the data each cell was trained on ({trained}).",
+        "Extra test sets (the study file's evaluate: list), never seen in training or checkpoint "
+        "selection: "
+        + "; ".join(
+            f"{s} ({_count_text(counts[s])} images)" if s in counts else s
+            for s in sets
+            if s != protocol.OWN_TEST
+        )
+        + ".",
+        "Accuracy at threshold 0.5 on the fake probability; AUC ranks fakes against reals.",
+    ]
+    table = _protocol_table(
+        frame,
+        grouped,
+        values,
+        "Cross-dataset evaluation: accuracy and AUC (%) of each cell on its own test split and on "
+        "each extra test set (checkpoint selected on validation).",
+        "tab:cross-dataset",
+        notes,
+    )
+    for test_set, count in counts.items():
+        table.frame[f"count_{test_set}"] = count.loc[_ordered(grouped).index].to_numpy()
+    return table
+
+
+def per_source_table(frame: pd.DataFrame, test_set: str = protocol.OWN_TEST) -> Table:
+    """Per-source results on one test split: accuracy of every source and AUC of every generator.
+
+    Args:
+        frame: Runs of ``load_runs``.
+        test_set: ``analysis.protocol.OWN_TEST`` (the cell's own test split, ``source_*``) or an
+            extra test set (``eval_<set>_source_*``).
+
+    Returns:
+        Rows: configurations; columns: per real source its accuracy (share called real), per
+        fake source its accuracy (share detected) and AUC against all real images of the split,
+        in percent; the CSV adds ``count_<source>``.
+
+    Raises:
+        ValueError: The runs have no per-source metrics for that split.
+    """
+    found = protocol.sources(frame, test_set)
+    if not found:
+        raise ValueError(f"per_source_table: no per-source metrics for test set {test_set!r}")
+    grouped, _ = protocol.per_source(frame, test_set)
+    values = []
+    for source, fake in found:
+        metrics = (("accuracy", "Acc."), ("auc", "AUC")) if fake else (("accuracy", "Acc."),)
+        for metric, name in metrics:
+            text = f"{source} {name} (%)"
+            values.append(
+                (
+                    protocol.source_column(test_set, source, metric),
+                    100,
+                    Column(f"{metric}_{source}", text, _latex_escape(text), 2, "higher"),
+                )
+            )
+    where = (
+        "the own test split"
+        if test_set == protocol.OWN_TEST
+        else f"the extra test set {test_set}"
+    )
+    counts = {s: grouped.get(protocol.source_column(test_set, s, "count")) for s, _ in found}
+    reals = [s for s, fake in found if not fake]
+    notes = [
+        "Images per source: "
+        + ", ".join(
+            f"{s} {_count_text(c) if c is not None else '?'}{' (real)' if s in reals else ''}"
+            for s, c in counts.items()
+        )
+        + ".",
+        "Accuracy at threshold 0.5: for a real source the share called real, for a generator the "
+        "share detected. A generator's AUC ranks its fakes against all real images of the split.",
+    ]
+    table = _protocol_table(
+        frame,
+        grouped,
+        values,
+        f"Per-source results on {where}: accuracy (%) of every source and AUC (%) of every "
+        "generator.",
+        f"tab:per-source-{test_set}",
+        notes,
+    )
+    order = _ordered(grouped).index
+    for source, count in counts.items():
+        if count is not None:
+            table.frame[f"count_{source}"] = count.loc[order].to_numpy()
+    return table
+
+
+def has_robustness(frame: pd.DataFrame) -> bool:
+    """Whether the runs were evaluated under test-time perturbations (a study's ``robustness:``)."""
+    return bool(protocol.robustness_keys(frame))
+
+
+ROBUSTNESS_NOTES = {
+    "jpeg": "JPEG qN: each test image re-encoded by Pillow at quality N",
+    "blur": "blur σs: Gaussian blur of standard deviation s pixels",
+    "resize": "resize ×s: down-scaled by s (bilinear) and back to its size",
+    "chain": "chain <name>: the study file's chain of these steps, applied in order",
+}
+
+
+def robustness_table(frame: pd.DataFrame, metric: str = "auc") -> Table:
+    """The test split clean and under every test-time perturbation (``bnn.data.perturb``).
+
+    Args:
+        frame: Runs of ``load_runs``.
+        metric: ``auc`` (default), ``accuracy`` or another ``bnn.protocol.ROBUST_METRICS`` in [0, 1].
+
+    Returns:
+        Rows: configurations; columns: Clean (``test_<metric>``) and one per perturbation
+        (``robust_<key>_<metric>``, JPEG, blur, resize by growing severity, then chains), in %.
+
+    Raises:
+        ValueError: The runs have no robustness metrics.
+    """
+    keys = protocol.robustness_keys(frame)
+    if not keys:
+        raise ValueError("robustness_table: the runs have no robust_<perturbation>_* metrics")
+    grouped, _ = protocol.robustness(frame, metrics=(metric,))
+    pretty = "AUC" if metric == "auc" else metric.replace("_", " ")
+    values = [(f"test_{metric}", 100, Column(f"{metric}_clean", "Clean", "Clean", 2, "higher"))]
+    values += [
+        (
+            f"{protocol.ROBUST_PREFIX}{k.key}_{metric}",
+            100,
+            Column(f"{metric}_{k.key}", k.label(), _latex_escape(k.label()), 2, "higher"),
+        )
+        for k in keys
+    ]
+    kinds = list(dict.fromkeys(k.kind for k in keys))
+    notes = [
+        "Clean: the unperturbed test split. "
+        + "; ".join(ROBUSTNESS_NOTES[k] for k in kinds if k in ROBUSTNESS_NOTES)
+        + ". Each perturbation is applied to the decoded image before the preprocessing.",
+    ]
+    return _protocol_table(
+        frame,
+        grouped,
+        values,
+        f"Robustness: test {pretty} (%) of each cell on its test split, clean and under each "
+        "test-time perturbation.",
+        "tab:robustness",
+        notes,
+    )
+
+
+def calibration_table(frame: pd.DataFrame, split: str = "test") -> Table:
+    """Calibration and operating points of each cell on its test split.
+
+    Args:
+        frame: Runs of ``load_runs``.
+        split: ``test`` (default) or ``val``.
+
+    Returns:
+        Rows: configurations; columns ECE (%), Brier score, accuracy at 0.5 (%), accuracy at the
+        threshold chosen on validation (%), TPR at FPR = 1% and 0.1% (%); the CSV adds the
+        validation threshold (``val_eer_threshold``).
+
+    Raises:
+        KeyError: The runs lack ``<split>_ece``.
+    """
+    _require(frame, [f"{split}_ece"], "calibration_table")
+    grouped = protocol.calibration(frame, split)
+    spec = {
+        "ece": ("ECE (%)", r"ECE (\%)", 100, 2, "lower"),
+        "brier": ("Brier", "Brier", 1, 4, "lower"),
+        "accuracy": ("Acc. @0.5 (%)", r"Acc.\ @0.5 (\%)", 100, 2, "higher"),
+        "accuracy_valthr": ("Acc. @val. thr. (%)", r"Acc.\ @val.\ thr.\ (\%)", 100, 2, "higher"),
+        "tpr_at_fpr_1pct": ("TPR @FPR 1% (%)", r"TPR @FPR 1\% (\%)", 100, 2, "higher"),
+        "tpr_at_fpr_0p1pct": ("TPR @FPR 0.1% (%)", r"TPR @FPR 0.1\% (\%)", 100, 2, "higher"),
+    }
+    values = [
+        (f"{split}_{m}", scale, Column(m, md, tex, decimals, better))
+        for m, (md, tex, scale, decimals, better) in spec.items()
+        if f"{split}_{m}" in grouped
+    ]
+    notes = [
+        "ECE: expected calibration error, top-label definition with 15 equal-width confidence "
+        "bins (Guo et al., ICML 2017). Brier: mean squared error of the fake probability.",
+        "Acc. @val. thr.: accuracy at the equal-error-rate threshold chosen on the validation "
+        "split (CSV: val_eer_threshold), the threshold a deployed detector would use.",
+        "TPR @FPR x: the largest share of fakes detected at a threshold that calls at most x of "
+        "the real images fake (no interpolation); with fewer than 1/x real images that means "
+        "no false positive at all.",
+    ]
+    table = _protocol_table(
+        frame,
+        grouped,
+        values,
+        f"Calibration and operating points on the {'test' if split == 'test' else 'validation'} "
+        "split.",
+        f"tab:calibration-{split}",
+        notes,
+    )
+    if "val_eer_threshold" in grouped:
+        table.frame["val_eer_threshold"] = _ordered(grouped)["val_eer_threshold"].to_numpy()
+    return table

@@ -16,7 +16,11 @@ examples:
 
 writes figure1.png/.pdf/.svg, learning_curves.*, roc_front.*, results_<dataset>.md/.tex/.csv,
 ablation.md/.tex/.csv, report.ipynb (executed) and report.html (no code), and logs them as
-artifacts "report/" of the study's parent MLflow run.
+artifacts "report/" of the study's parent MLflow run. Where the study has their data, also:
+cross_dataset.* and cross_dataset_auc.* (extra test sets), per_source.* and per_source_<set>.*,
+robustness.* and robustness_curves.* (perturbations), reliability.* (test predictions) and
+calibration.*; the ablation then marks rows that differ from RGB alone (McNemar, AUC permutation
+test, Holm-corrected).
 
 exit status: 0 success; 1 a notebook cell failed (its error and the tail of the notebook's
 traceback are printed); 2 invalid input: no such study (the experiments at the tracking URI are

@@ -39,6 +39,7 @@ next invocation enqueues both again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -637,26 +638,35 @@ class Runner:
                 if cell_id in self.cells and is_finished(t) and "mlflow_run_id" in t.user_attrs}
         if not done:
             return
-        logged = read_cell_metrics(self.study.tracking_uri, self.study.name, done.values())
-        for cell_id, run_id in done.items():
-            self._check_signal()
-            have = logged.get(run_id, {})
+        def missing(have: dict[str, float]) -> tuple[list, list]:
             sets = [s for s in self.study.test_sets if not s.skip_reason
                     and not set(protocol_metric_names([s], [])) <= set(have)]
-            perturbations = [p for p in self.study.perturbations if not set(protocol_metric_names([], [p])) <= set(have)]
-            if not sets and not perturbations:
-                continue
-            checkpoint = Path(self.cells[cell_id].config.output_dir) / "best.pt"
-            if not checkpoint.is_file():
-                log.warning("cell %s: cannot add %s: its checkpoint %s is gone", cell_id,
-                            ", ".join([s.name for s in sets] + [p.key for p in perturbations]), checkpoint)
-                continue
-            log.info("cell %s: evaluating its checkpoint on %s (added to the study after it finished)", cell_id,
-                     ", ".join([s.name for s in sets] + [p.key for p in perturbations]))
-            threshold = have.get("val_eer_threshold")
-            scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint, threshold, lambda: bool(self.stop),
-                                              sets, perturbations)
-            self.tracker.log_scalars(run_id, scalars)
+            return sets, [p for p in self.study.perturbations if not set(protocol_metric_names([], [p])) <= set(have)]
+
+        logged = read_cell_metrics(self.study.tracking_uri, self.study.name, done.values())
+        lacking = [cell_id for cell_id, run_id in done.items() if any(missing(logged.get(run_id, {})))]
+        # Workers sharing the study take the cells in different orders, and a cell's lock makes
+        # the others skip what one of them added meanwhile.
+        lacking.sort(key=lambda c: hashlib.sha256(f"{os.getpid()}:{c}".encode()).digest())
+        engine = getattr(self.storage, "engine", None)
+        for cell_id in lacking:
+            self._check_signal()
+            run_id = done[cell_id]
+            with study_lock(self.study.storage, engine, f"protocol of {cell_id} in {self.study.name}"):
+                have = dict(self.tracker.client.get_run(run_id).data.metrics)
+                sets, perturbations = missing(have)
+                if not sets and not perturbations:
+                    continue
+                checkpoint = Path(self.cells[cell_id].config.output_dir) / "best.pt"
+                added = ", ".join([s.name for s in sets] + [p.key for p in perturbations])
+                if not checkpoint.is_file():
+                    log.warning("cell %s: cannot add %s: its checkpoint %s is gone", cell_id, added, checkpoint)
+                    continue
+                log.info("cell %s: evaluating its checkpoint on %s (added to the study after it finished)",
+                         cell_id, added)
+                scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint, have.get("val_eer_threshold"),
+                                                  lambda: bool(self.stop), sets, perturbations)
+                self.tracker.log_scalars(run_id, scalars)
             self.on_event("cell_protocol", {"cell": self.cells[cell_id], "metrics": len(scalars)})
 
     def _label(self, trial: optuna.Trial, cell_id: str) -> str:

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from studies import StudyFileError, load_study
 from studies.__main__ import main
+from studies.record import ARTIFACT_PLOTS
 from studies.runner import Runner
 from studies.spec import BUNDLED_DIR
 
@@ -231,7 +232,7 @@ def test_study_end_to_end_mlflow_record_and_rerun(tmp_path, capsys):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "checkpoint", "plots", "predictions", "metrics"} <= artifacts
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert plots == {"plots/roc.png", "plots/confusion_matrix.png"}
+        assert plots == {ARTIFACT_PLOTS}
     trials = _trials(tmp_path)
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in children}

@@ -3,13 +3,21 @@
 Reads MLflow only (the record written by ``studies``; see ``analysis.runs`` for the contract).
 
 Modules:
-    runs: ``load_runs``, ``group_replicates``, ``load_epoch_history``, ``load_roc``.
+    runs: ``load_runs``, ``group_replicates``, ``load_epoch_history``, ``load_roc``,
+        ``load_predictions`` (per-image test predictions, cached per run).
     stats: seeded bootstrap confidence intervals.
     pareto: ``pareto_front`` for any (cost, quality) pair.
     literature: the published numbers of Lanzino et al. (CVPRW 2024), shipped as a CSV.
     provenance: study, run ids, git commit and time attached to every table and figure.
-    tables: results tables (Tables 1-3 of the paper) and the feature ablation (Table 4).
-    plots: Figure 1 (accuracy against OPs), learning curves, ROC curves (Agg backend).
+    protocol: the evaluation protocol's metrics (extra test sets, per source, robustness,
+        calibration) and reliability points as frames per configuration.
+    significance: paired tests (McNemar, AUC permutation test) and Holm's correction.
+    paired: ablation rows against their RGB baseline on the same test images.
+    tables: results tables (Tables 1-3 of the paper), the feature ablation (Table 4) with its
+        significance marks, and the protocol's cross-dataset, per-source, robustness and
+        calibration tables.
+    plots: Figure 1 (accuracy against OPs), learning curves, ROC curves, the cross-dataset heat
+        map, robustness curves and reliability diagrams (Agg backend).
 """
 
 from __future__ import annotations

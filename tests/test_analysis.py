@@ -473,6 +473,26 @@ def test_group_replicates_by(frame):
     }
 
 
+def test_group_replicates_keeps_the_seed_interval_beside_a_runs_own(frame):
+    """A run's own interval over images (``test_accuracy_ci_low``, as the runner logs it) has the
+    name of the seed-bootstrap column: the seed interval must win, not a mean of run intervals."""
+    with_image_ci = frame.assign(test_accuracy_ci_low=0.0, test_accuracy_ci_high=1.0)
+    metrics = [*frame.attrs["metrics"], "test_accuracy_ci_low", "test_accuracy_ci_high"]
+    with_image_ci.attrs = {**frame.attrs, "metrics": metrics}
+    grouped = runs.group_replicates(with_image_ci)
+    reference = runs.group_replicates(frame)
+    pd.testing.assert_series_equal(
+        grouped["test_accuracy_ci_low"], reference["test_accuracy_ci_low"]
+    )
+    assert grouped["test_accuracy_ci_high"].max() < 1.0
+
+
+def test_predictions_of_runs_without_the_artifact(record, frame):
+    assert runs.load_all_predictions(frame["run_id"], record.tracking_uri) == {}
+    with pytest.raises(FileNotFoundError, match="predictions/test_predictions.csv"):
+        runs.load_predictions(frame["run_id"].iloc[0], record.tracking_uri)
+
+
 def test_bootstrap_ci_is_seeded_and_covers_the_mean():
     values = [0.90, 0.92, 0.91, 0.95]
     low, high = stats.bootstrap_ci(values, seed=3)

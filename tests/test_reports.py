@@ -98,6 +98,29 @@ def test_render_writes_every_file(rendered):
     assert str(out) in result.stdout
 
 
+# What a study adds with the evaluation protocol's data (see tests/test_protocol_report.py).
+PROTOCOL_STEMS = (
+    "cross_dataset",
+    "cross_dataset_auc",
+    "per_source",
+    "robustness",
+    "robustness_curves",
+    "reliability",
+    "calibration",
+)
+
+
+def test_render_without_protocol_data_has_no_protocol_sections(rendered):
+    """The demo record has no extra test sets, perturbations, per-source or calibration metrics
+    and no predictions: none of those files, and no empty section."""
+    _, out = rendered
+    assert not [p.name for p in out.iterdir() if p.stem.startswith(PROTOCOL_STEMS)]
+    html = (out / "report.html").read_text()
+    for heading in ("Cross-dataset", "Per-source", "Robustness", "Calibration"):
+        assert heading not in html
+    assert "significantly different" not in (out / "ablation.md").read_text()
+
+
 def test_render_png_is_a_real_image(rendered):
     _, out = rendered
     for name in ("figure1.png", "learning_curves.png", "roc_front.png"):

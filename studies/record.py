@@ -54,7 +54,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.utils import mlflow_tags
+# MLflow's usage telemetry keeps its session id in os.environ and removes it from a background
+# thread when it gives up (no internet here); a request iterating os.environ at that moment (the
+# proxy lookup of ``requests``) fails with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'. Seen as a
+# failed log_batch with 8 workers on an MLflow server (benchmarks/scaleout.py). Off unless the user
+# set it; every process of a study (and the MLflow server ``studies ui`` starts) inherits this.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow.utils import mlflow_tags  # noqa: E402  (after the telemetry switch above)
 
 from studies.db_setup import retry_on_race, sqlite_path
 

@@ -551,3 +551,19 @@ def test_sigint_to_the_workers_parent_stops_every_worker_with_130(tmp_path):
     trials = _trials(tmp_path)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert sorted("SIGINT" in t.user_attrs.get("failure", "") for t in trials if t.state == TrialState.FAIL) == [True, True]
+
+
+@pytest.mark.parametrize("given", [None, "false"])
+def test_mlflow_telemetry_is_off_in_study_processes_unless_the_user_set_it(given):
+    """MLflow's telemetry thread removes its session id from os.environ while requests iterate it
+    (KeyError: '_MLFLOW_TELEMETRY_SESSION_ID' in a log_batch with 8 workers): studies turn it off."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    if given is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = given
+    code = "import os, studies.record; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (given or "true")

@@ -151,6 +151,7 @@ ARTIFACT_STUDY_DIR = "study"
 ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_ROC = "metrics/roc_test.json"
 ARTIFACT_PLOTS = "plots/test_roc_confusion.png"  # ROC and confusion matrix of the test split
+ARTIFACT_CHECKPOINT_DIR = "checkpoint"  # best.pt, when the study logs checkpoints
 ARTIFACT_PREDICTIONS = "predictions/test_predictions.csv"  # per test image, PREDICTION_COLUMNS
 PREDICTION_COLUMNS = ("path", "label", "prob_fake", "source")
 DATASET_SOURCE_TYPE = "local"
@@ -437,7 +438,7 @@ class Tracker:
             self._log_predictions(run_id, result, tmp)
             self._log_plots(run_id, result, tmp)
         if self.study.spec.log_checkpoint:
-            self.client.log_artifact(run_id, str(result.checkpoint), artifact_path="checkpoint")
+            self.client.log_artifact(run_id, str(result.checkpoint), artifact_path=ARTIFACT_CHECKPOINT_DIR)
 
     def log_scalars(self, run_id: str, scalars: dict[str, float]) -> None:
         """Adds final metrics to a finished cell's run (the protocol of entries added later)."""

@@ -43,6 +43,7 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 import warnings
@@ -59,7 +60,7 @@ from bnn.train import EpochStats, FitInterrupted, fit
 from studies.db_setup import open_shared, sqlite_path, study_lock
 from studies.distill import Teacher
 from studies.objective import not_comparable_reason, objective_value
-from studies.record import Tracker, create_mlflow_schema, read_cell_metrics
+from studies.record import ARTIFACT_CHECKPOINT_DIR, Tracker, create_mlflow_schema, read_cell_metrics
 from studies.spec import Cell, Study, set_dotted
 
 log = logging.getLogger(__name__)
@@ -657,17 +658,32 @@ class Runner:
                 sets, perturbations = missing(have)
                 if not sets and not perturbations:
                     continue
-                checkpoint = Path(self.cells[cell_id].config.output_dir) / "best.pt"
                 added = ", ".join([s.name for s in sets] + [p.key for p in perturbations])
-                if not checkpoint.is_file():
-                    log.warning("cell %s: cannot add %s: its checkpoint %s is gone", cell_id, added, checkpoint)
-                    continue
-                log.info("cell %s: evaluating its checkpoint on %s (added to the study after it finished)",
-                         cell_id, added)
-                scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint, have.get("val_eer_threshold"),
-                                                  lambda: bool(self.stop), sets, perturbations)
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint = self._kept_checkpoint(cell_id, run_id, Path(tmp))
+                    if checkpoint is None:
+                        log.warning("cell %s: cannot add %s: its checkpoint is neither in %s nor logged to MLflow "
+                                    "(log_checkpoint)", cell_id, added, self.cells[cell_id].config.output_dir)
+                        continue
+                    log.info("cell %s: evaluating its checkpoint %s on %s (added to the study after it finished)",
+                             cell_id, checkpoint, added)
+                    scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint,
+                                                      have.get("val_eer_threshold"), lambda: bool(self.stop), sets,
+                                                      perturbations)
                 self.tracker.log_scalars(run_id, scalars)
             self.on_event("cell_protocol", {"cell": self.cells[cell_id], "metrics": len(scalars)})
+
+    def _kept_checkpoint(self, cell_id: str, run_id: str, tmp: Path) -> Path | None:
+        """A finished cell's selected checkpoint: ``<runs_dir>/<cell>/best.pt`` on this machine, else
+        the copy logged to its MLflow run (``log_checkpoint``, downloaded into ``tmp``), else None."""
+        local = Path(self.cells[cell_id].config.output_dir) / "best.pt"
+        if local.is_file():
+            return local
+        try:
+            return Path(self.tracker.client.download_artifacts(run_id, f"{ARTIFACT_CHECKPOINT_DIR}/best.pt", str(tmp)))
+        except Exception as err:  # MLflow raises its own or OSError types for a missing artifact
+            log.debug("cell %s: no logged checkpoint: %s", cell_id, err)
+            return None
 
     def _label(self, trial: optuna.Trial, cell_id: str) -> str:
         """How the summary names an attempt: the cell id, with the trial number in a search (two

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,11 +207,17 @@ def test_a_given_missing_root_is_an_error_before_anything_is_created(tmp_path, c
 # ---------------------------------------------------------------- a real study
 
 
+def metrics_cells(root: Path) -> list[str]:
+    """The cell folders of the ``proto`` study, sorted."""
+    return sorted(p.name for p in (root / "runs" / "proto").iterdir() if p.is_dir())
+
+
 @pytest.mark.slow
 def test_study_logs_protocol_metrics_and_adds_new_entries_without_retraining(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("BNN_TEST_UNSET_ROOT", raising=False)
     unset = "  - {name: elsewhere, dataset: cifake, data_root: \"${BNN_TEST_UNSET_ROOT}\"}\n"
     path = _study(tmp_path, HELD_OUT + unset + "robustness:\n  - {kind: jpeg, levels: [75]}\n")
+    path.write_text(path.read_text().replace("log_checkpoint: false", "log_checkpoint: true"))
     with caplog.at_level(logging.WARNING):
         assert main(["run", str(path), "--quiet"]) == 0
     assert "extra test set elsewhere skipped: data_root ${BNN_TEST_UNSET_ROOT} names an unset environment " \
@@ -237,10 +244,12 @@ def test_study_logs_protocol_metrics_and_adds_new_entries_without_retraining(tmp
     before = {run_id: len(client.get_metric_history(run_id, "epoch_val_accuracy")) for run_id in metrics}
     path.write_text(path.read_text().replace("levels: [75]", "levels: [75, 30]}\n  - {kind: blur, levels: [1]")
                     .replace("[75, 30]}}", "[75, 30]}"))
+    shutil.rmtree(tmp_path / "runs" / "proto" / next(iter(metrics_cells(tmp_path))))  # one from MLflow's copy
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(["run", str(path), "--quiet"]) == 0
     assert caplog.text.count("(added to the study after it finished)") == 2
+    assert caplog.text.count("/runs/proto/") == 1  # the other checkpoint was downloaded from its run
     assert "epoch 0:" not in caplog.text  # nothing retrained
     after = read_cell_metrics(uri, "proto")
     for run_id, values in after.items():

@@ -107,7 +107,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from bnn.data import create_dataset
     from bnn.protocol import source_scalars
-    from bnn.train import evaluate, load_detector, make_loader, resolve_device
+    from bnn.train import evaluate, load_detector, make_loader, resolve_device, saved_val_threshold
 
     model, config = load_detector(args.checkpoint, args.device)
     dataset = args.dataset or config.dataset
@@ -116,15 +116,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     ds = create_dataset(dataset, args.split, root=root, resolution=config.resolution, **params)
     device = resolve_device(args.device)
     loader = make_loader(ds, config.model_copy(update={"batch_size": args.batch_size}), device, shuffle=False)
-    loss, metrics, predictions, skipped, ips = evaluate(model, loader, device, amp=config.amp, desc=args.split)
+    threshold = saved_val_threshold(args.checkpoint)
+    loss, metrics, predictions, skipped, ips = evaluate(model, loader, device, amp=config.amp, desc=args.split,
+                                                        val_threshold=threshold)
     report = {"split": args.split, "loss": loss, **metrics.scalars(), **source_scalars(predictions),
               "skipped_images": skipped, "images_per_second": ips}
     # NaN is not JSON: a metric that is not defined on this split (AUC, EER, AP on one class) is null.
     undefined = [k for k, v in report.items() if isinstance(v, float) and math.isnan(v)]
-    print(f"data: {ds.describe()}")
+    # What was evaluated goes to stderr, so stdout is one JSON document (``| python -m json.tool``).
+    print(f"data: {ds.describe()}", file=sys.stderr)
+    if threshold is None:
+        print("accuracy_valthr: this checkpoint has no stored validation threshold (written before it was "
+              "kept); the split's own equal-error-rate threshold is used", file=sys.stderr)
     if undefined:
         missing = "readable" if metrics.count == 0 else "real" if math.isnan(metrics.accuracy_real) else "fake"
-        print(f"not defined (no {missing} images in this split): {', '.join(undefined)} (null below)")
+        print(f"not defined (no {missing} images in this split): {', '.join(undefined)} (null below)", file=sys.stderr)
     print(json.dumps({k: None if k in undefined else v for k, v in report.items()}, indent=2))
     return 0
 

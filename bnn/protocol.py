@@ -19,6 +19,7 @@ The decision threshold chosen on validation (its equal-error-rate threshold) is 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from bnn.config import FitConfig
-from bnn.data import ImageDataset, create_dataset
+from bnn.data import SPLITS, ImageDataset, create_dataset
 from bnn.data.perturb import Perturbation
 from bnn.detector import Detector
 from bnn.metrics import Metrics, per_source_metrics
@@ -41,6 +42,7 @@ EVAL_METRICS = ("accuracy", "auc", "eer", "ap", "accuracy_real", "accuracy_fake"
 ROBUST_METRICS = ("accuracy", "auc", "eer", "ap", "accuracy_real", "accuracy_fake", "accuracy_valthr")
 EVAL_PREFIX, ROBUST_PREFIX, SOURCE_PREFIX = "eval_", "robust_", "source_"
 SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+ALL_SPLITS = "all"  # an extra test set's split: every image of the dataset (a folder of one generator's fakes)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,9 @@ class TestSet:
         dataset: A registered dataset (``bnn.data.list_datasets()``).
         data_root: Its folder; ``None``: the reader's environment variable or cache.
         data_params: Reader parameters (e.g. ``generators: [tconv4_x4]`` for the synthetic set).
-        split: Which split of that dataset is evaluated.
+        split: Which split of that dataset is evaluated: ``train``, ``val``, ``test`` or ``all``
+            (every image: for a set that exists only to be tested on, such as a flat
+            ``{REAL,FAKE}`` folder, whose ``test`` would be its 10% hash split).
         skip_reason: Set when the entry cannot be evaluated on this machine and is skipped with a
             logged warning (its root names an environment variable that is unset).
     """
@@ -64,14 +68,28 @@ class TestSet:
     split: str = "test"
     skip_reason: str | None = None
 
+    def definition(self) -> str:
+        """What defines the set's metrics (dataset, split, reader parameters) as one JSON line;
+        the root is left out (it differs between machines)."""
+        return json.dumps({"dataset": self.dataset, "split": self.split, "data_params": dict(self.data_params)},
+                          sort_keys=True, default=str)
+
     def load(self, resolution: int) -> ImageDataset:
         """The set's images with the evaluation preprocessing at ``resolution``.
 
         Raises:
             DatasetLayoutError, DatasetParamError, KeyError, ValueError: from ``create_dataset``.
         """
-        return create_dataset(self.dataset, self.split, root=self.data_root, resolution=resolution,
-                              **dict(self.data_params))
+        if self.split != ALL_SPLITS:
+            return create_dataset(self.dataset, self.split, root=self.data_root, resolution=resolution,
+                                  **dict(self.data_params))
+        parts = [create_dataset(self.dataset, split, root=self.data_root, resolution=resolution,
+                                **dict(self.data_params)) for split in SPLITS]
+        first = parts[0]
+        return ImageDataset([item for part in parts for item in part.items], name=first.name, split=ALL_SPLITS,
+                            description=f"{first.description.split(';')[0]} (all of train, val and test)",
+                            roots=first.roots, transform=first.transform,
+                            sources=[source for part in parts for source in part.sources])
 
 
 def protocol_metric_names(test_sets: Sequence[TestSet], perturbations: Sequence[Perturbation]) -> list[str]:

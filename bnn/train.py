@@ -35,6 +35,8 @@ from bnn.metrics import Metrics, bootstrap_ci, compute_metrics, per_source_metri
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+# Kept in best.pt: the decision threshold chosen on validation (its equal-error-rate threshold).
+VAL_THRESHOLD_KEY = "val_eer_threshold"
 
 
 @dataclass
@@ -508,9 +510,12 @@ def fit(
             callback(stats)
 
     # Selected checkpoint -> validation metrics and the single read of the test split.
-    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+    selected = torch.load(best_path, map_location=device, weights_only=False)
+    model.load_state_dict(selected["model"])
     _, val_metrics, _, _, _ = evaluate(
         model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val", should_stop)
+    if selected.get(VAL_THRESHOLD_KEY) != val_metrics.eer_threshold:  # for `bnn evaluate`'s accuracy_valthr
+        _save_atomic({**selected, VAL_THRESHOLD_KEY: val_metrics.eer_threshold}, best_path)
     test_loader = make_loader(splits["test"], config, device, shuffle=False)
     _, test_metrics, predictions, test_skipped, _ = evaluate(
         model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, "test", should_stop,
@@ -534,6 +539,13 @@ def fit(
         device=str(device),
         resumed_from_epoch=resumed_from,
     )
+
+
+def saved_val_threshold(checkpoint: str | os.PathLike) -> float | None:
+    """The validation threshold ``fit`` stored in ``best.pt`` (``None`` for older checkpoints)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    value = state.get(VAL_THRESHOLD_KEY) if isinstance(state, dict) else None
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Detector, FitConfig]:

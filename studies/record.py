@@ -100,6 +100,10 @@ TAG_DATA_DIGEST = "bnn.data_digest"  # "train:<digest>,val:<digest>,test:<digest
 TAG_DEVICE = "bnn.device"
 TAG_FAILURE = "bnn.failure"  # why a run is FAILED or KILLED
 TAG_NOT_COMPARABLE = "bnn.not_comparable"  # why a FINISHED run's objective is NaN
+# + an extra test set's name / a perturbation's key: the definition its eval_<set>_* / robust_<key>_*
+# metrics were computed with, so an entry changed in the study file is evaluated again.
+TAG_EVAL_PREFIX = "bnn.eval."
+TAG_ROBUST_PREFIX = "bnn.robust."
 TAG_VERSION_PREFIX = "version."  # version.<package> = installed version
 TRUE, FALSE = "true", "false"
 PACKAGES = ("torch", "timm", "mlflow", "optuna", "bnn-deepfake")
@@ -307,6 +311,13 @@ def dataset_inputs(result: FitResult):
     ]
 
 
+def protocol_tags(test_sets, perturbations) -> dict[str, str]:
+    """``TAG_EVAL_PREFIX + name`` -> the set's definition and ``TAG_ROBUST_PREFIX + key`` -> the
+    perturbation's description, for the entries evaluated (skipped sets left out)."""
+    tags = {f"{TAG_EVAL_PREFIX}{s.name}": s.definition() for s in test_sets if not s.skip_reason}
+    return tags | {f"{TAG_ROBUST_PREFIX}{p.key}": p.describe() for p in perturbations}
+
+
 class Tracker:
     """Writes one study's MLflow record through an explicit ``MlflowClient`` (no global state)."""
 
@@ -413,15 +424,16 @@ class Tracker:
         """Epochs whose metrics the run already holds (the steps of ``epoch_val_accuracy``)."""
         return {m.step for m in self.client.get_metric_history(run_id, _EPOCH_FIELDS["val_accuracy"])}
 
-    def log_result(self, run_id: str, result: FitResult, protocol: dict[str, float] | None = None) -> None:
+    def log_result(self, run_id: str, result: FitResult, protocol: dict[str, float] | None = None,
+                   protocol_tags: dict[str, str] | None = None) -> None:
         """Final metrics (``result.scalars()`` and the evaluation protocol's ``eval_*``/``robust_*``
-        scalars, ``bnn.protocol``), cost, data provenance (tags and dataset inputs) and artifacts
-        of a finished cell."""
+        scalars, ``bnn.protocol``, with their ``protocol_tags``), cost, data provenance (tags and
+        dataset inputs) and artifacts of a finished cell."""
         from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in {**result.scalars(), **(protocol or {})}.items()]
-        tags = [
+        tags = [*(RunTag(k, v[:TAG_MAX_LENGTH]) for k, v in (protocol_tags or {}).items()),
             RunTag(TAG_DATA, result.data["train"][:TAG_MAX_LENGTH]),
             RunTag(TAG_DATA_DIGEST, ",".join(f"{k}:{v}" for k, v in result.data_digest.items())),
             RunTag(TAG_DEVICE, result.device),
@@ -440,14 +452,24 @@ class Tracker:
         if self.study.spec.log_checkpoint:
             self.client.log_artifact(run_id, str(result.checkpoint), artifact_path=ARTIFACT_CHECKPOINT_DIR)
 
-    def log_scalars(self, run_id: str, scalars: dict[str, float]) -> None:
-        """Adds final metrics to a finished cell's run (the protocol of entries added later)."""
-        from mlflow.entities import Metric
+    def log_scalars(self, run_id: str, scalars: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        """Adds final metrics (and their ``protocol_tags``) to a finished cell's run: the protocol
+        of entries added or changed later."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in scalars.items()]
-        for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        run_tags = [RunTag(k, v[:TAG_MAX_LENGTH]) for k, v in (tags or {}).items()]
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow's log_batch limit
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000], tags=run_tags if start == 0 else [])
+
+    def protocol_records(self, run_ids: Iterable[str]) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
+        """``{run_id: (final metrics, protocol tags)}`` of these cell runs, in one search."""
+        wanted = set(run_ids)
+        prefixes = (TAG_EVAL_PREFIX, TAG_ROBUST_PREFIX)
+        return {run.info.run_id: (dict(run.data.metrics), {k: v for k, v in run.data.tags.items() if k.startswith(prefixes)})
+                for run in search_all(self.client, self.experiment_id, ROLE_CELL) if run.info.run_id in wanted}
+
 
     def _log_predictions(self, run_id: str, result: FitResult, tmp: Path) -> None:
         import pandas as pd
@@ -533,6 +555,7 @@ class CellRow:
     datasets: dict[str, dict[str, str]]
     start_time_ms: int | None
     end_time_ms: int | None
+
 
 
 def search_all(client, experiment_id: str, role: str) -> list:

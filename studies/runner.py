@@ -60,7 +60,14 @@ from bnn.train import EpochStats, FitInterrupted, fit
 from studies.db_setup import open_shared, sqlite_path, study_lock
 from studies.distill import Teacher
 from studies.objective import not_comparable_reason, objective_value
-from studies.record import ARTIFACT_CHECKPOINT_DIR, Tracker, create_mlflow_schema, read_cell_metrics
+from studies.record import (
+    ARTIFACT_CHECKPOINT_DIR,
+    TAG_EVAL_PREFIX,
+    TAG_ROBUST_PREFIX,
+    Tracker,
+    create_mlflow_schema,
+    protocol_tags,
+)
 from studies.spec import Cell, Study, set_dotted
 
 log = logging.getLogger(__name__)
@@ -184,6 +191,7 @@ def cell_states(optuna_study: optuna.Study | None) -> dict[str, str]:
 def check_inputs(study: Study) -> None:
     """Fails before anything is created when a cell's dataset (every split; an empty one is an
     error), an extra test set (``evaluate:``) or pretrained weights are missing."""
+    from bnn.data import DatasetLayoutError
     from bnn.pretrained import resolve_weights
     from bnn.train import load_splits
 
@@ -192,9 +200,13 @@ def check_inputs(study: Study) -> None:
                  c.max_val_samples, c.max_test_samples, c.seed): c for c in configs}
     for c in datasets.values():
         load_splits(c)
-    for test_set in study.test_sets:  # extra test sets whose root is given must exist now
+    for i, test_set in enumerate(study.test_sets):  # extra test sets whose root is given must exist now
         if not test_set.skip_reason:
-            test_set.load(configs[0].resolution)
+            try:
+                test_set.load(configs[0].resolution)
+            except (OSError, ValueError, KeyError) as err:  # name the entry: the reader knows only its root
+                what = f"evaluate[{i}] ({test_set.name}): {err.args[0] if isinstance(err, KeyError) else err}"
+                raise (DatasetLayoutError(what) if isinstance(err, OSError) else ValueError(what)) from None
     for c in configs:
         if c.pretrained:
             resolve_weights(c.backbone, c.pretrained)
@@ -555,7 +567,8 @@ class Runner:
                 self._check_claim(trial)
                 for stats in result.history:  # epochs an earlier attempt checkpointed but did not log
                     log_epoch(stats)
-                self.tracker.log_result(run_id, result, protocol)
+                self.tracker.log_result(run_id, result, protocol,
+                                        protocol_tags(self.study.test_sets, self.study.perturbations))
                 self._check_claim(trial)  # once more before the run is ended (logging artifacts takes time)
         except ClaimLost:
             self._leave_taken_over(cell, run_id, summary)
@@ -629,7 +642,9 @@ class Runner:
 
     def _complete_protocol(self) -> None:
         """Finished cells that lack metrics of the study's current ``evaluate``/``robustness``
-        entries (added after they ran) get them from their kept checkpoint, without retraining."""
+        entries (added after they ran), or hold them for an earlier definition of the entry (the
+        ``TAG_EVAL_PREFIX``/``TAG_ROBUST_PREFIX`` tags differ), get them from their kept
+        checkpoint, without retraining."""
         if not self.study.test_sets and not self.study.perturbations:
             return
         from bnn.protocol import protocol_metric_names
@@ -639,13 +654,17 @@ class Runner:
                 if cell_id in self.cells and is_finished(t) and "mlflow_run_id" in t.user_attrs}
         if not done:
             return
-        def missing(have: dict[str, float]) -> tuple[list, list]:
-            sets = [s for s in self.study.test_sets if not s.skip_reason
-                    and not set(protocol_metric_names([s], [])) <= set(have)]
-            return sets, [p for p in self.study.perturbations if not set(protocol_metric_names([], [p])) <= set(have)]
 
-        logged = read_cell_metrics(self.study.tracking_uri, self.study.name, done.values())
-        lacking = [cell_id for cell_id, run_id in done.items() if any(missing(logged.get(run_id, {})))]
+        def missing(have: dict[str, float], tags: dict[str, str]) -> tuple[list, list]:
+            """Entries without their metrics, or evaluated under another definition."""
+            sets = [s for s in self.study.test_sets if not s.skip_reason and (
+                not set(protocol_metric_names([s], [])) <= set(have)
+                or tags.get(f"{TAG_EVAL_PREFIX}{s.name}") != s.definition())]
+            return sets, [p for p in self.study.perturbations if not set(protocol_metric_names([], [p])) <= set(have)
+                          or tags.get(f"{TAG_ROBUST_PREFIX}{p.key}") != p.describe()]
+
+        records = self.tracker.protocol_records(done.values())
+        lacking = [cell_id for cell_id, run_id in done.items() if any(missing(*records.get(run_id, ({}, {}))))]
         # Workers sharing the study take the cells in different orders, and a cell's lock makes
         # the others skip what one of them added meanwhile.
         lacking.sort(key=lambda c: hashlib.sha256(f"{os.getpid()}:{c}".encode()).digest())
@@ -654,8 +673,9 @@ class Runner:
             self._check_signal()
             run_id = done[cell_id]
             with study_lock(self.study.storage, engine, f"protocol of {cell_id} in {self.study.name}"):
-                have = dict(self.tracker.client.get_run(run_id).data.metrics)
-                sets, perturbations = missing(have)
+                run = self.tracker.client.get_run(run_id)
+                have = dict(run.data.metrics)
+                sets, perturbations = missing(have, dict(run.data.tags))
                 if not sets and not perturbations:
                     continue
                 added = ", ".join([s.name for s in sets] + [p.key for p in perturbations])
@@ -665,12 +685,12 @@ class Runner:
                         log.warning("cell %s: cannot add %s: its checkpoint is neither in %s nor logged to MLflow "
                                     "(log_checkpoint)", cell_id, added, self.cells[cell_id].config.output_dir)
                         continue
-                    log.info("cell %s: evaluating its checkpoint %s on %s (added to the study after it finished)",
+                    log.info("cell %s: evaluating its checkpoint %s on %s (added to or changed in the study after it finished)",
                              cell_id, checkpoint, added)
                     scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint,
                                                       have.get("val_eer_threshold"), lambda: bool(self.stop), sets,
                                                       perturbations)
-                self.tracker.log_scalars(run_id, scalars)
+                self.tracker.log_scalars(run_id, scalars, protocol_tags(sets, perturbations))
             self.on_event("cell_protocol", {"cell": self.cells[cell_id], "metrics": len(scalars)})
 
     def _kept_checkpoint(self, cell_id: str, run_id: str, tmp: Path) -> Path | None:

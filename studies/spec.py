@@ -22,7 +22,7 @@ from bnn.config import FitConfig
 from bnn.data import SPLITS, dataset_params, list_datasets
 from bnn.data.perturb import Perturbation, parse_robustness
 from bnn.errors import KeyedValueError, validation_errors
-from bnn.protocol import SET_NAME, TestSet
+from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
 from studies.db_setup import sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.objective import objective_metric_names, unknown_metric_message
@@ -298,6 +298,11 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     if spec.objective.metric not in valid_metrics:
         raise StudyFileError(path, line_of(lines, ("objective", "metric")), "objective.metric",
                              unknown_metric_message(spec.objective.metric, valid_metrics))
+    for test_set in test_sets:  # every cell would train and then be "not comparable"
+        if test_set.skip_reason and spec.objective.metric.startswith(f"eval_{test_set.name}_"):
+            raise StudyFileError(path, line_of(lines, ("objective", "metric")), "objective.metric",
+                                 f"{spec.objective.metric} comes from the evaluate entry {test_set.name!r}, which "
+                                 f"would be skipped: {test_set.skip_reason}")
 
     study_name = spec.name or path.stem
     base = dict(spec.defaults)
@@ -377,8 +382,8 @@ def _test_sets(path: Path, lines: dict, spec: StudyFile) -> list[TestSet]:
             raise error("dataset", f"unknown dataset {entry['dataset']!r}; {_suggest(entry['dataset'], datasets)}"
                         f"valid: {', '.join(datasets)}")
         split = entry.get("split", "test")
-        if split not in SPLITS:
-            raise error("split", f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        if split not in (*SPLITS, ALL_SPLITS):
+            raise error("split", f"unknown split {split!r}; valid: {', '.join((*SPLITS, ALL_SPLITS))}")
         params = entry.get("data_params") or {}
         if not isinstance(params, dict):
             raise error("data_params", "data_params is a mapping of reader parameters")

@@ -281,13 +281,14 @@ def test_fake_only_tree_evaluates_with_the_defined_metrics(tmp_path: Path, check
     assert ds.class_counts()["real"] == 0 and ds.class_counts()["fake"] == (6 if split_tree else len(ds)) > 0
     status = main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "folder", "--data-root", str(root),
                    "--split", split, "--device", "cpu"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     assert status == 0
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(captured.out)  # stdout is one JSON document; what was evaluated is on stderr
     assert report["count"] == len(ds) and report["auc"] is None and report["eer"] is None and report["ap"] is None
     assert report["accuracy_real"] is None and report["accuracy"] == report["accuracy_fake"]
     assert 0 <= report["accuracy_fake"] <= 1
-    assert "not defined (no real images in this split): auc, eer, ap, accuracy_real" in out
+    assert "not defined (no real images in this split): auc, eer, ap, accuracy_real" in captured.err
+    assert "no stored validation threshold" in captured.err  # saved by hand above, not by fit
 
 
 def test_training_on_one_class_stays_an_error(tmp_path: Path):

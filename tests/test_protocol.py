@@ -5,6 +5,7 @@ and adds entries to finished cells without retraining them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -22,7 +23,7 @@ from bnn.data import create_dataset
 from bnn.data.perturb import Perturbation
 from bnn.data.synthetic import GENERATOR_NAMES
 from bnn.protocol import EVAL_METRICS, ROBUST_METRICS, source_scalars
-from bnn.train import evaluate, make_loader
+from bnn.train import evaluate, make_loader, saved_val_threshold
 from studies.__main__ import main
 from studies.record import read_cell_metrics
 from studies.spec import load_study
@@ -240,15 +241,19 @@ def test_study_logs_protocol_metrics_and_adds_new_entries_without_retraining(tmp
         assert values["test_accuracy_ci_low"] <= values["test_accuracy"] <= values["test_accuracy_ci_high"]
         assert not any(n.startswith("source_nearest_x2") for n in names)  # held out of training and test
 
+    kept = tmp_path / "runs" / "proto" / metrics_cells(tmp_path)[0] / "best.pt"
+    assert saved_val_threshold(kept) in {v["val_eer_threshold"] for v in metrics.values()}  # for bnn evaluate
     client = MlflowClient(tracking_uri=uri)
     before = {run_id: len(client.get_metric_history(run_id, "epoch_val_accuracy")) for run_id in metrics}
     path.write_text(path.read_text().replace("levels: [75]", "levels: [75, 30]}\n  - {kind: blur, levels: [1]")
-                    .replace("[75, 30]}}", "[75, 30]}"))
+                    .replace("[75, 30]}}", "[75, 30]}")
+                    .replace("generators: [nearest_x2]", "generators: [nearest_x2, tconv4_x4]"))  # changed set
     shutil.rmtree(tmp_path / "runs" / "proto" / next(iter(metrics_cells(tmp_path))))  # one from MLflow's copy
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(["run", str(path), "--quiet"]) == 0
-    assert caplog.text.count("(added to the study after it finished)") == 2
+    assert caplog.text.count("(added to or changed in the study after it finished)") == 2
+    assert caplog.text.count("heldout, jpeg_30, blur_1 (added") == 2  # the changed set, not jpeg_75
     assert caplog.text.count("/runs/proto/") == 1  # the other checkpoint was downloaded from its run
     assert "epoch 0:" not in caplog.text  # nothing retrained
     after = read_cell_metrics(uri, "proto")
@@ -256,6 +261,23 @@ def test_study_logs_protocol_metrics_and_adds_new_entries_without_retraining(tmp
         assert {f"robust_jpeg_30_{m}" for m in ROBUST_METRICS} | {f"robust_blur_1_{m}" for m in ROBUST_METRICS} \
             <= set(values)
         assert values["robust_jpeg_75_auc"] == metrics[run_id]["robust_jpeg_75_auc"]
+        assert values["eval_heldout_count"] > metrics[run_id]["eval_heldout_count"]  # re-evaluated, new definition
+        tags = client.get_run(run_id).data.tags
+        assert json.loads(tags["bnn.eval.heldout"])["data_params"]["generators"] == ["nearest_x2", "tconv4_x4"]
+        assert tags["bnn.robust.blur_1"] == "Gaussian blur sigma 1"
         assert len(client.get_metric_history(run_id, "epoch_val_accuracy")) == before[run_id]
         assert not math.isnan(values["robust_jpeg_30_accuracy"])
     assert np.isfinite([v["test_accuracy"] for v in after.values()]).all()
+
+
+def test_split_all_evaluates_every_image_of_a_flat_folder(tmp_path):
+    """A flat ``{REAL,FAKE}`` tree is split 80/10/10 by hash; ``split: all`` tests on all of it."""
+    from bnn.protocol import TestSet
+
+    _tree(tmp_path / "flat", {"REAL": (7, 20), "FAKE/gen_a": (5, 230), "FAKE/gen_b": (4, 230)})
+    test_only = TestSet("flat", "folder", str(tmp_path / "flat")).load(8)
+    everything = TestSet("flat", "folder", str(tmp_path / "flat"), split="all").load(8)
+    assert len(test_only) < 16 and len(everything) == 16
+    assert sorted(set(everything.sources)) == ["gen_a", "gen_b", "real"]
+    assert everything.class_counts() == {"real": 7, "fake": 9}
+    assert len({p for p, _ in everything.items}) == 16  # the three splits are disjoint

@@ -240,6 +240,9 @@ class FitConfig(BaseModel):
         unknown = sorted(set(value) - set(valid))
         if unknown:
             raise DatasetParamError(DATASETS.canonical(dataset), unknown, valid)
+        check = DATASETS.get(dataset).check_params
+        if check is not None:  # values the reader can check without its files (synthetic generators)
+            check(value)
         return value
 
     def content_id(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bnn.config import FitConfig
-from bnn.data import SPLITS, dataset_params, list_datasets
+from bnn.data import DATASETS, SPLITS, dataset_params, list_datasets
 from bnn.data.perturb import Perturbation, parse_robustness
 from bnn.errors import KeyedValueError, validation_errors
 from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
@@ -392,6 +392,13 @@ def _test_sets(path: Path, lines: dict, spec: StudyFile) -> list[TestSet]:
             if key not in valid:
                 raise StudyFileError(path, line_of(lines, (*where, "data_params", key)),
                                      f"evaluate[{i}].data_params.{key}", f"unknown parameter; valid: {', '.join(valid)}")
+        check = DATASETS.get(entry["dataset"]).check_params
+        try:
+            if check is not None:
+                check(params)
+        except KeyedValueError as err:
+            raise StudyFileError(path, line_of(lines, (*where, "data_params", err.key)),
+                                 f"evaluate[{i}].data_params.{err.key}", err.detail) from None
         root, skip = entry.get("data_root"), None
         if root is not None:
             expanded = _expand_env(str(root))

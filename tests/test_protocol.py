@@ -171,6 +171,8 @@ ERRORS = {
                     "valid keys: name, dataset, data_root, data_params, split"),
     "unknown data_params": ("evaluate:\n  - name: x\n    dataset: synthetic\n    data_params: {cout: 3}\n", 13,
                             "evaluate[0].data_params.cout", "valid: count, difficulty, generators"),
+    "unknown generator": ("evaluate:\n  - name: x\n    dataset: synthetic\n    data_params: {generators: [nearest_x3]}\n",
+                          13, "evaluate[0].data_params.generators", "valid: tconv4_x2, tconv3_x4, nearest_x2"),
     "unknown split": ("evaluate:\n  - {name: x, dataset: synthetic, split: dev}\n", 11, "evaluate[0].split",
                       "valid: train, val, test"),
 }
@@ -189,12 +191,27 @@ def test_invalid_entries_are_file_line_key_errors_at_validate(tmp_path, case, ca
     assert len(err) == 1 and err[0].startswith(f"error: {path}:{line}: {key}:")
 
 
-def test_objective_may_be_a_protocol_metric_and_unknown_ones_are_refused(tmp_path):
+def test_an_unknown_generator_kind_is_refused_where_it_is_written(tmp_path):
+    path = _study(tmp_path, "")
+    path.write_text(path.read_text().replace("tconv4_x4]", "stylegan]"))
+    with pytest.raises(StudyFileError) as info:
+        load_study(path)
+    assert (info.value.line, info.value.key) == (3, "data_params.generators")
+    assert "unknown generator kind(s) stylegan; valid: tconv4_x2" in str(info.value)
+
+
+def test_objective_may_be_a_protocol_metric_and_unknown_ones_are_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("BNN_TEST_UNSET_ROOT", raising=False)
     path = _study(tmp_path, HELD_OUT + "robustness:\n  - {kind: resize, levels: [0.5]}\n"
                   "objective: {metric: eval_heldout_auc}\n")
     assert load_study(path).spec.objective.metric == "eval_heldout_auc"
     path = _study(tmp_path, HELD_OUT + "objective: {metric: robust_jpeg_75_auc}\n")
     with pytest.raises(StudyFileError, match="unknown metric 'robust_jpeg_75_auc'"):
+        load_study(path)
+    skipped = "  - {name: away, dataset: cifake, data_root: \"${BNN_TEST_UNSET_ROOT}\"}\n"
+    path = _study(tmp_path, HELD_OUT + skipped + "objective: {metric: eval_away_auc}\n")
+    with pytest.raises(StudyFileError, match="eval_away_auc comes from the evaluate entry 'away', which would be "
+                       "skipped: data_root .* names an unset environment variable"):
         load_study(path)
 
 

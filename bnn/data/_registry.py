@@ -55,12 +55,16 @@ class DatasetSpec:
         env_var: Environment variable naming the root folder, or ``None``.
         layout: The expected folder layout, shown in errors.
         source: Where the data comes from (paper and download page), shown in errors.
+        check_params: Checks reader parameter values without reading any file (``None``: no
+            check), raising ``bnn.errors.KeyedValueError`` naming the parameter; run where the
+            parameters are written (``FitConfig``, a study's ``evaluate:`` entries).
     """
 
     read: Callable[..., Listing]
     env_var: str | None
     layout: str
     source: str
+    check_params: Callable[[dict], None] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from bnn.data._registry import DATASETS, DatasetSpec, Listing
 from bnn.data.folder import class_items
 from bnn.data.layout import check_split
+from bnn.errors import KeyedValueError
 
 log = logging.getLogger(__name__)
 
@@ -436,4 +437,17 @@ def _check_generators(generators: list[str] | None) -> set[str] | None:
     return set(generators)
 
 
-DATASETS.add("synthetic", DatasetSpec(read_synthetic, CACHE_ENV, LAYOUT, SOURCE))
+def check_params(params: dict) -> None:
+    """Checks ``generators`` where a study or config writes it (``DatasetSpec.check_params``).
+
+    Raises:
+        KeyedValueError: An unknown generator kind, or not a non-empty list.
+    """
+    if "generators" in params:
+        try:
+            _check_generators(params["generators"])
+        except ValueError as err:
+            raise KeyedValueError(str(err), key="generators", detail=str(err)) from None
+
+
+DATASETS.add("synthetic", DatasetSpec(read_synthetic, CACHE_ENV, LAYOUT, SOURCE, check_params))

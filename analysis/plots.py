@@ -1,365 +1,37 @@
-"""Figures of a study: Figure 1 (accuracy against OPs), learning curves, ROC curves, and the
-evaluation protocol's cross-dataset heat map, robustness curves and reliability diagrams.
+"""Figures of a study: Figure 1 (accuracy against OPs) and its measured-latency twin (both in
+``analysis.fronts``), learning curves, ROC curves, and the evaluation protocol's cross-dataset heat
+map, robustness curves and reliability diagrams.
 
 Figures are ``matplotlib.figure.Figure`` objects drawn on the Agg canvas explicitly (pyplot and the
 global backend are never touched), styled with seaborn, saved as PNG, PDF and SVG, and carry the
-study's provenance (study, runs, git commit, time) in a small footer.
+study's provenance (study, runs, git commit, time) in a small footer (``analysis.figstyle``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from analysis import protocol
-from analysis.literature import SHORT_CITATION, load_literature, published_ops
-from analysis.pareto import front_steps, pareto_front
+from analysis.figstyle import (  # noqa: F401  (re-exported: plots.save_figure, plots.run_label, ...)
+    COST_LABELS,
+    FAMILY_ORDER,
+    MARKERS,
+    PERCENT_METRICS,
+    _figure,
+    _footer,
+    family_colors,
+    metric_label,
+    quality_label,
+    run_label,
+    save_figure,
+)
+from analysis.fronts import figure1, figure1_latency  # noqa: F401  (re-exported)
 from analysis.provenance import Provenance
-from analysis.runs import group_replicates, is_grouped
 from analysis.tables import DATASET_NAMES, feature_label, feature_sort_key, setting_label
-
-FAMILY_ORDER = ("BNext", "ResNet", "ViT", "VGG", "DenseNet", "Xception")
-MARKERS = {False: "o", True: "^"}  # trainable, frozen backbone
-COST_LABELS = {
-    "ops": "OPs per image (FLOPs + BOPs/64)",
-    "flops": "full-precision MACs per image",
-    "bops": "binary MACs per image",
-    "params": "parameters",
-    "storage_bytes": "storage (bytes)",
-    "trainable_params": "trainable parameters",
-}
-PERCENT_METRICS = ("accuracy", "auc", "ap", "eer", "accuracy_real", "accuracy_fake")
-FOOTER_HEIGHT = 0.07
-
-
-def _figure(width: float, height: float, footer: bool = True) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    if footer:
-        fig.get_layout_engine().set(rect=(0, FOOTER_HEIGHT, 1, 1 - FOOTER_HEIGHT))
-    return fig
-
-
-def _footer(fig: Figure, provenance: Provenance | None, note: str = "") -> None:
-    """Provenance (and an optional note on a second line) in small grey type under the axes."""
-    text = "\n".join(t for t in (provenance.footer() if provenance else "", note) if t)
-    if text:
-        fig.text(
-            0.01, 0.01, text, fontsize=6.5, color="0.35", ha="left", va="bottom", linespacing=1.4
-        )
-
-
-def _place_labels(
-    ax, items: list[tuple[float, float, str]], fontsize: float, color: str, avoid: bool = True
-) -> None:
-    """Labels beside their points (log x axis), pushed apart where points share a column.
-
-    Points closer than 0.08 decades in x form a column; its labels keep a vertical gap of 3.5% of
-    the y range (with a thin leader line where a label moved). Labels go right of their column;
-    with ``avoid``, when the next column to the right is near (0.45 decades) they go left if there
-    is room there, else above the point.
-    """
-    if not items:
-        return
-    (x_low, _), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
-    gap = 0.035 * (y_high - y_low)
-    items = sorted(items, key=lambda item: np.log10(item[0]))
-    columns, current = [], [items[0]]
-    for item in items[1:]:
-        if np.log10(item[0]) - np.log10(current[-1][0]) < 0.08:
-            current.append(item)
-        else:
-            columns.append(current)
-            current = [item]
-    columns.append(current)
-    for k, column in enumerate(columns):
-        crowded = (
-            avoid and k + 1 < len(columns) and np.log10(columns[k + 1][0][0] / column[-1][0]) < 0.45
-        )
-        side = (
-            "right"
-            if not crowded
-            else "left"
-            if np.log10(column[0][0] / x_low) > 0.45
-            else "center"
-        )
-        dx = {"right": 13, "left": -13, "center": 0}[side]  # points, past the largest marker
-        lift = 0.9 if side == "center" else 0.25
-        previous = -np.inf
-        for x, y, text in sorted(column, key=lambda item: item[1]):
-            label_y = max(y + lift * gap, previous + gap)
-            previous = label_y
-            moved = label_y - y > gap * max(lift, 1.0)
-            ax.annotate(
-                text,
-                (x, y),
-                xytext=(dx, label_y),
-                textcoords=("offset points", "data"),
-                fontsize=fontsize,
-                color=color,
-                va="bottom",
-                ha={"right": "left", "left": "right"}.get(side, "center"),
-                arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5} if moved else None,
-            )
-
-
-def family_colors(families) -> dict[str, tuple]:
-    """A stable colour per architecture family (the same family has the same colour everywhere)."""
-    palette = sns.color_palette("colorblind", 10)
-    known = list(FAMILY_ORDER) + sorted(set(families) - set(FAMILY_ORDER))
-    return {family: palette[i % len(palette)] for i, family in enumerate(known)}
-
-
-def quality_label(metric: str) -> str:
-    """``test_accuracy`` -> ``Test accuracy (%)``."""
-    split, _, name = metric.partition("_")
-    if split not in ("val", "test"):
-        return metric.replace("_", " ")
-    pretty = {"auc": "AUC", "ap": "AP", "eer": "EER"}.get(name, name.replace("_", " "))
-    unit = " (%)" if name in PERCENT_METRICS else ""
-    return f"{'Validation' if split == 'val' else 'Test'} {pretty}{unit}"
-
-
-def _scale(metric: str) -> float:
-    return 100.0 if metric.partition("_")[2] in PERCENT_METRICS else 1.0
-
-
-def run_label(row: pd.Series, seed: bool = False) -> str:
-    """``BNext-T RGB+FFT+LBP (frozen)``, plus `` seed 1`` with ``seed``."""
-    label = f"{row.get('model') or row.get('backbone')} {feature_label(row.get('features', 'rgb'))}"
-    if bool(row.get("freeze_backbone", False)):
-        label += " (frozen)"
-    if seed and "seed" in row and not pd.isna(row["seed"]):
-        label += f" seed {row['seed']}"
-    return label
-
-
-def _true(value) -> bool:
-    """A bool column value that may be missing (pandas ``NA``): missing counts as False."""
-    return not pd.isna(value) and bool(value)
-
-
-def _require(frame: pd.DataFrame, columns) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        metrics = [
-            c
-            for c in frame.columns
-            if c.startswith(("val_", "test_"))
-            and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))
-        ]
-        raise KeyError(f"the runs have no {missing}; metrics there: {metrics or 'none'}")
-
-
-def _published(literature, frame: pd.DataFrame, quality: str) -> tuple[pd.DataFrame, str]:
-    """Literature rows to plot (their ``quality`` in ``y``) and the dataset they are on."""
-    column = {"accuracy": "accuracy", "auc": "auc"}.get(quality.partition("_")[2])
-    if literature is None or literature is False or column is None:
-        return pd.DataFrame(), ""
-    if isinstance(literature, pd.DataFrame):
-        rows = literature
-    else:
-        dataset = literature
-        if literature is True:
-            datasets = frame["dataset"].dropna().unique() if "dataset" in frame else []
-            dataset = datasets[0] if len(datasets) == 1 else None
-        rows = load_literature("results", dataset) if dataset else pd.DataFrame()
-    if rows.empty:
-        return rows, ""
-    rows = rows.assign(ops=published_ops(rows), y=rows[column]).dropna(subset=["ops", "y"])
-    datasets = rows["dataset"].dropna().unique()
-    return rows, ", ".join(DATASET_NAMES.get(d, d) for d in datasets)
-
-
-def figure1(
-    frame: pd.DataFrame,
-    cost: str = "ops",
-    quality: str = "test_accuracy",
-    literature=None,
-    provenance: Provenance | None = None,
-    title: str | None = None,
-    annotate: str = "front",
-) -> Figure:
-    """Figure 1 of the paper for a study: quality against cost, one point per configuration.
-
-    Log x axis; marker area proportional to parameters; colour = architecture family; marker =
-    trainable (circle) or frozen (triangle) backbone; error bars = std over seeds; the Pareto
-    front drawn as a staircase. Published points are hollow grey and labelled "published".
-
-    Args:
-        frame: Runs of ``load_runs`` (replicates are averaged) or ``group_replicates``.
-        cost: Cost column for x (``ops``, ``params``, ``bops``, ``storage_bytes``, ...).
-        quality: Quality column for y (``test_accuracy``, ``test_auc``, ...); metrics in [0, 1]
-            are shown in percent.
-        literature: Published points: None/False for none, True for those of the runs' dataset
-            (if the paper has it), a dataset name (``"cocofake"``) or rows of ``load_literature``.
-            Only an OPs axis can hold them (their OPs come from the paper's "FLOPs (G)" column,
-            see ``analysis.literature.published_ops``).
-        provenance: Footer; default from ``frame``.
-        title: Axes title; default names the study.
-        annotate: ``"front"`` labels the front's points, ``"all"`` every point, ``"none"``.
-
-    Raises:
-        KeyError: ``cost`` or ``quality`` is not a column of the runs (the message lists metrics).
-    """
-    _require(frame, [cost, quality])
-    grouped = frame if is_grouped(frame) else group_replicates(frame)
-    provenance = provenance or Provenance.from_runs(grouped)
-    points = grouped.dropna(subset=[cost, quality]).reset_index(drop=True)
-    if points.empty:
-        raise ValueError(f"no run has both {cost!r} and {quality!r}")
-    scale = _scale(quality)
-    published, published_on = (
-        _published(literature, grouped, quality) if cost == "ops" else (pd.DataFrame(), "")
-    )
-
-    sizes_source = pd.concat(
-        [
-            points.get("params", pd.Series(dtype=float)),
-            published.get("params_m", pd.Series(dtype=float)) * 1e6,
-        ]
-    )
-    largest = float(np.nanmax(sizes_source)) if sizes_source.notna().any() else 1.0
-
-    def area(params) -> np.ndarray:
-        values = np.asarray(params, dtype=float)
-        return np.where(np.isnan(values), 60.0, 30.0 + 420.0 * values / largest)
-
-    fig = _figure(9.0, 5.2)
-    with sns.axes_style("whitegrid"):
-        ax = fig.add_subplot()
-    colors = family_colors(points.get("family", pd.Series(dtype=str)).dropna().unique())
-    frozen = (
-        points["freeze_backbone"].astype(bool)
-        if "freeze_backbone" in points
-        else pd.Series(False, points.index)
-    )
-    y = points[quality] * scale
-    std = points.get(f"{quality}_std", pd.Series(np.nan, points.index)) * scale
-    for i, row in points.iterrows():
-        color = colors.get(row.get("family"), "0.3")
-        if not np.isnan(std[i]):
-            ax.errorbar(row[cost], y[i], yerr=std[i], color=color, lw=1, capsize=2, zorder=2)
-        ax.scatter(
-            row[cost],
-            y[i],
-            s=area([row.get("params", np.nan)]),
-            marker=MARKERS[bool(frozen[i])],
-            color=color,
-            edgecolor="white",
-            linewidth=0.6,
-            alpha=0.9,
-            zorder=3,
-        )
-
-    if len(published):
-        markers = published["frozen"].map(lambda f: "D" if pd.isna(f) else MARKERS[_true(f)])
-        for marker in markers.unique():
-            part = published[markers == marker]
-            ax.scatter(
-                part["ops"],
-                part["y"],
-                s=area(part["params_m"] * 1e6),
-                marker=marker,
-                facecolors="none",
-                edgecolors="0.5",
-                linewidth=1.0,
-                zorder=2,
-            )
-    mask = pareto_front(points, cost, quality)
-    steps = front_steps(points, cost, quality, mask)
-    if len(steps):
-        ax.step(
-            steps[cost],
-            steps[quality] * scale,
-            where="post",
-            color="0.15",
-            ls="--",
-            lw=1.1,
-            zorder=1,
-        )
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    xs = pd.concat([points[cost], published.get("ops", pd.Series(dtype=float))]).astype(float)
-    span = np.log10(xs.max() / xs.min())  # decades; pad more on the right, where labels go
-    ax.set_xlim(xs.min() / 10 ** (0.08 * span + 0.03), xs.max() * 10 ** (0.18 * span + 0.12))
-    ax.set_xlabel(f"{COST_LABELS.get(cost, cost)}, log scale")
-    ax.set_ylabel(quality_label(quality))
-    labelled = (
-        points.index if annotate == "all" else points.index[mask] if annotate == "front" else []
-    )
-    ours = [(points.loc[i, cost], y[i], run_label(points.loc[i])) for i in labelled]
-    theirs = [
-        (row["ops"], row["y"], f"{row['model']}{' (frozen)' if _true(row['frozen']) else ''}")
-        for _, row in published.iterrows()
-    ]
-    _place_labels(ax, ours, fontsize=7, color="0.1", avoid=False)
-    _place_labels(ax, theirs, fontsize=6, color="0.45")
-    ax.set_title(
-        title
-        or f"{provenance.study}: {quality_label(quality).split(' (')[0].lower()} "
-        f"against {COST_LABELS.get(cost, cost).split(' (')[0]}",
-        fontsize=11,
-    )
-
-    handles = [
-        Line2D([], [], ls="", marker="o", color=colors[f], markersize=7, label=f)
-        for f in colors
-        if f in set(points.get("family", []))
-    ]
-    handles += [
-        Line2D([], [], ls="", marker=MARKERS[False], color="0.3", markersize=7, label="trainable"),
-        Line2D([], [], ls="", marker=MARKERS[True], color="0.3", markersize=7, label="frozen"),
-    ]
-    handles.append(Line2D([], [], color="0.15", ls="--", lw=1.1, label="Pareto front"))
-    if len(published):
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="o",
-                markerfacecolor="none",
-                markeredgecolor="0.5",
-                markersize=7,
-                label=f"published, {published_on}\n({SHORT_CITATION})",
-            )
-        )
-    if "params" in points and points["params"].notna().any():
-        for value in sorted(
-            {float(f"{v:.2g}") for v in np.quantile(sizes_source.dropna(), [0.0, 1.0])}
-        ):
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    ls="",
-                    marker="o",
-                    color="0.75",
-                    markersize=float(np.sqrt(area([value])[0])),
-                    label=f"{value / 1e6:.3g} M params",
-                )
-            )
-    fig.legend(
-        handles=handles, loc="outside right upper", fontsize=7.5, frameon=False, labelspacing=1.0
-    )
-    note = (
-        'published points: x from the paper\'s "FLOPs (G)" column (BNext rows: OPs/1e8; '
-        "others read as GFLOPs), y as published"
-        if len(published)
-        else ""
-    )
-    _footer(fig, provenance, note)
-    return fig
 
 
 def learning_curves(
@@ -737,21 +409,3 @@ def reliability_diagram(
         + ("; seeds pooled" if pooled else ""),
     )
     return fig
-
-
-def save_figure(
-    fig: Figure,
-    directory: str | Path,
-    stem: str,
-    formats=("png", "pdf", "svg"),
-    dpi: int = 200,
-) -> dict[str, Path]:
-    """Saves ``<stem>.png/.pdf/.svg`` (or ``formats``) under ``directory``; returns the paths."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for fmt in formats:
-        paths[fmt] = directory / f"{stem}.{fmt}"
-        metadata = {"Creator": "bnn-deepfake analysis.plots"} if fmt in ("pdf", "svg") else None
-        fig.savefig(paths[fmt], format=fmt, dpi=dpi, metadata=metadata)
-    return paths

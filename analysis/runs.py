@@ -254,6 +254,7 @@ def load_runs(
         tracking_uri=redact_uri(uri),
         parent_run_id=parent.get("run_id"),
         parent_git_commit=parent.get("git_commit"),
+        objectives=parent.get("objectives", []),
         params=param_names,
         metrics=metric_names,
         unfinished=dict(sorted(unfinished.items())),

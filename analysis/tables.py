@@ -1,4 +1,5 @@
-"""The paper's tables from a study's runs, exported as Markdown, LaTeX (booktabs) and CSV.
+"""The paper's tables from a study's runs, exported as Markdown, LaTeX (booktabs) and CSV
+(``analysis.table_format``).
 
 ``results_table``: shaped like the paper's results tables (one per dataset): model, frozen or
 trainable backbone, accuracy and AUC in percent, parameters (M) and OPs, with the published rows
@@ -17,18 +18,21 @@ extra test sets), ``per_source_table`` (each generator and real source), ``robus
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from analysis import paired, protocol
+from analysis import latency, paired, protocol
 from analysis.literature import SHORT_CITATION, load_literature
 from analysis.provenance import Provenance
 from analysis.runs import group_replicates, is_grouped
 from analysis.stats import DEFAULT_LEVEL, bootstrap_diff_ci
+from analysis.table_format import (  # noqa: F401  (Column, Table, DASH: also analysis.tables')
+    DASH,
+    Column,
+    Table,
+    _latex_escape,
+    _missing,
+)
 
 DATASET_NAMES = {
     "cocofake": "COCOFake",
@@ -45,254 +49,6 @@ OPS_FOOTNOTE = (
     "Published rows are verbatim; OPs (G) of the published BNext rows is their value /10; the "
     'unit of the quoted reference rows is not stated beyond "FLOPs (G)".'
 )
-DASH = "–"
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of a table.
-
-    Attributes:
-        key: Frame column holding the value (already in display units).
-        markdown: Header in Markdown.
-        latex: Header in LaTeX.
-        decimals: Decimals of a number; None for a text column.
-        better: ``"higher"`` or ``"lower"`` to mark best and second best; None not to mark.
-        std: Frame column with the std, shown as ``value ± std`` where present.
-        interval: Frame columns (low, high) shown as ``[low, high]`` instead of ``key``.
-        signed: Numbers with an explicit sign (differences).
-        suffix: Frame column with text put after the cell (significance marks such as ``*``).
-    """
-
-    key: str
-    markdown: str
-    latex: str
-    decimals: int | None = None
-    better: str | None = None
-    std: str | None = None
-    interval: tuple[str, str] | None = None
-    signed: bool = False
-    suffix: str | None = None
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def _number(value, decimals: int, signed: bool = False) -> str:
-    if _missing(value):
-        return DASH
-    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
-
-
-def _latex_escape(text: str) -> str:
-    replacements = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\^{}",
-        "±": r"$\pm$",
-        "–": "--",
-        "Δ": r"$\Delta$",
-        "†": r"\dag{}",
-        "σ": r"$\sigma$",
-        "×": r"$\times$",
-    }
-    return "".join(replacements.get(ch, ch) for ch in text)
-
-
-def _markdown_marks(text: str) -> str:
-    return text.replace("*", r"\*")
-
-
-def _latex_marks(text: str) -> str:
-    marks = {"*": r"\textsuperscript{*}", "†": r"\textsuperscript{\dag}"}
-    return "".join(marks.get(ch, _latex_escape(ch)) for ch in text)
-
-
-@dataclass
-class Table:
-    """A table ready to export.
-
-    Attributes:
-        frame: One row per table row: display values, numeric columns behind them (std, interval,
-            run ids, sources) and ``block`` (rows of one block are contiguous).
-        columns: What is shown, in order.
-        caption: Caption (LaTeX and Markdown).
-        label: LaTeX label.
-        notes: Footnotes under the table.
-        provenance: Study record behind the table.
-        mark_within: Column whose values delimit the groups best/second are marked within
-            (None: the whole table).
-    """
-
-    frame: pd.DataFrame
-    columns: list[Column]
-    caption: str
-    label: str
-    notes: list[str] = field(default_factory=list)
-    provenance: Provenance | None = None
-    mark_within: str | None = None
-
-    def text(self, row: int, column: Column) -> str:
-        """The cell as text, without marks."""
-        values = self.frame.iloc[row]
-        if column.interval is not None:
-            low, high = values[column.interval[0]], values[column.interval[1]]
-            if _missing(low) or _missing(high):
-                return DASH
-            low = _number(low, column.decimals, column.signed)
-            return f"[{low}, {_number(high, column.decimals, column.signed)}]"
-        value = values[column.key]
-        if column.decimals is None:
-            return DASH if _missing(value) else str(value)
-        text = _number(value, column.decimals, column.signed)
-        if column.std is not None and not _missing(values[column.std]) and text != DASH:
-            text += f" ± {values[column.std]:.{column.decimals}f}"
-        return text
-
-    def marks(self) -> dict[tuple[int, str], str]:
-        """``{(row, column key): "best" | "second"}`` over the values as displayed (ties share)."""
-        out: dict[tuple[int, str], str] = {}
-        groups = (
-            self.frame[self.mark_within].astype(str)
-            if self.mark_within
-            else pd.Series("", index=self.frame.index)
-        )
-        for column in self.columns:
-            if column.better is None or column.decimals is None:
-                continue
-            rounded = self.frame[column.key].astype(float).round(column.decimals)
-            for group in groups.unique():
-                rows = [
-                    i
-                    for i in range(len(self.frame))
-                    if groups.iloc[i] == group and not np.isnan(rounded.iloc[i])
-                ]
-                distinct = sorted(
-                    {rounded.iloc[i] for i in rows}, reverse=column.better == "higher"
-                )
-                if len(rows) < 2:
-                    continue
-                for i in rows:
-                    if rounded.iloc[i] == distinct[0]:
-                        out[(i, column.key)] = "best"
-                    elif len(distinct) > 1 and rounded.iloc[i] == distinct[1]:
-                        out[(i, column.key)] = "second"
-        return out
-
-    def _rows(
-        self, bold, underline, escape=lambda text: text, suffix=lambda text: text
-    ) -> list[list[str]]:
-        marks = self.marks()
-        rows = []
-        for i in range(len(self.frame)):
-            cells = []
-            for column in self.columns:
-                text = escape(self.text(i, column))
-                mark = marks.get((i, column.key))
-                cell = bold(text) if mark == "best" else underline(text) if mark == "second" else text
-                extra = self.frame.iloc[i][column.suffix] if column.suffix else None
-                if isinstance(extra, str) and extra:
-                    cell += suffix(extra)
-                cells.append(cell)
-            rows.append(cells)
-        return rows
-
-    def to_markdown(self) -> str:
-        """Markdown: caption, table (best **bold**, second _underlined_), notes, provenance."""
-        header = [c.markdown for c in self.columns]
-        align = [
-            ":--" if c.decimals is None and c.interval is None else "--:" for c in self.columns
-        ]
-        lines = [
-            f"**{_markdown_marks(self.caption)}**",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join(align) + "|",
-        ]
-        for cells in self._rows(lambda t: f"**{t}**", lambda t: f"_{t}_", suffix=_markdown_marks):
-            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-        lines.append("")
-        lines += [f"{n}. {_markdown_marks(note)}" for n, note in enumerate(self.notes, start=1)]
-        if self.provenance is not None:
-            p = self.provenance
-            lines += [
-                "",
-                f"<sub>Source: study `{p.study}`, {len(p.run_ids)} runs, git {p.short_commits}, "
-                f"generated {p.generated_at}.</sub>",
-                "",
-                "<!-- provenance",
-            ]
-            lines += [f"  {line}" for line in p.lines()]
-            lines.append("-->")
-        return "\n".join(lines) + "\n"
-
-    def to_latex(self) -> str:
-        """A booktabs ``table`` (``\\toprule``/``\\midrule``/``\\bottomrule``), one line per row.
-
-        Best is ``\\textbf``, second ``\\underline``; provenance as ``%`` comments on top.
-        """
-        lines = []
-        if self.provenance is not None:
-            lines += [f"% {line}" for line in self.provenance.lines()]
-        spec = "".join(
-            "l" if c.decimals is None and c.interval is None else "r" for c in self.columns
-        )
-        lines += [
-            r"\begin{table}[t]",
-            r"\centering",
-            rf"\caption{{{_latex_escape(self.caption)}}}",
-            rf"\label{{{self.label}}}",
-            rf"\begin{{tabular}}{{{spec}}}",
-            r"\toprule",
-            " & ".join(c.latex for c in self.columns) + r" \\",
-            r"\midrule",
-        ]
-        rows = self._rows(
-            lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}", _latex_escape, _latex_marks
-        )
-        blocks = self.frame["block"].tolist() if "block" in self.frame else [""] * len(rows)
-        for i, cells in enumerate(rows):
-            if i and blocks[i] != blocks[i - 1]:
-                lines.append(r"\midrule")
-            lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        for n, note in enumerate(self.notes, start=1):
-            lines.append(rf"\par\smallskip{{\footnotesize ({n}) {_latex_escape(note)}}}")
-        lines.append(r"\end{table}")
-        return "\n".join(lines) + "\n"
-
-    def to_csv(self) -> str:
-        """Every column behind the table (numbers unrounded), run ids and provenance per row."""
-        frame = self.frame.copy()
-        if self.provenance is not None:
-            frame["study"] = self.provenance.study
-            frame["git_commit"] = ",".join(self.provenance.git_commits)
-            frame["generated_at"] = self.provenance.generated_at
-        return frame.to_csv(index=False)
-
-    def save(self, directory: str | Path, stem: str) -> dict[str, Path]:
-        """Writes ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv``; returns their paths."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "md": directory / f"{stem}.md",
-            "tex": directory / f"{stem}.tex",
-            "csv": directory / f"{stem}.csv",
-        }
-        paths["md"].write_text(self.to_markdown())
-        paths["tex"].write_text(self.to_latex())
-        paths["csv"].write_text(self.to_csv())
-        return paths
-
-
 def feature_extras(features: str) -> tuple[str, ...]:
     """``"rgb+sobel+fft"`` -> ``("sobel", "fft")`` in the paper's order."""
     extras = [f for f in str(features).split("+") if f and f != "rgb"]
@@ -350,6 +106,46 @@ def _percent(grouped: pd.DataFrame, metric: str, name: str) -> pd.DataFrame:
     return out
 
 
+def _latency_columns(single_host: bool) -> list[Column]:
+    """Latency and throughput (mean ± std over seeds); best/second marked only on one host."""
+    return [
+        Column("latency_ms", "Latency (ms)", "Latency (ms)", 2, "lower" if single_host else None,
+               std="latency_ms_std"),
+        Column("throughput_ips", "Throughput (img/s)", "Throughput (img/s)", 1,
+               "higher" if single_host else None, std="throughput_ips_std"),
+    ]
+
+
+LATENCY_KEYS = ("latency_ms", "latency_ms_std", "throughput_ips", "throughput_ips_std")
+
+
+def _latency_frame(grouped: pd.DataFrame) -> pd.DataFrame:
+    """The latency columns of a table from configuration rows of ``latency.with_spread``."""
+    out = pd.DataFrame({c: grouped.get(c, np.nan) for c in LATENCY_KEYS}, index=grouped.index)
+    out["latency_host"] = grouped.get(latency.HOSTS)
+    return out
+
+
+def _latency_text(runs: pd.DataFrame) -> tuple[str, list[str]]:
+    """A caption phrase on where latency was measured and the notes explaining the columns."""
+    hosts = latency.hosts(runs)
+    if not hosts and not latency.has_latency(runs):
+        phrase = ""
+    elif len(hosts) <= 1:
+        phrase = f" Latency and throughput measured on {hosts[0] if hosts else 'one host'}."
+    else:
+        phrase = f" Latency and throughput measured on {len(hosts)} hosts: compare within a host."
+    note = (
+        "Latency: median time per image at batch 1, end to end (extra input channels + network) "
+        "on the exported engine at the cell's resolution; throughput: images per second at batch "
+        f"32; mean ± std over seeds. {DASH}: not measured. "
+    )
+    note += latency.describe(runs) or "Latency was not measured."
+    if len(hosts) > 1:
+        note += " Host of each row: CSV column latency_host."
+    return phrase, [note]
+
+
 def results_table(
     frame: pd.DataFrame,
     dataset: str | None = None,
@@ -375,7 +171,7 @@ def results_table(
     """
     accuracy, auc = f"{split}_accuracy", f"{split}_auc"
     _require(frame, [accuracy, auc, "params", "ops"], "results_table")
-    grouped = _grouped(frame)
+    grouped = latency.with_spread(_grouped(frame), frame)
     datasets = sorted(grouped["dataset"].dropna().unique()) if "dataset" in grouped else []
     if dataset is None:
         if len(datasets) > 1:
@@ -412,6 +208,7 @@ def results_table(
     ours["params_m"] = grouped["params"] / 1e6
     ours["ops_g"] = grouped["ops"] / 1e9
     ours["paper_flops_g"] = grouped["ops"] / 1e8
+    ours = pd.concat([ours, _latency_frame(grouped)], axis=1)
     ours["n"] = grouped["n"]
     ours["seeds"] = grouped["seeds"]
     ours["run_ids"] = grouped["run_ids"]
@@ -472,6 +269,11 @@ def results_table(
         Column("ops_g", "OPs (G)", "OPs (G)", 3, "lower"),
         Column("paper_flops_g", 'Paper "FLOPs (G)"¹', r"Paper ``FLOPs (G)''$^{1}$", 2),
     ]
+    runs = frame
+    if dataset is not None and "dataset" in frame and not is_grouped(frame):
+        runs = frame[frame["dataset"] == dataset]
+    timed_on, latency_notes = _latency_text(runs)
+    columns += _latency_columns(single_host=len(latency.hosts(runs)) <= 1)
     if replicated:
         columns.append(Column("n", "n", "$n$", 0))
 
@@ -479,9 +281,9 @@ def results_table(
     name = DATASET_NAMES.get(dataset, dataset or "the study's data")
     caption = (
         f"Results on {name} ({split} split, checkpoint selected on validation): accuracy and AUC"
-        f"{' (mean ± std over seeds)' if replicated else ''}, parameters and OPs per image."
+        f"{' (mean ± std over seeds)' if replicated else ''}, parameters and OPs per image.{timed_on}"
     )
-    notes = [OPS_FOOTNOTE]
+    notes = [OPS_FOOTNOTE, *latency_notes]
     if len(published):
         notes.append(
             f"Published rows are quoted from {SHORT_CITATION} (Method names the work it quotes);"
@@ -500,10 +302,12 @@ def results_table(
 def results_tables(
     frame: pd.DataFrame, literature: bool = True, split: str = "test"
 ) -> dict[str, Table]:
-    """``results_table`` for every dataset of the runs: ``{dataset: Table}``."""
-    grouped = _grouped(frame)
-    datasets = sorted(grouped["dataset"].dropna().unique()) if "dataset" in grouped else [None]
-    return {str(d): results_table(grouped, d, literature, split) for d in datasets}
+    """``results_table`` for every dataset of the runs: ``{dataset: Table}``.
+
+    Give the runs (``load_runs``), not grouped rows: the latency columns need each run's host.
+    """
+    datasets = sorted(frame["dataset"].dropna().unique()) if "dataset" in frame else [None]
+    return {str(d): results_table(frame, d, literature, split) for d in datasets}
 
 
 def setting_label(row: pd.Series, varying: list[str]) -> str:
@@ -620,7 +424,9 @@ def ablation_table(
         raise ValueError(
             "ablation_table needs the runs of load_runs (not grouped): it resamples seeds"
         )
-    grouped = group_replicates(frame, metrics=[metric], level=level, seed=seed)
+    timed = [m for m in (latency.LATENCY, latency.THROUGHPUT) if m in frame]
+    grouped = group_replicates(frame, metrics=[metric, *timed], level=level, seed=seed)
+    grouped = latency.with_spread(grouped, frame)
     keys = [k for k in grouped.attrs["grouped_by"] if k != "features"]
     varying = [k for k in keys if grouped[k].astype(str).nunique() > 1]
     indexed = frame.set_index("run_id") if "run_id" in frame else None
@@ -685,6 +491,8 @@ def ablation_table(
                     "delta": np.nan if is_base else row[metric] * 100 - base_value,
                     "delta_ci_low": low * 100,
                     "delta_ci_high": high * 100,
+                    **{c: row.get(c, np.nan) for c in LATENCY_KEYS},
+                    "latency_host": row.get(latency.HOSTS),
                     "n": row["n"],
                     "seeds": row["seeds"],
                     "run_ids": row["run_ids"],
@@ -718,6 +526,8 @@ def ablation_table(
         "value_image_ci_high",
         "delta_ci_low",
         "delta_ci_high",
+        "latency_ms",
+        "throughput_ips",
         "n",
     ):
         if column not in table:
@@ -778,12 +588,16 @@ def ablation_table(
             )
         )
         columns.append(Column("n", "n", "$n$", 0))
+    timed_on, latency_notes = _latency_text(frame) if latency.has_latency(frame) else ("", [])
+    if latency_notes:  # measured: latency and throughput before n, as in the results tables
+        at = len(columns) - 1 if replicated else len(columns)
+        columns[at:at] = _latency_columns(single_host=len(latency.hosts(frame)) <= 1)
 
     provenance = Provenance.from_runs(frame)
     caption = (
         f"Feature ablation: {metric.replace('_', ' ')} (%) per input feature set"
         f"{' (mean ± std over seeds)' if replicated else ''} and its difference to RGB alone "
-        "in the same setting. Mag. = Sobel gradient magnitude."
+        f"in the same setting. Mag. = Sobel gradient magnitude.{timed_on}"
     )
     if significance is not None:
         caption += (
@@ -804,6 +618,7 @@ def ablation_table(
     if significance is not None:
         pooled = any("," in str(s) for s in significance["paired_seeds"])
         notes.append(_significance_note(significance, pooled))
+    notes += latency_notes
     if literature:
         notes.append(
             f"Published rows: {SHORT_CITATION}, feature ablation (accuracy), quoted verbatim; "

@@ -12,11 +12,16 @@ examples:
       report of study "quickstart" from sqlite:///mlflow.db into reports/out/quickstart/
   python -m reports render ablation_cocofake --tracking-uri http://127.0.0.1:5000 --out /tmp/report
   python -m reports render demo --param quality_metric=test_auc --param literature=false
+  python -m reports render demo --front latency_ms,eval_heldout_auc
+      also draws eval_heldout_auc against latency_ms with their Pareto front (objective_front.*)
   MLFLOW_TRACKING_URI=postgresql://user@db/mlflow python -m reports render ablation_dffd --no-log
 
 writes figure1.png/.pdf/.svg, learning_curves.*, roc_front.*, results_<dataset>.md/.tex/.csv,
 ablation.md/.tex/.csv, report.ipynb (executed) and report.html (no code), and logs them as
 artifacts "report/" of the study's parent MLflow run. Where the study has their data, also:
+figure1_latency.* (accuracy against measured latency, per host), pareto_set.md/.tex/.csv (two or
+more objectives: the configurations no other beats on all of them) and objective_front.* (the
+first two objectives, or --front X,Y, with their front);
 cross_dataset.* and cross_dataset_auc.* (extra test sets), per_source.* and per_source_<set>.*,
 robustness.* and robustness_curves.* (perturbations), reliability.* (test predictions) and
 calibration.*; the ablation then marks rows that differ from RGB alone (McNemar, AUC permutation
@@ -37,6 +42,13 @@ def _parameter(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _pair(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if len(names) != 2:
+        raise argparse.ArgumentTypeError(f"expected two metric names X,Y, got {text!r}")
+    return names
 
 
 # Notebook parameters that render sets from its own arguments (STUDY, --tracking-uri, --out).
@@ -86,7 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_parameter,
         default=[],
         help="notebook parameter, VALUE read as JSON when it parses "
-        "(quality_metric, cost_metric, literature); repeatable",
+        "(quality_metric, cost_metric, literature, front_metrics); repeatable",
+    )
+    render.add_argument(
+        "--front",
+        metavar="X,Y",
+        type=_pair,
+        help="two metric columns to draw against each other with their Pareto front "
+        "(objective_front.*; default: the study's first two objectives, if it has two)",
     )
     render.add_argument("--notebook", metavar="PATH", help="another parameterised notebook to run")
     render.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
@@ -105,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     notebook = args.notebook or DEFAULT_NOTEBOOK
 
     def command() -> int:
-        _check_parameters(notebook, dict(args.param))
+        parameters = dict(args.param)
+        if args.front:
+            parameters["front_metrics"] = args.front
+        _check_parameters(notebook, parameters)
         result = render(
             args.study,
             out_dir=args.out,
             tracking_uri=args.tracking_uri,
             notebook=notebook,
-            parameters=dict(args.param),
+            parameters=parameters,
             log=not args.no_log,
             timeout=args.timeout,
         )

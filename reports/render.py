@@ -213,7 +213,8 @@ def render(
         out_dir: Output folder; default ``reports/out/<study>`` under the working directory.
         tracking_uri: MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
         notebook: The parameterised notebook to run.
-        parameters: Extra notebook parameters (``quality_metric``, ``cost_metric``, ``literature``).
+        parameters: Extra notebook parameters (``quality_metric``, ``cost_metric``, ``literature``,
+            ``front_metrics``).
         log: Log the report as artifacts ``report/`` of the study's parent run.
         timeout: Per-cell time limit in seconds (None: none).
 

@@ -59,6 +59,7 @@ def _fmt(value, digits: int = 4) -> str:
 def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials: dict | None = None) -> Table:
     """The cells with their status; with ``trials`` (cell id -> Optuna user attributes of its
     finished trial) also their accuracies and AUC, read from MLflow through ``studies.record``."""
+    from bnn.latency import METRIC_LATENCY
     from studies import record
 
     table = Table(title=title, title_justify="left")
@@ -77,6 +78,10 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
         table.add_column("val acc", justify="right")
         table.add_column("test acc", justify="right")
         table.add_column("test AUC", justify="right")
+        shown = [record.METRIC_VAL_ACCURACY, record.METRIC_TEST_ACCURACY, record.METRIC_TEST_AUC]
+        if study.spec.latency.enabled:
+            table.add_column("latency (ms)", justify="right")
+            shown.append(METRIC_LATENCY)
         run_ids = {cell_id: attrs.get(record.ATTR_RUN_ID) for cell_id, attrs in trials.items()}
         try:
             metrics = record.read_cell_metrics(study.tracking_uri, study.name, [r for r in run_ids.values() if r])
@@ -95,8 +100,7 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
             row += [f"{cost.ops / 1e6:.1f}", f"{cost.params / 1e6:.2f}"]
         if trials is not None:
             values = results.get(cell.cell_id, {})
-            row += [_fmt(values.get(name))
-                    for name in (record.METRIC_VAL_ACCURACY, record.METRIC_TEST_ACCURACY, record.METRIC_TEST_AUC)]
+            row += [_fmt(values.get(name), 2 if name == METRIC_LATENCY else 4) for name in shown]
         table.add_row(*row)
     return table
 
@@ -113,8 +117,8 @@ def _cost(config):
 
 
 def _states(study):
-    """cell id -> state, and cell id -> Optuna user attributes of its finished trial (they hold the
-    MLflow run id, not the results: ``studies.record``)."""
+    """cell id -> state, cell id -> Optuna user attributes of its finished trial (they hold the
+    MLflow run id, not the results: ``studies.record``), and the Optuna study (None before a run)."""
     from studies.record import ATTR_CELL_ID
     from studies.runner import cell_states, is_finished, load_optuna_study
 
@@ -124,7 +128,31 @@ def _states(study):
         for t in optuna_study.get_trials(deepcopy=False):
             if is_finished(t):
                 trials[t.user_attrs.get(ATTR_CELL_ID)] = t.user_attrs
-    return cell_states(optuna_study), trials
+    return cell_states(optuna_study), trials, optuna_study
+
+
+def _pareto_table(study, optuna_study) -> Table | None:
+    """The Pareto set of a multi-objective study: Optuna's ``best_trials`` (the completed trials no
+    other completed trial dominates on every objective), with their objective values; None for a
+    single-objective study or before any trial completed."""
+    import optuna
+
+    objectives = study.spec.objectives
+    if len(objectives) < 2 or optuna_study is None or len(optuna_study.directions) != len(objectives):
+        return None
+    complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = sorted(optuna_study.best_trials, key=lambda t: t.values[0], reverse=objectives[0].direction == "maximize")
+    arrows = ", ".join(f"{o.metric} {'max' if o.direction == 'maximize' else 'min'}" for o in objectives)
+    table = Table(title=f"Pareto set: {len(best)} of {len(complete)} completed trials ({arrows})",
+                  title_justify="left")
+    for name in ("trial", "cell", "axes", *(o.metric for o in objectives)):
+        table.add_column(name, justify="right" if name in {o.metric for o in objectives} else "left")
+    for t in best:
+        table.add_row(str(t.number), str(t.user_attrs.get("cell_id", "-")), str(t.user_attrs.get("axes", "")),
+                      *(_fmt(float(v)) for v in t.values))
+    return table
 
 
 def cmd_validate(args) -> int:
@@ -136,13 +164,23 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     study = _load(args)
-    states, _ = _states(study)
+    states, _, _ = _states(study)
     console.print(f"study [bold]{study.name}[/] ({study.path})")
     console.print(f"  tracking: {study.tracking_uri}   optuna storage: {study.storage}")
     console.print(f"  dataset: {study.base.dataset}   resolution: {study.base.resolution}   "
                   f"epochs: {study.base.epochs}   batch size: {study.base.batch_size}")
+    objectives = ", ".join(f"{o.metric} ({'max' if o.direction == 'maximize' else 'min'})"
+                           for o in study.spec.objectives)
+    several = len(study.spec.objectives) > 1
+    console.print(f"  objective{'s' if several else ''}: {objectives}"
+                  + ("; Pareto set in `status`, the first selects" if several else ""))
+    latency = study.spec.latency
+    console.print("  latency: " + (f"measured per cell, {latency.threads} thread(s), median of {latency.repeats}"
+                                   + (f", also at {latency.resolutions} px" if latency.resolutions else "")
+                                   if latency.enabled else "off"))
     if study.is_search:
-        console.print(f"  search: {study.spec.search.trials} TPE trials over {list(study.spec.search.space)}")
+        kind = "multi-objective TPE" if several else "TPE"
+        console.print(f"  search: {study.spec.search.trials} {kind} trials over {list(study.spec.search.space)}")
         return 0
     console.print(_cell_table(study, states, f"{len(study.cells)} cells", with_ops=True))
     return 0
@@ -150,12 +188,16 @@ def cmd_plan(args) -> int:
 
 def cmd_status(args) -> int:
     study = _load(args)
-    states, trials = _states(study)
+    states, trials, optuna_study = _states(study)
     counts = {k: sum(1 for c in study.cells if states.get(c.cell_id, "pending") == k)
               for k in ("done", "not comparable", "running", "waiting", "failed", "pending")}
     console.print(f"study [bold]{study.name}[/]: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                   + f" of {len(study.cells)} cells")
-    console.print(_cell_table(study, states, "", trials=trials))
+    if study.cells:
+        console.print(_cell_table(study, states, "", trials=trials))
+    pareto = _pareto_table(study, optuna_study)
+    if pareto is not None:
+        console.print(pareto)
     console.print(f"MLflow: {study.tracking_uri} (experiment '{study.name}'); "
                   f"browse with: python -m studies ui {args.file}")
     return 0
@@ -259,7 +301,7 @@ def _run(args, stop) -> int:
             bar.update(1)
             if "seconds" in info:  # runner: claim, MLflow run and records, Optuna; not training
                 logging.getLogger("studies").info(
-                    "cell %s %s in %.2f s (training and evaluation %.2f s, runner %.3f s)", info["cell"].cell_id,
+                    "cell %s %s in %.2f s (training, evaluation and latency %.2f s, runner %.3f s)", info["cell"].cell_id,
                     info["status"], info["seconds"], info["fit_seconds"], info["runner_seconds"])
             else:
                 logging.getLogger("studies").info("cell %s %s", info["cell"].cell_id, info["status"])
@@ -271,9 +313,12 @@ def _run(args, stop) -> int:
     bar.update(done_before)
     summary = runner.run()
     bar.close()
-    states, trials = _states(study)
+    states, trials, optuna_study = _states(study)
     if not study.is_search:
         console.print(_cell_table(study, states, f"study {study.name}", trials=trials))
+    pareto = _pareto_table(study, optuna_study)
+    if pareto is not None:
+        console.print(pareto)
     what = "trials" if study.is_search else "cells"
     console.print(f"this run: {len(summary.completed)} {what} finished ({len(summary.not_comparable)} not "
                   f"comparable), {len(summary.failed)} failed, {summary.skipped_done} already done before")

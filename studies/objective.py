@@ -5,7 +5,7 @@ A study's ``objective.metric`` must be one of the metrics its cells will log, so
 names come from metric *families*: functions of the study file that list the names one part of the
 suite logs for every cell. ``bnn.train.scalar_names`` (``val_*``, ``test_*``, cost, ``best_epoch``)
 is the first; a feature that logs more per cell (extra test sets, latency) appends its own family to
-``METRIC_FAMILIES``, and the runner reads the objective from every scalar a cell logged.
+``METRIC_FAMILIES``, and the runner reads the objectives from every scalar a cell logged.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bnn.data.perturb import parse_robustness
+from bnn.latency import latency_metric_names
 from bnn.protocol import TestSet, protocol_metric_names
 from bnn.train import scalar_names
 
@@ -28,7 +29,13 @@ def _protocol_family(spec: Any) -> list[str]:
     return protocol_metric_names(sets, parse_robustness(spec.robustness))
 
 
-METRIC_FAMILIES: list[MetricFamily] = [lambda spec: scalar_names(), _protocol_family]
+def _latency_family(spec: Any) -> list[str]:
+    """``latency_ms``, ``latency_network_ms``, ``throughput_ips`` (and per extra resolution) when the
+    study measures latency (``latency.enabled``, on by default)."""
+    return latency_metric_names(tuple(spec.latency.resolutions)) if spec.latency.enabled else []
+
+
+METRIC_FAMILIES: list[MetricFamily] = [lambda spec: scalar_names(), _protocol_family, _latency_family]
 
 
 def objective_metric_names(spec: Any) -> list[str]:

@@ -102,6 +102,12 @@ TAG_FAILURE = "bnn.failure"  # why a run is FAILED or KILLED
 TAG_NOT_COMPARABLE = "bnn.not_comparable"  # why a FINISHED run's objective is NaN
 # + an extra test set's name / a perturbation's key: the definition its eval_<set>_* / robust_<key>_*
 # metrics were computed with, so an entry changed in the study file is evaluated again.
+# Latency (bnn.latency), on a cell's run: where and how it was measured, or why it was not.
+TAG_LATENCY_HOST = "bnn.latency.host"  # CPU model
+TAG_LATENCY_THREADS = "bnn.latency.threads"  # inference threads, decimal string
+TAG_LATENCY_ENGINE = "bnn.latency.engine"  # e.g. "openvino 2026.0.0 binary"
+TAG_LATENCY_SKIPPED = "bnn.latency.skipped"  # why a cell has no latency metrics
+TAG_OBJECTIVES = "bnn.objectives"  # parent: JSON list of {"metric", "direction"}, selection first
 TAG_EVAL_PREFIX = "bnn.eval."
 TAG_ROBUST_PREFIX = "bnn.robust."
 TAG_VERSION_PREFIX = "version."  # version.<package> = installed version
@@ -177,6 +183,10 @@ TAG_COLUMNS = {
     TAG_ATTEMPTS: "attempts",
     TAG_GIT_COMMIT: "git_commit",
     TAG_PARENT_RUN_ID: "parent_run_id",
+    TAG_LATENCY_HOST: "latency_host",
+    TAG_LATENCY_THREADS: "latency_threads",
+    TAG_LATENCY_ENGINE: "latency_engine",
+    TAG_LATENCY_SKIPPED: "latency_skipped",
 }
 # Columns that describe a run rather than its configuration, in frame order.
 RUN_COLUMNS = (
@@ -196,6 +206,10 @@ RUN_COLUMNS = (
     "attempts",
     "git_commit",
     "parent_run_id",
+    "latency_host",
+    "latency_threads",
+    "latency_engine",
+    "latency_skipped",
     "start_time",
     "end_time",
     "duration_s",
@@ -343,9 +357,11 @@ class Tracker:
                 if experiment.tags.get(key) != value:
                     self.client.set_experiment_tag(self.experiment_id, key, value)
         self.parent_id = self._parent_run()
+        objectives = json.dumps([objective.model_dump() for objective in self.study.spec.objectives])
+        self.client.set_tag(self.parent_id, TAG_OBJECTIVES, objectives)  # the study file may have changed
 
     def _experiment_tags(self) -> dict[str, str]:
-        objective = self.study.spec.objective
+        objective = self.study.spec.objectives[0]
         return {
             TAG_EXPERIMENT_KIND: EXPERIMENT_KIND,
             TAG_PRIMARY_METRIC: objective.metric,
@@ -462,11 +478,13 @@ class Tracker:
         run_tags = [RunTag(k, v[:TAG_MAX_LENGTH]) for k, v in (tags or {}).items()]
         for start in range(0, max(len(metrics), 1), 1000):  # MLflow's log_batch limit
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000], tags=run_tags if start == 0 else [])
+        if tags and TAG_LATENCY_ENGINE in tags and TAG_LATENCY_SKIPPED in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, TAG_LATENCY_SKIPPED)  # measured now, on a host that has the engine
 
     def protocol_records(self, run_ids: Iterable[str]) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
-        """``{run_id: (final metrics, protocol tags)}`` of these cell runs, in one search."""
+        """``{run_id: (final metrics, protocol and latency-threads tags)}`` of these cell runs, in one search."""
         wanted = set(run_ids)
-        prefixes = (TAG_EVAL_PREFIX, TAG_ROBUST_PREFIX)
+        prefixes = (TAG_EVAL_PREFIX, TAG_ROBUST_PREFIX, TAG_LATENCY_THREADS)
         return {run.info.run_id: (dict(run.data.metrics), {k: v for k, v in run.data.tags.items() if k.startswith(prefixes)})
                 for run in search_all(self.client, self.experiment_id, ROLE_CELL) if run.info.run_id in wanted}
 
@@ -613,8 +631,14 @@ def read_cell(run) -> CellRow:
 
 
 def read_parent(run) -> dict[str, Any]:
-    """The parent run's study name, run id and git commit."""
-    return {"study": run.data.tags.get(TAG_STUDY), "run_id": run.info.run_id, "git_commit": commit_of(run.data.tags)}
+    """The parent run's study name, run id, git commit and objectives (``[{"metric", "direction"}]``,
+    the selection objective first; ``[]`` for studies recorded before ``TAG_OBJECTIVES``)."""
+    try:
+        objectives = json.loads(run.data.tags.get(TAG_OBJECTIVES) or "[]")
+    except json.JSONDecodeError:
+        objectives = []
+    return {"study": run.data.tags.get(TAG_STUDY), "run_id": run.info.run_id,
+            "git_commit": commit_of(run.data.tags), "objectives": objectives}
 
 
 @contextlib.contextmanager

@@ -55,6 +55,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bnn.config import FitConfig
+from bnn.latency import latency_metric_names
 from bnn.signals import StopRequest
 from bnn.train import EpochStats, FitInterrupted, fit
 from studies.db_setup import open_shared, sqlite_path, study_lock
@@ -63,12 +64,17 @@ from studies.objective import not_comparable_reason, objective_value
 from studies.record import (
     ARTIFACT_CHECKPOINT_DIR,
     TAG_EVAL_PREFIX,
+    TAG_LATENCY_ENGINE,
+    TAG_LATENCY_HOST,
+    TAG_LATENCY_SKIPPED,
+    TAG_LATENCY_THREADS,
     TAG_ROBUST_PREFIX,
     Tracker,
     create_mlflow_schema,
     protocol_tags,
 )
 from studies.spec import Cell, Study, set_dotted
+from studies.yaml_lines import StudyFileError
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -136,20 +142,37 @@ def _create_optuna_schema(url: str) -> None:
 
 
 def load_optuna_study(study: Study, create: bool = True) -> optuna.Study | None:
-    """The study's Optuna study; ``None`` when it does not exist and ``create`` is false."""
+    """The study's Optuna study; ``None`` when it does not exist and ``create`` is false.
+
+    Its directions are the study file's objectives (``StudyFile.objectives``): one for a
+    single-objective study, several for a multi-objective one, whose search samples with Optuna's
+    multi-objective TPE (``TPESampler`` handles several objectives) and whose ``best_trials`` are
+    the Pareto set.
+
+    Raises:
+        StudyFileError: ``create`` and the stored study was created with other directions (the
+            objective list of the study file changed in number or direction).
+    """
     storage = open_storage(study.storage, create=create)
     if storage is None:
         return None
-    direction = study.spec.objective.direction
+    directions = [objective.direction for objective in study.spec.objectives]
     sampler = optuna.samplers.TPESampler(seed=study.spec.search.sampler_seed) if study.spec.search else None
     if create:
-        return open_shared(
+        optuna_study = open_shared(
             study.storage,
             lambda: optuna.create_study(
-                study_name=study.name, storage=storage, direction=direction, load_if_exists=True, sampler=sampler
+                study_name=study.name, storage=storage, directions=directions, load_if_exists=True, sampler=sampler
             ),
             "creating the Optuna study",
         )
+        stored = [d.name.lower() for d in optuna_study.directions]
+        if stored != directions:
+            raise StudyFileError(study.path, None, "objective",
+                                 f"the Optuna study '{study.name}' was created with the "
+                                 f"direction(s) {stored}, the file now gives {directions}; restore the objective "
+                                 f"or give the study a new name (name:)")
+        return optuna_study
     try:
         return optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
     except KeyError:
@@ -563,12 +586,15 @@ class Runner:
                 protocol_started = time.perf_counter()
                 protocol = self._evaluate_protocol(cell, result.checkpoint, result.val.eer_threshold,
                                                    lambda: bool(self.stop) or heartbeat.lost.is_set())
+                self._check_claim(trial)
+                latency, latency_tags = self._measure_latency(cell, result.checkpoint)
                 fit_seconds += time.perf_counter() - protocol_started
                 self._check_claim(trial)
                 for stats in result.history:  # epochs an earlier attempt checkpointed but did not log
                     log_epoch(stats)
-                self.tracker.log_result(run_id, result, protocol,
-                                        protocol_tags(self.study.test_sets, self.study.perturbations))
+                self.tracker.log_result(run_id, result, {**protocol, **latency},
+                                        {**protocol_tags(self.study.test_sets, self.study.perturbations),
+                                         **latency_tags})
                 self._check_claim(trial)  # once more before the run is ended (logging artifacts takes time)
         except ClaimLost:
             self._leave_taken_over(cell, run_id, summary)
@@ -595,12 +621,15 @@ class Runner:
             summary.failed[self._label(trial, cell_id)] = message
             self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": message})
             return
-        metric = self.study.spec.objective.metric
-        scalars = {**result.scalars(), **protocol}
-        value = objective_value(scalars, metric)  # results live in MLflow only (see studies.record)
+        scalars = {**result.scalars(), **protocol, **latency}
+        # Results live in MLflow only (see studies.record); Optuna gets the objective values.
+        values = [objective_value(scalars, o.metric) for o in self.study.spec.objectives]
         status = "FINISHED"
-        if math.isnan(value):  # finished, but cannot be ranked: done, never re-run automatically
+        if any(math.isnan(v) for v in values):  # finished, but cannot be ranked: done, never re-run automatically
+            metric = self.study.spec.objectives[[math.isnan(v) for v in values].index(True)].metric
             reason = not_comparable_reason(metric, scalars)
+            if metric in latency_metric_names(tuple(self.study.spec.latency.resolutions)):
+                reason += f" (latency not measured: {latency_tags.get(TAG_LATENCY_SKIPPED, 'unknown reason')})"
             log.warning("cell %s is %s: %s", cell_id, NOT_COMPARABLE, reason)
             self.tracker.mark_not_comparable(run_id, reason)
             trial.set_user_attr("not_comparable", reason)
@@ -610,7 +639,7 @@ class Runner:
             status = NOT_COMPARABLE.upper()
         else:
             self.tracker.end(run_id, "FINISHED")
-            self.optuna_study.tell(trial, value)
+            self.optuna_study.tell(trial, values if len(values) > 1 else values[0])
         summary.completed.append(cell_id)
         seconds = time.perf_counter() - started
         self.on_event("cell_end", {"cell": cell, "status": status, "result": result, "seconds": seconds,
@@ -640,12 +669,40 @@ class Runner:
                                  test_sets=test_sets, perturbations=perturbations, device=device,
                                  should_stop=should_stop)
 
+    def _measure_latency(self, cell: Cell, checkpoint: Path) -> tuple[dict[str, float], dict[str, str]]:
+        """Latency metrics (``bnn.latency``) of a cell's selected checkpoint on this host, and the
+        tags saying where and how they were measured; ``({}, {})`` when the study switched
+        latency off, ``({}, {TAG_LATENCY_SKIPPED: why})`` when the engine is missing."""
+        settings = self.study.spec.latency
+        if not settings.enabled:
+            return {}, {}
+        from bnn.latency import EngineMissing, measure
+        from bnn.train import load_detector
+
+        model, config = load_detector(checkpoint, "cpu")
+        try:
+            measured = measure(model, config.resolution, tuple(settings.resolutions), settings.threads,
+                               settings.repeats)
+        except EngineMissing as err:
+            log.warning("cell %s: latency not measured: %s", cell.cell_id, err)
+            return {}, {TAG_LATENCY_SKIPPED: str(err)}
+        log.info("cell %s: latency %.2f ms (network %.2f ms), %.0f images/s at batch 32, %s, %d thread(s), "
+                 "measured in %.1f s", cell.cell_id, measured.metrics["latency_ms"],
+                 measured.metrics["latency_network_ms"], measured.metrics["throughput_ips"], measured.engine,
+                 measured.threads, measured.seconds)
+        return measured.metrics, {TAG_LATENCY_HOST: measured.host, TAG_LATENCY_THREADS: str(measured.threads),
+                                  TAG_LATENCY_ENGINE: measured.engine}
+
     def _complete_protocol(self) -> None:
         """Finished cells that lack metrics of the study's current ``evaluate``/``robustness``
         entries (added after they ran), or hold them for an earlier definition of the entry (the
         ``TAG_EVAL_PREFIX``/``TAG_ROBUST_PREFIX`` tags differ), get them from their kept
-        checkpoint, without retraining."""
-        if not self.study.test_sets and not self.study.perturbations:
+        checkpoint, without retraining; so do cells without latency metrics for the study's
+        ``latency`` settings (finished before latency was measured, measured with other threads, or
+        skipped because the engine was missing)."""
+        latency = self.study.spec.latency
+        latency_names = set(latency_metric_names(tuple(latency.resolutions))) if latency.enabled else set()
+        if not self.study.test_sets and not self.study.perturbations and not latency_names:
             return
         from bnn.protocol import protocol_metric_names
 
@@ -655,13 +712,18 @@ class Runner:
         if not done:
             return
 
-        def missing(have: dict[str, float], tags: dict[str, str]) -> tuple[list, list]:
-            """Entries without their metrics, or evaluated under another definition."""
+        def missing(have: dict[str, float], tags: dict[str, str]) -> tuple[list, list, bool]:
+            """Entries without their metrics, or evaluated under another definition; and whether
+            the latency is to be measured."""
             sets = [s for s in self.study.test_sets if not s.skip_reason and (
                 not set(protocol_metric_names([s], [])) <= set(have)
                 or tags.get(f"{TAG_EVAL_PREFIX}{s.name}") != s.definition())]
-            return sets, [p for p in self.study.perturbations if not set(protocol_metric_names([], [p])) <= set(have)
-                          or tags.get(f"{TAG_ROBUST_PREFIX}{p.key}") != p.describe()]
+            perturbations = [p for p in self.study.perturbations
+                             if not set(protocol_metric_names([], [p])) <= set(have)
+                             or tags.get(f"{TAG_ROBUST_PREFIX}{p.key}") != p.describe()]
+            timed = bool(latency_names) and (not latency_names <= set(have)
+                                             or tags.get(TAG_LATENCY_THREADS) != str(latency.threads))
+            return sets, perturbations, timed
 
         records = self.tracker.protocol_records(done.values())
         lacking = [cell_id for cell_id, run_id in done.items() if any(missing(*records.get(run_id, ({}, {}))))]
@@ -675,10 +737,10 @@ class Runner:
             with study_lock(self.study.storage, engine, f"protocol of {cell_id} in {self.study.name}"):
                 run = self.tracker.client.get_run(run_id)
                 have = dict(run.data.metrics)
-                sets, perturbations = missing(have, dict(run.data.tags))
-                if not sets and not perturbations:
+                sets, perturbations, timed = missing(have, dict(run.data.tags))
+                if not sets and not perturbations and not timed:
                     continue
-                added = ", ".join([s.name for s in sets] + [p.key for p in perturbations])
+                added = ", ".join([s.name for s in sets] + [p.key for p in perturbations] + ["latency"] * timed)
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint = self._kept_checkpoint(cell_id, run_id, Path(tmp))
                     if checkpoint is None:
@@ -687,10 +749,15 @@ class Runner:
                         continue
                     log.info("cell %s: evaluating its checkpoint %s on %s (added to or changed in the study after it finished)",
                              cell_id, checkpoint, added)
-                    scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint,
-                                                      have.get("val_eer_threshold"), lambda: bool(self.stop), sets,
-                                                      perturbations)
-                self.tracker.log_scalars(run_id, scalars, protocol_tags(sets, perturbations))
+                    scalars, tags = {}, protocol_tags(sets, perturbations)
+                    if sets or perturbations:
+                        scalars = self._evaluate_protocol(self.cells[cell_id], checkpoint,
+                                                          have.get("val_eer_threshold"), lambda: bool(self.stop),
+                                                          sets, perturbations)
+                    if timed:
+                        measured, latency_tags = self._measure_latency(self.cells[cell_id], checkpoint)
+                        scalars, tags = {**scalars, **measured}, {**tags, **latency_tags}
+                self.tracker.log_scalars(run_id, scalars, tags)
             self.on_event("cell_protocol", {"cell": self.cells[cell_id], "metrics": len(scalars)})
 
     def _kept_checkpoint(self, cell_id: str, run_id: str, tmp: Path) -> Path | None:

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -83,6 +83,26 @@ class Objective(BaseModel):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+LATENCY_ENV = "BNN_LATENCY"  # "off": latency.enabled defaults to false (the test suite sets it)
+
+
+def _latency_default() -> bool:
+    return os.environ.get(LATENCY_ENV, "on").strip().lower() != "off"
+
+
+class Latency(BaseModel):
+    """Measured speed of each cell's selected checkpoint on its worker's host (``bnn.latency``).
+
+    ``enabled`` defaults to true unless the environment sets ``BNN_LATENCY=off``; a study file's
+    own ``latency.enabled`` always wins."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(default_factory=_latency_default)
+    threads: int = Field(1, ge=1, le=256)  # PyTorch and OpenVINO intra-op threads while timing
+    repeats: int = Field(20, ge=1, le=10_000)  # timed batch-1 runs per resolution
+    resolutions: list[Annotated[int, Field(ge=8, le=4096)]] = []  # extra sizes, e.g. [224]
+
+
 class StudyFile(BaseModel):
     """The schema of a study file (see README, "Study files")."""
 
@@ -99,10 +119,17 @@ class StudyFile(BaseModel):
     grid: dict[str, list[Any] | Powerset] = {}
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     search: Search | None = None
-    objective: Objective = Objective()
+    # One objective, or a list (a multi-objective search; the first one selects in a grid study).
+    objective: Objective | list[Objective] = Objective()
+    latency: Latency = Field(default_factory=Latency)
     log_checkpoint: bool = True
     evaluate: list[dict[str, Any]] = []
     robustness: list[dict[str, Any]] = []
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """The objectives in file order; the first selects (the best cell, the MLflow view's sort)."""
+        return self.objective if isinstance(self.objective, list) else [self.objective]
 
 
 @dataclass
@@ -272,7 +299,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     try:
         spec = StudyFile(**data)
     except ValidationError as err:
-        raise _schema_error(path, lines, err) from None
+        raise _schema_error(path, lines, err, data) from None
 
     for section in ("defaults", "grid"):
         for key in getattr(spec, section):
@@ -295,14 +322,23 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     test_sets = _test_sets(path, lines, spec)
     perturbations = _perturbations(path, lines, spec)
     valid_metrics = objective_metric_names(spec)
-    if spec.objective.metric not in valid_metrics:
-        raise StudyFileError(path, line_of(lines, ("objective", "metric")), "objective.metric",
-                             unknown_metric_message(spec.objective.metric, valid_metrics))
-    for test_set in test_sets:  # every cell would train and then be "not comparable"
-        if test_set.skip_reason and spec.objective.metric.startswith(f"eval_{test_set.name}_"):
-            raise StudyFileError(path, line_of(lines, ("objective", "metric")), "objective.metric",
-                                 f"{spec.objective.metric} comes from the evaluate entry {test_set.name!r}, which "
-                                 f"would be skipped: {test_set.skip_reason}")
+    if not spec.objectives:
+        raise StudyFileError(path, line_of(lines, ("objective",)), "objective",
+                             "an empty list; give at least one {metric, direction}")
+    for i, objective in enumerate(spec.objectives):
+        if objective.metric in [o.metric for o in spec.objectives[:i]]:
+            raise StudyFileError(path, line_of(lines, ("objective", i, "metric")), f"objective[{i}].metric",
+                                 f"{objective.metric} is listed twice")
+        listed = isinstance(spec.objective, list)
+        where = ("objective", i, "metric") if listed else ("objective", "metric")
+        key = f"objective[{i}].metric" if listed else "objective.metric"
+        if objective.metric not in valid_metrics:
+            raise StudyFileError(path, line_of(lines, where), key, unknown_metric_message(objective.metric, valid_metrics))
+        for test_set in test_sets:  # every cell would train and then be "not comparable"
+            if test_set.skip_reason and objective.metric.startswith(f"eval_{test_set.name}_"):
+                raise StudyFileError(path, line_of(lines, where), key,
+                                     f"{objective.metric} comes from the evaluate entry {test_set.name!r}, which "
+                                     f"would be skipped: {test_set.skip_reason}")
 
     study_name = spec.name or path.stem
     base = dict(spec.defaults)
@@ -438,12 +474,26 @@ def _check_search_space(path: Path, lines: dict, spec: StudyFile, base: FitConfi
                                      f"value {value!r} is invalid: {detail}") from None
 
 
-def _schema_error(path: Path, lines: dict, err: ValidationError) -> StudyFileError:
-    """The first schema error, with grid axes explained (a list, or a powerset mapping)."""
+_SECTION_MODELS: dict[str, type[BaseModel]] = {"latency": Latency, "objective": Objective, "search": Search}
+
+
+def _schema_error(path: Path, lines: dict, err: ValidationError, data: dict) -> StudyFileError:
+    """The first schema error (``data``: the file's mapping), with grid axes explained (a list, or
+    a powerset mapping), the valid keys of a section, and the objective's form that was written."""
     errors = err.errors()
     first = errors[0]
-    loc = tuple(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Powerset")))
+    if first["loc"][:1] == ("objective",):  # a mapping or a list of them: the errors of the branch written
+        listed = [e for e in errors if "list[Objective]" in map(str, e["loc"])]
+        branch = listed if isinstance(data.get("objective"), list) else [e for e in errors if e not in listed]
+        first = (branch or errors)[0]
+    loc = tuple(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Powerset", "Objective")))
     message = first["msg"]
+    within = [p for p in loc[1:-1] if not p.isdigit()]  # the key's path inside its section
+    section = _SECTION_MODELS.get(loc[0]) if len(loc) >= 2 and not within else None
+    if first["type"] == "extra_forbidden" and section is not None:
+        valid = list(section.model_fields)
+        message = f"unknown key; {_suggest(loc[-1], valid)}valid keys: {', '.join(valid)}"
+    key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
     if loc[:1] == ("grid",) and len(loc) == 2:
         details = [
             f"{'.'.join(str(p) for p in e['loc'][3:]) or 'value'}: {e['msg']}"
@@ -453,7 +503,7 @@ def _schema_error(path: Path, lines: dict, err: ValidationError) -> StudyFileErr
         message = "a grid axis is a list of values or {powerset: [names], base: [rgb]}"
         if details and isinstance(err.errors()[0].get("input"), dict):
             message += f" ({'; '.join(details)})"
-    return StudyFileError(path, line_of(lines, loc), ".".join(loc), message)
+    return StudyFileError(path, line_of(lines, loc), key, message)
 
 
 def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: Exception,

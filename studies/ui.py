@@ -65,7 +65,7 @@ def workers_for(cpu_count: int | None) -> int:
 
 def view_state(study) -> dict[str, Any]:
     """The saved view's state: objective sort (best first), objective + grid-axis columns."""
-    objective = study.spec.objective
+    objective = study.spec.objectives[0]
     key = sort_key(objective.metric)
     axes = list(study.spec.grid) or list(study.spec.search.space if study.spec.search else [])
     return {
@@ -77,7 +77,7 @@ def view_state(study) -> dict[str, Any]:
 
 
 def view_tag_value(study, now_ms: int, created_ms: int | None = None) -> str:
-    objective = study.spec.objective
+    objective = study.spec.objectives[0]
     best = "lowest" if objective.direction == "minimize" else "highest"
     return json.dumps({
         "name": f"study {study.name}: cells by {objective.metric}, {best} first",
@@ -360,7 +360,7 @@ def serve(study, port: int, open_browser: bool = True, say=None) -> int:
 
 
 def _objective(study) -> tuple[str, str]:
-    return study.spec.objective.metric, study.spec.objective.direction
+    return study.spec.objectives[0].metric, study.spec.objectives[0].direction
 
 
 def _lookup_on_server(study) -> tuple[str | None, str | None]:

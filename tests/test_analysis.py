@@ -55,6 +55,34 @@ DEFAULT_CELLS = [
     ("resnet50", "rgb", False, [0.950]),
 ]
 EPOCHS = 3
+# Measured latency (analysis.latency): ms at batch 1 of the network per backbone; each extra input
+# channel adds 0.5 ms end to end and each seed 0.1 ms. Two hosts; ResNet-50 skipped with a reason,
+# BNext-T RGB+Mag.+LBP recorded as before latency was measured (no metric, no tag).
+NETWORK_MS = {"bnext_tiny": 2.0, "bnext_small": 4.0, "bnext_middle": 6.0}
+HOST_A, HOST_B = ("Test CPU A", "2"), ("Test CPU B", "4")
+SKIPPED = "no exported engine for this backbone (test)"
+OBJECTIVES = [
+    {"metric": "test_auc", "direction": "maximize"},
+    {"metric": "latency_ms", "direction": "minimize"},
+]
+
+
+def latency_of(backbone: str, features: str, frozen: bool, seed: int) -> tuple[dict, dict]:
+    """(metrics, tags) a cell's run gets for its measured latency (see ``NETWORK_MS``)."""
+    if backbone not in NETWORK_MS:
+        return {}, {R.TAG_LATENCY_SKIPPED: SKIPPED}
+    if features == "rgb+sobel+lbp":
+        return {}, {}
+    network = NETWORK_MS[backbone]
+    total = network + 0.5 * (len(features.split("+")) - 1) + 0.1 * seed
+    host, threads = HOST_B if frozen else HOST_A
+    metrics = {"latency_ms": total, "latency_network_ms": network, "throughput_ips": 4000 / total}
+    tags = {
+        R.TAG_LATENCY_HOST: host,
+        R.TAG_LATENCY_THREADS: threads,
+        R.TAG_LATENCY_ENGINE: "openvino test binary",
+    }
+    return metrics, tags
 
 
 @dataclass
@@ -133,6 +161,8 @@ def make_study_record(
     unfinished: bool = True,
     omit_metrics: tuple[str, ...] = (),
     commit_tag: str = R.TAG_GIT_COMMIT,
+    latency: bool = False,
+    objectives: list[dict] | None = None,
 ) -> StudyRecord:
     """Writes a study's MLflow record following the runner's contract.
 
@@ -146,6 +176,9 @@ def make_study_record(
         unfinished: Also add a FAILED and a RUNNING cell run.
         omit_metrics: Final metrics not to log (to make a report fail).
         commit_tag: The git commit's tag (``R.LEGACY_TAG_GIT_COMMIT`` for a record of an older version).
+        latency: Log measured latency as ``latency_of`` says (two hosts, a skipped cell, a cell
+            recorded as before latency existed).
+        objectives: The study's objectives, tagged on the parent run (``R.TAG_OBJECTIVES``).
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     location = (Path(artifact_root) / study).as_uri() if artifact_root else None
@@ -153,7 +186,12 @@ def make_study_record(
     parent = client.create_run(
         experiment_id,
         run_name=study,
-        tags={R.TAG_ROLE: R.ROLE_STUDY, R.TAG_STUDY: study, commit_tag: GIT_COMMIT},
+        tags={
+            R.TAG_ROLE: R.ROLE_STUDY,
+            R.TAG_STUDY: study,
+            commit_tag: GIT_COMMIT,
+            **({R.TAG_OBJECTIVES: json.dumps(objectives)} if objectives else {}),
+        },
     )
     parent_id = parent.info.run_id
     staging = Path(tempfile.mkdtemp(prefix="study-record-"))
@@ -183,6 +221,8 @@ def make_study_record(
                 R.TAG_ATTEMPTS: "1",
                 commit_tag: GIT_COMMIT,
             }
+            timed, timing_tags = latency_of(backbone, features, frozen, seed) if latency else ({}, {})
+            tags.update(timing_tags)
             run_id = client.create_run(
                 experiment_id, run_name=f"{name} {features}", tags=tags
             ).info.run_id
@@ -212,6 +252,7 @@ def make_study_record(
                 "trainable_params": 300 if frozen else n_params,
                 "storage_bytes": n_params // 8,
                 "feature_flops": 1000 * (len(features.split("+")) - 1),
+                **timed,
             }
             final = {k: v for k, v in final.items() if k not in omit_metrics}
             metrics = [Metric(k, float(v), 0, 0) for k, v in final.items()]
@@ -294,6 +335,8 @@ def shared_records(tmp_path_factory) -> dict[str, StudyRecord]:
 
     Studies: ``demo`` (the default cells, with a FAILED and a RUNNING run), ``other`` (one cell),
     ``coco`` (two cells on COCOFake, for the published block) and ``broken`` (no ``test_auc``).
+    ``demo`` has measured latency (``latency_of``) and two objectives (``OBJECTIVES``); the others
+    are recorded as before latency and objectives were.
     """
     key = tmp_path_factory.getbasetemp()
     if key not in _SHARED:
@@ -309,7 +352,9 @@ def _make_shared(root: Path) -> dict[str, StudyRecord]:
         ("bnext_tiny", "rgb+fft+lbp", True, [0.85]),
     ]
     return {
-        "demo": make_study_record(uri, "demo", artifact_root=artifacts),
+        "demo": make_study_record(
+            uri, "demo", artifact_root=artifacts, latency=True, objectives=OBJECTIVES
+        ),
         "other": make_study_record(  # as an older version wrote it: the custom commit tag
             uri,
             "other",

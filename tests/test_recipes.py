@@ -17,7 +17,14 @@ from bnn.backbones.binary import BinaryConv2d, set_weight_temperature
 from bnn.config import LEGACY_VALUES, RECIPES, AugmentConfig, FitConfig
 from bnn.data.transforms import AUGMENT_PRESETS, build_transform, resize_size
 from bnn.detector import create_detector
-from bnn.train import ProgressLog, _parameter_groups, make_loader, load_splits, lr_at, seed_everything
+from bnn.train import (
+    ProgressLog,
+    _parameter_groups,
+    load_splits,
+    lr_at,
+    make_loader,
+    seed_everything,
+)
 from studies.spec import load_study
 
 

@@ -22,6 +22,15 @@ EXPECTED = [
     "figure1.png",
     "figure1.pdf",
     "figure1.svg",
+    "figure1_latency.png",  # the demo record has measured latency (test_analysis.latency_of)
+    "figure1_latency.pdf",
+    "figure1_latency.svg",
+    "pareto_set.md",  # and two objectives (test_analysis.OBJECTIVES)
+    "pareto_set.tex",
+    "pareto_set.csv",
+    "objective_front.png",
+    "objective_front.pdf",
+    "objective_front.svg",
     "learning_curves.png",
     "learning_curves.pdf",
     "learning_curves.svg",
@@ -123,7 +132,13 @@ def test_render_without_protocol_data_has_no_protocol_sections(rendered):
 
 def test_render_png_is_a_real_image(rendered):
     _, out = rendered
-    for name in ("figure1.png", "learning_curves.png", "roc_front.png"):
+    for name in (
+        "figure1.png",
+        "figure1_latency.png",
+        "objective_front.png",
+        "learning_curves.png",
+        "roc_front.png",
+    ):
         pixels = np.asarray(Image.open(out / name).convert("L"), dtype=float)
         assert pixels.shape[0] >= 600 and pixels.shape[1] >= 1000, name
         assert pixels.std() > 10, name  # not blank
@@ -137,7 +152,7 @@ def test_render_html_has_no_code(rendered):
     for code in ("load_runs(", "from analysis import", "save_figure(", "tracking_uri ="):
         assert code not in html
     assert "Figure 1" in html and "Feature ablation" in html and "Learning curves" in html
-    assert html.count("data:image/png;base64") == 4
+    assert html.count("data:image/png;base64") == 6
     assert "Downloading artifacts" not in html and "TqdmWarning" not in html
     assert "<table>" in html  # the Markdown tables, rendered
 
@@ -153,6 +168,40 @@ def test_render_tables_and_notebook(rendered, records):
     assert not any(
         o.get("output_type") == "error" for c in notebook.cells for o in c.get("outputs", [])
     )
+
+
+def test_render_latency_and_objectives(rendered):
+    """Measured latency on two hosts: the twin of Figure 1, the tables' columns, the report's
+    words; two objectives: their Pareto set and front."""
+    _, out = rendered
+    html = (out / "report.html").read_text()
+    assert "Figure 1 against measured latency" in html and "Trade-offs between objectives" in html
+    assert "Latency measured on 2 hosts; compare within a host" in html
+    assert "Latency was not measured for 2 of 13 runs" in html
+    assert "Pareto front, host 2" in (out / "figure1_latency.svg").read_text()
+    results = (out / "results_synthetic.md").read_text()
+    assert "| Latency (ms) | Throughput (img/s) |" in results
+    assert "measured on 2 hosts: compare within a host" in results
+    pareto_set = (out / "pareto_set.md").read_text()
+    assert "↑ test_auc (%)" in pareto_set and "↓ latency_ms (ms)" in pareto_set
+
+
+@pytest.mark.slow  # a second render (about 30 s on 2 cores)
+def test_render_without_latency_or_objectives(records, tmp_path):
+    """A study recorded before latency and objectives: no latency figure, no objectives section;
+    the report says latency was not measured, and why; the tables show dashes."""
+    result = _render(
+        "other", "--tracking-uri", records["other"].tracking_uri, "--out", str(tmp_path),
+        "--no-log", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "figure1.png" in names and "results_synthetic.md" in names
+    assert not {n for n in names if n.startswith(("figure1_latency", "pareto_set", "objective_"))}
+    html = (tmp_path / "report.html").read_text()
+    assert "Latency was not measured: recorded before latency measurement existed" in html
+    assert "Trade-offs between objectives" not in html
+    assert "| – | – |" in (tmp_path / "results_synthetic.md").read_text()
 
 
 def test_render_logs_report_to_parent_run(rendered, records):

@@ -11,24 +11,14 @@ computed inside the detector as in ``bnn.train.fit``.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 import torch.nn.functional as F
 
 from bnn import create_detector
+from bnn.host import cpu_model
 from bnn.train import resolve_device
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _sync(device: torch.device) -> None:
@@ -82,7 +72,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"device: {device} ({where}), torch threads: {torch.get_num_threads()}, batch {args.batch}, "
           f"features {args.features}")
     print(f"{'backbone':<14}{'size':>6}{'train img/s':>14}{'eval img/s':>13}")

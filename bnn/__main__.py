@@ -174,6 +174,11 @@ def _detect(args: argparse.Namespace) -> int:
             raise ValueError(f"no such file or folder: '{p}'")
     if not paths:
         raise ValueError(f"no image files to detect in {', '.join(repr(i) for i in args.inputs)}")
+    # OpenVINO compiles the network once per batch size (static shapes; about a second each), so
+    # every batch is padded with copies of its last image to one size: a short last batch or one
+    # with unreadable images costs a few padded images instead of a compilation. Padding does not
+    # change a probability (each image's output is independent of the rest of its batch).
+    pad_to = min(args.batch_size, len(paths)) if args.engine == "openvino" else 0
     skipped = 0
     for start in range(0, len(paths), args.batch_size):
         rows: list[tuple[Path, str | None]] = []  # (path, reason it is unreadable or None), in order
@@ -186,7 +191,8 @@ def _detect(args: argparse.Namespace) -> int:
                 print(f"warning: skipping unreadable image '{path}': {err.reason}", file=sys.stderr)
                 rows.append((path, err.reason))
                 skipped += 1
-        probs = iter(model.predict_proba(torch.stack(images).to(device)).tolist() if images else [])
+        batch = torch.stack(images + images[-1:] * (pad_to - len(images))) if images else None
+        probs = iter(model.predict_proba(batch.to(device)).tolist()[: len(images)] if images else [])
         for path, error in rows:
             if error is not None:
                 if args.json:

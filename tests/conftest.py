@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Copy of shared/spec/bnext_official_state_dict_keys.json: every key and shape of the official
+# Copy of the design notes' spec/bnext_official_state_dict_keys.json (outside this repository): every key and shape of the official
 # BNext ImageNet checkpoints ({tiny,small,middle,large}_checkpoint.pth.tar).
 KEY_SPEC = Path(__file__).resolve().parent / "data" / "bnext_official_state_dict_keys.json"
 

@@ -3,7 +3,8 @@ backbone of Lanzino et al., "Faster Than Lies: Real-time Deepfake Detection usin
 Networks", CVPRW 2024.
 
 The module tree reproduces the official ImageNet checkpoints key for key (see
-``shared/spec/bnext_official_state_dict_keys.json``), so they load with ``strict=True``.
+``tests/data/bnext_official_state_dict_keys.json``, checked by ``tests/test_backbones.py``), so they
+load with ``strict=True``.
 """
 
 from __future__ import annotations

@@ -8,12 +8,16 @@ no per-image Python loop and no NumPy round trip, and reproduces the reference l
 
 * ``sobel`` (alias ``magnitude``): ``sqrt(Gx^2 + Gy^2) / 255`` with ``Gx``, ``Gy`` the 7x7 Sobel
   derivatives of ``cv2.Sobel(Y, cv2.CV_64F, 1, 0, ksize=7)`` / ``(0, 1)``, border reflect-101.
-  ``Y`` is integer-valued, so ``Gx`` and ``Gy`` (at most 255 * 64 * 20 = 326400 < 2**24) are
-  computed exactly in float32; only the final square root rounds (relative error ~1e-7).
+  ``Y`` is integer-valued, so ``Gx + Gy`` and ``Gx - Gy`` (a Roberts cross on the binomially
+  smoothed image, at most 2 * 255 * 32 * 32 in magnitude, every partial sum < 2**24) are
+  computed exactly in float32; only the tail (squares, sum, square root, scale) rounds
+  (relative error < 3e-7, see ``_sobel``).
 * ``fft``: ``20 * ln(|fftshift(fft2(Y))| + 1e-9) / 255`` as in NumPy. The spectrum is computed in
   float64 with a real-input ``rfft2`` (the other half is rebuilt by Hermitian symmetry), on the
-  image minus its rounded mean, with the DC term set to the exact pixel sum; float32 FFTs are too
-  imprecise for the small coefficients. The log is taken in float32 (output precision).
+  image minus its mean (an integer), modulated by (-1)^(i + j) for even sizes so that it comes
+  out already fftshifted, with the DC term set to the exact pixel sum; float32 FFTs are too
+  imprecise for the small coefficients. Everything after the transform (magnitude, log) is
+  float32, within ~2e-8 absolute of the float64 values (see ``_fft``).
 * ``lbp``: ``skimage.feature.local_binary_pattern(Y, P=3, R=6, method="uniform") / 255`` with
   identical codes (see ``_lbp`` for the derivation).
 
@@ -35,13 +39,15 @@ Grey levels (``grey_levels``), selected by ``compat``:
 
 All features are non-differentiable (grey levels are quantised): ``extract`` runs under
 ``torch.no_grad()`` and with autocast disabled, and computes internally in float32/float64
-whatever the input dtype. On CPU it works through the batch in chunks of about ten 224x224 images
-(cache locality) and writes each feature straight into its output channel.
+whatever the input dtype. On CPU it works through the batch in chunks of a few 224x224 images
+(cache locality) and writes each feature straight into its output channel. Everything is torch
+ops on the input's device (no NumPy, no host round trip); the CUDA path runs the same ops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +80,8 @@ _GREY_WEIGHTS = {
     "exact": (9798.0, 19235.0, 3735.0),  # COLOR_RGB2GRAY on (R, G, B)
     "authors": (3735.0, 19235.0, 9798.0),  # COLOR_BGR2GRAY applied to (R, G, B) data
 }
+# A 0-dim CPU tensor acts as a scalar on any device (``torch.add(_HALF, x, alpha=w)``).
+_HALF = torch.tensor(0.5)
 
 
 @dataclass(frozen=True)
@@ -138,15 +146,20 @@ def _grey_into(images: Tensor, compat: str, out: Tensor) -> None:
     """Writes the grey levels (B, H, W) of ``images`` (B, 3, H, W) into float32 ``out``."""
     # Quantise in the input's precision as NumPy would (float64 stays float64), else float32.
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-    levels = images.to(dtype) * 255.0  # (B, 3, H, W)
-    levels = levels.round_() if compat == "exact" else levels.trunc_()
-    levels = levels.clamp_(0.0, 255.0)
+    levels = torch.mul(images.to(dtype), 255.0)  # (B, 3, H, W)
+    if compat == "exact":
+        levels.round_().clamp_(0.0, 255.0)
+    else:
+        # Truncation: on [0, 255] trunc equals floor, and clamping to the integers 0 and 255
+        # commutes with floor, so clamp-then-floor equals trunc-then-clamp for every input
+        # (negative values go to 0 either way). torch's floor is vectorised, trunc is not (CPU).
+        levels.clamp_(0.0, 255.0).floor_()
     # OpenCV's fixed point (w . u + 2**14) >> 15, with the weights pre-scaled by 2**-15: every
     # product and partial sum has at most 8 integer and 15 fraction bits, so it is exact in
-    # float32 and ">> 15" becomes floor(. + 0.5).
+    # float32 and ">> 15" becomes floor(. + 0.5). The 0.5 comes in with the first product.
     w_r, w_g, w_b = (w * 2.0**-_GREY_SHIFT for w in _GREY_WEIGHTS[compat])
-    torch.mul(levels[:, 0], w_r, out=out)  # (B, H, W)
-    out.add_(levels[:, 1], alpha=w_g).add_(levels[:, 2], alpha=w_b).add_(0.5).floor_()
+    torch.add(_HALF, levels[:, 0], alpha=w_r, out=out)  # (B, H, W)
+    out.add_(levels[:, 1], alpha=w_g).add_(levels[:, 2], alpha=w_b).floor_()
 
 
 def grey_levels(images: Tensor, compat: str = "exact") -> Tensor:
@@ -182,36 +195,43 @@ def _pair_sum(x: Tensor, dim: int) -> Tensor:
     return x.narrow(dim, 0, n) + x.narrow(dim, 1, n)
 
 
-def _central_difference(x: Tensor, dim: int) -> Tensor:
-    """Correlation with [-1, 0, 1] along ``dim`` (valid part: the length shrinks by two)."""
-    n = x.shape[dim] - 2
-    return x.narrow(dim, 2, n) - x.narrow(dim, 0, n)
-
-
 def _sobel(grey: Tensor, out: Tensor) -> None:
     """``sqrt(Gx^2 + Gy^2) / 255`` with OpenCV's ksize=7 Sobel and reflect-101 border.
 
-    OpenCV's 7-tap kernels factor through the binomial b4 = [1, 1]^4 = [1, 4, 6, 4, 1]:
-    smoothing [1, 6, 15, 20, 15, 6, 1] = b4 * [1, 2, 1] and derivative
-    [-1, -4, -5, 0, 5, 4, 1] = b4 * [-1, 0, 1] (correlation, as OpenCV applies it). So
-    Gx = ([1, 2, 1]_y x [-1, 0, 1]_x) Q and Gy = ([-1, 0, 1]_y x [1, 2, 1]_x) Q with
-    Q = (b4_y x b4_x) Y: the 3x3 Sobel of the binomially smoothed image, 14 add/sub passes.
-    All values are integers below 2**24 (|G| <= 255 * 64 * 20), hence exact in float32.
+    OpenCV's 7-tap kernels factor through the binomial: smoothing [1, 6, 15, 20, 15, 6, 1] =
+    (1 + T)^6 and derivative [-1, -4, -5, 0, 5, 4, 1] = (1 + T)^4 (T^2 - 1) = (1 + T)^5 (T - 1),
+    with T the shift by one pixel (correlation, as OpenCV applies it). With R the 6x6 box-binomial
+    smoothing (1 + T_x)^5 (1 + T_y)^5 Y,
+
+        Gx = (T_x - 1)(1 + T_y) R,    Gy = (T_y - 1)(1 + T_x) R,
+
+    so Gx + Gy = 2 (T_x T_y - 1) R = 2 P and Gx - Gy = 2 (T_x - T_y) R = 2 M: a Roberts cross
+    on R, P[i, j] = R[i + 1, j + 1] - R[i, j], M[i, j] = R[i, j + 1] - R[i + 1, j], and
+    Gx^2 + Gy^2 = 2 (P^2 + M^2). That is 10 pair sums and 2 differences (no separate Gx, Gy).
+
+    Exactness: R, P and M are integers with |.| <= 255 * 32 * 32 = 261120 < 2**24 (every
+    partial sum too), hence exact in float32. Only the tail rounds: P^2, M^2, their sum, the
+    square root and the product with float32(sqrt(2) / 255), at most 2**-24 relative each,
+    so the result is within ~3e-7 relative of OpenCV's float64 value (1e-4 is required).
     """
     height, width = grey.shape[-2:]
     if min(height, width) < 4:
         raise ValueError(f"sobel needs images of at least 4x4 pixels, got {height}x{width}")
     # torch 'reflect' padding == OpenCV BORDER_REFLECT_101 (edge pixel not repeated).
-    q = F.pad(grey.unsqueeze(1), (3, 3, 3, 3), mode="reflect").squeeze(1)
-    # q: (B, H + 6, W + 6)
-    for _ in range(4):
-        q = _pair_sum(q, dim=2)
-    for _ in range(4):
-        q = _pair_sum(q, dim=1)
-    # q: (B, H + 2, W + 2)
-    gx = _pair_sum(_pair_sum(_central_difference(q, dim=2), dim=1), dim=1)  # (B, H, W)
-    gy = _pair_sum(_pair_sum(_central_difference(q, dim=1), dim=2), dim=2)  # (B, H, W)
-    torch.mul(gx, gx, out=out).addcmul_(gy, gy).sqrt_().div_(255.0)
+    r = F.pad(grey.unsqueeze(1), (3, 3, 3, 3), mode="reflect").squeeze(1)
+    # r: (B, H + 6, W + 6)
+    for _ in range(5):
+        r = _pair_sum(r, dim=2)
+    for _ in range(5):
+        r = _pair_sum(r, dim=1)
+    # r = R: (B, H + 1, W + 1)
+    torch.sub(r[:, 1:, 1:], r[:, :-1, :-1], out=out)  # P (B, H, W)
+    m = torch.sub(r[:, :-1, 1:], r[:, 1:, :-1])  # M (B, H, W)
+    out.mul_(out).addcmul_(m, m).sqrt_().mul_(_SQRT2_OVER_255)
+
+
+# float32(sqrt(2) / 255): sqrt(Gx^2 + Gy^2) / 255 = sqrt(P^2 + M^2) * sqrt(2) / 255.
+_SQRT2_OVER_255 = math.sqrt(2.0) / 255.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,28 +269,75 @@ def _fftshift_from_half(half: Tensor, scale: float, out: Tensor) -> None:
         put_rolled(slice(first, ws), mirrored, hs + 1)
 
 
+def _shifted_from_half(half: Tensor, scale: float, out: Tensor) -> None:
+    """Writes ``scale`` times the full spectrum (B, H, W) into ``out`` from its rfft2 half.
+
+    For even H and W with the input modulated by (-1)^(n1 + n2) (see ``_fft``): ``half``
+    (B, H, W // 2 + 1) then already holds the fftshifted columns j <= W // 2, and the rest
+    follows from Hermitian symmetry, out[i, j] = half[(H - i) mod H, W - j] for j > W // 2:
+    one flip of half[:, :, 1 : W // 2] in both axes, rows rolled by one.
+    """
+    _, height, width = out.shape
+    ws = width // 2
+    torch.mul(half, scale, out=out[:, :, : ws + 1])
+    if ws > 1:
+        # Flip the whole (contiguous) half: a flip of the column slice is several times slower.
+        mirrored = half.flip((1, 2))[:, :, 1:ws]  # [r, t] = half[H - 1 - r, W // 2 - 1 - t]
+        torch.mul(mirrored[:, : height - 1], scale, out=out[:, 1:, ws + 1 :])
+        torch.mul(mirrored[:, height - 1 :], scale, out=out[:, :1, ws + 1 :])
+
+
+@functools.lru_cache(maxsize=8)
+def _checkerboard(height: int, width: int, device: torch.device) -> Tensor:
+    """(H, W) float32 (-1)^(i + j)."""
+    rows = 1 - 2 * (torch.arange(height, device=device) % 2)
+    cols = 1 - 2 * (torch.arange(width, device=device) % 2)
+    return (rows[:, None] * cols[None, :]).float()
+
+
 def _fft(grey: Tensor, out: Tensor) -> None:
     """``20 * ln(|fftshift(fft2(Y))| + 1e-9) / 255`` (NumPy's definition), float32 output.
 
     The spectrum is computed in float64 (float32 FFTs have an absolute error ~1e-7 of the largest
-    coefficients, too much for the small ones) on the image minus its rounded mean: the input
+    coefficients, too much for the small ones) on the image minus its (floored) mean: the input
     stays exact, round-off shrinks, and a flat image gets exactly zero AC terms; the DC term is
-    the exact pixel sum. ``|z|^2`` is formed in float64, everything after it in float32 (relative
-    error ~1e-7, the output's own precision).
+    the exact pixel sum. For even H and W the input is also multiplied by (-1)^(n1 + n2), which
+    shifts the spectrum by (H / 2, W / 2), i.e. the transform comes out already fftshifted (the
+    half-spectrum bins land on output columns 0..W/2 without a roll). Centring and modulation
+    are exact in float32 (integers of magnitude <= 255); the cast to float64 is exact.
+
+    After the transform only float32 is needed: the spectrum is rounded to complex64 and
+    ``|z| = sqrt(re^2 + im^2)`` and ``ln(|z| + 1e-9)`` are evaluated in float32. Each of these
+    steps rounds by at most 2**-24 relative (|z|^2 <= (255 H W)^2 is far from float32's
+    overflow), so ``|z| + 1e-9`` is within ~2e-7 relative of its float64 value, i.e. the log
+    within ~2e-7 absolute and the output within ~2e-8 absolute (times 20 / 255), plus the
+    float32 rounding of the log and the scale (~1e-7 relative to the output itself). That is far
+    inside the 1e-4 relative tolerance, also near the zero crossing |z| = 1 (where the tests
+    allow 1e-6 absolute); exact zeros (flat images) stay exact.
     """
-    # Exact pixel sums (B,): row sums are exact in float32 below 2**24, totals in float64.
-    rows = grey.sum(dim=2) if 255 * grey.shape[-1] < 2**24 else grey.double().sum(dim=2)
-    total = rows.double().sum(dim=1)  # (B,)
-    mean = torch.round(total / (grey.shape[-2] * grey.shape[-1])).float()[:, None, None]
-    centred = torch.empty(grey.shape, dtype=torch.float64, device=grey.device)
-    torch.sub(grey, mean, out=centred)  # (B, H, W) float64, integer-valued
-    spectrum = torch.fft.rfft2(centred)  # (B, H, W // 2 + 1) complex128
-    parts = torch.view_as_real(spectrum)  # (B, H, W // 2 + 1, 2)
-    power = parts[..., 0].square().addcmul_(parts[..., 1], parts[..., 1])  # float64
-    magnitude = power.float().sqrt_()  # (B, H, W // 2 + 1) float32
-    magnitude[:, 0, 0] = total
+    batch, height, width = grey.shape
+    # Exact pixel sums (B,): float32 is exact while every partial sum (an integer) stays below
+    # 2**24, i.e. 255 H W < 2**24 (224x224 and smaller); otherwise rows first, then float64.
+    if 255 * height * width < 2**24:
+        total = grey.sum(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    else:
+        rows = grey.sum(dim=2) if 255 * width < 2**24 else grey.double().sum(dim=2)
+        total = rows.double().sum(dim=1)[:, None, None]
+    mean = torch.div(total, height * width, rounding_mode="floor").float()  # (B, 1, 1)
+    centred = torch.sub(grey, mean)  # (B, H, W) float32, integers in [-255, 255]
+    modulated = height % 2 == 0 and width % 2 == 0
+    if modulated:
+        centred.mul_(_checkerboard(height, width, grey.device))
+    spectrum = torch.fft.rfft2(centred.double())  # (B, H, W // 2 + 1) complex128
+    parts = torch.view_as_real(spectrum.to(torch.complex64)).square_()  # (B, H, W//2+1, 2)
+    magnitude = torch.add(parts[..., 0], parts[..., 1]).sqrt_()  # (B, H, W // 2 + 1) float32
+    dc = (height // 2, width // 2) if modulated else (0, 0)
+    magnitude[:, dc[0], dc[1]] = total.reshape(batch).to(magnitude.dtype)
     log_mag = magnitude.add_(1e-9).log_()  # (B, H, W // 2 + 1)
-    _fftshift_from_half(log_mag, 20.0 / 255.0, out)  # (B, H, W)
+    if modulated:
+        _shifted_from_half(log_mag, 20.0 / 255.0, out)  # (B, H, W)
+    else:
+        _fftshift_from_half(log_mag, 20.0 / 255.0, out)  # (B, H, W)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,21 +383,29 @@ def _lbp_codes_integer(grey: Tensor, out: Tensor) -> None:
     """Writes the LBP codes (B, H, W) into ``out`` via exact integer comparisons (see ``_lbp``).
 
     Every comparison is ``d >= 0`` for an integer-valued d, evaluated as ``clamp(d, -1, 0) + 1``
-    (cheaper than boolean tensors on CPU).
+    (cheaper than boolean tensors on CPU). The two interpolated bits share their weights (3923
+    on the rows r -/+ 6, 16077 on the rows r -/+ 5, both at column c - 3), so they are computed
+    together on (B, 2, H, W) strided views of the padded image.
     """
-    _, height, width = grey.shape
-    padded = F.pad(grey, (6, 6, 6, 6))  # (B, H + 12, W + 12), zeros outside like skimage's cval
-    column = padded[:, :, 3 : 3 + width]  # (B, H + 12, W): row i holds Y[r + i - 6, col - 3]
-    centre = grey * -20000.0
-    # p0 = Y[r, col + 6]
-    torch.sub(padded[:, 6 : 6 + height, 12 : 12 + width], grey, out=out).clamp_(-1.0, 0.0)
-    # p1: 3923 Y[r - 6, col - 3] + 16077 Y[r - 5, col - 3] - 20000 c
-    d1 = torch.add(centre, column[:, 0:height], alpha=3923.0)
-    out += d1.add_(column[:, 1 : 1 + height], alpha=16077.0).clamp_(-1.0, 0.0)
-    # p2: 16077 Y[r + 5, col - 3] + 3923 Y[r + 6, col - 3] - 20000 c
-    d2 = torch.add(centre, column[:, 11 : 11 + height], alpha=16077.0, out=d1)
-    out += d2.add_(column[:, 12 : 12 + height], alpha=3923.0).clamp_(-1.0, 0.0)
-    out += float(_LBP_POINTS)  # number of set bits
+    batch, height, width = grey.shape
+    # Zeros outside like skimage's cval: 6 rows above and below, 3 columns left, 6 right.
+    padded = F.pad(grey, (3, 6, 6, 6))  # (B, H + 12, W + 9); padded[:, 6 + r, 3 + c] = Y[r, c]
+    row = padded.stride(1)
+
+    def rows_at_column_minus_3(first: int, step: int) -> Tensor:
+        # (B, 2, H, W): [:, k, r, c] = padded[:, first + k * step + r, c] = Y[., c - 3]
+        return padded.as_strided(
+            (batch, 2, height, width),
+            (padded.stride(0), step * row, row, 1),
+            padded.storage_offset() + first * row,
+        )
+
+    # p0 = Y[r, c + 6]
+    torch.sub(padded[:, 6 : 6 + height, 9 : 9 + width], grey, out=out).clamp_(-1.0, 0.0)
+    # p1, p2: 3923 Y[r -/+ 6, c - 3] + 16077 Y[r -/+ 5, c - 3] - 20000 c
+    d = torch.add((grey * -20000.0).unsqueeze(1), rows_at_column_minus_3(0, 12), alpha=3923.0)
+    d.add_(rows_at_column_minus_3(1, 10), alpha=16077.0).clamp_(-1.0, 0.0)  # (B, 2, H, W)
+    out.add_(d[:, 0]).add_(d[:, 1]).add_(float(_LBP_POINTS))  # number of set bits
 
 
 def _lbp_codes_float64(grey: Tensor) -> Tensor:

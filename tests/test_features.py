@@ -354,3 +354,83 @@ def test_feature_flops():
     assert by_name["sobel"] == 57 * 224 * 224
     assert feature_flops([], 224, 224) == 0
     assert feature_flops(["fft"], 448, 448) > 4 * feature_flops(["fft"], 224, 224)
+
+
+# ---- exactness arguments of the fast paths (issue 13) ------------------------------------------
+
+
+def worst_case_greys(size: tuple[int, int]) -> list[np.ndarray]:
+    """Grey images that stress the arithmetic: flat extremes, full-contrast patterns, noise."""
+    rng = np.random.default_rng(13)
+    rows, cols = np.indices(size)
+    return [
+        np.full(size, 255, np.uint8),
+        np.full(size, 0, np.uint8),
+        ((rows + cols) % 2 * 255).astype(np.uint8),  # checkerboard
+        ((cols // 3) % 2 * 255).astype(np.uint8),  # vertical stripes
+        ((rows % 7 < 3) * 255).astype(np.uint8),  # horizontal stripes, period 7
+        rng.integers(0, 256, size).astype(np.uint8),
+        rng.choice(np.array([0, 255], np.uint8), size),  # binary noise: largest gradients
+        np.where(rng.random(size) < 0.01, 255, 0).astype(np.uint8),  # sparse impulses
+    ]
+
+
+@pytest.mark.parametrize("size", [(224, 224), (64, 48), (31, 47)])
+def test_sobel_roberts_cross_within_float32_bound(size):
+    # P, M are exact integers; only the last five float32 roundings remain, <= ~2.4e-7 relative.
+    greys = worst_case_greys(size)
+    images = torch.cat([grey_to_rgb(g) for g in greys])
+    ours = extract(images, ["sobel"])[:, 0].double().numpy()
+    for i, grey in enumerate(greys):
+        np.testing.assert_allclose(ours[i], ref_sobel(grey), rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (64, 48), (48, 64), (31, 47), (30, 31)])
+def test_fft_worst_cases_match_numpy(size):
+    greys = worst_case_greys(size)
+    images = torch.cat([grey_to_rgb(g) for g in greys])
+    ours = extract(images, ["fft"])[:, 0].double().numpy()
+    tiny = 20 * np.log(1e-6) / 255  # |z| < 1e-6: round-off level for NumPy (true value 0)
+    for i, grey in enumerate(greys):
+        expected = ref_fft(grey)
+        resolved = expected > tiny  # NumPy leaves ~1e-10 where the exact coefficient is 0
+        np.testing.assert_allclose(ours[i][resolved], expected[resolved], rtol=1e-4, atol=FFT_ATOL)
+        assert np.all(ours[i][~resolved] <= tiny)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (64, 48), (2, 2), (6, 4)])
+def test_fft_modulated_half_spectrum_is_the_shifted_spectrum(size):
+    # (-1)^(n1 + n2) modulation + Hermitian mirror == fftshift(|fft2|), checked in float64.
+    x = torch.rand(3, *size, dtype=torch.float64)
+    half = torch.fft.rfft2(x * bf._checkerboard(*size, x.device)).abs()
+    out = torch.empty_like(x)
+    bf._shifted_from_half(half, 1.0, out)
+    expected = np.abs(np.fft.fftshift(np.fft.fft2(x.numpy()), axes=(1, 2)))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fft_float32_tail_within_bound():
+    # Everything after the float64 transform runs in float32: compare with a float64 tail on the
+    # same (centred) transform; the argued bound is ~2e-8 absolute plus the output's own rounding.
+    images = torch.cat([torch.rand(4, 3, 64, 48), natural("camera", 64, 48)])
+    grey = grey_levels(images)
+    ours = extract(images, ["fft"])[:, 0].double()
+    centred = grey.double() - grey.double().mean(dim=(1, 2), keepdim=True).round()
+    magnitude = torch.fft.fftshift(torch.fft.fft2(centred), dim=(1, 2)).abs()
+    magnitude[:, 32, 24] = grey.double().sum(dim=(1, 2))
+    expected = 20 * torch.log(magnitude + 1e-9) / 255
+    torch.testing.assert_close(ours, expected, rtol=2e-7, atol=5e-8)
+
+
+@pytest.mark.parametrize("compat", ["exact", "authors"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grey_quantisation_at_level_boundaries(compat, dtype):
+    # Values next to k / 255 and k + 0.5 / 255: truncation (authors) and rounding (exact) must
+    # match NumPy's cast bit for bit, in the input's precision.
+    k = torch.arange(256, dtype=dtype)
+    base = torch.cat([k / 255, (k + 0.5) / 255])
+    near = torch.cat([base, torch.nextafter(base, base + 1), torch.nextafter(base, base - 1)])
+    near = near.clamp(-0.01, 1.01)
+    images = near.view(1, 1, 1, -1).expand(1, 3, 1, near.numel()).contiguous()
+    ours = grey_levels(images, compat)[0, 0].to(torch.uint8).numpy()
+    np.testing.assert_array_equal(ours, ref_grey(images[0], compat)[0])

@@ -177,6 +177,7 @@ def cmd_plan(args) -> int:
     latency = study.spec.latency
     console.print("  latency: " + (f"measured per cell, {latency.threads} thread(s), median of {latency.repeats}"
                                    + (f", also at {latency.resolutions} px" if latency.resolutions else "")
+                                   + (f", seeds {latency.seeds} only" if latency.seeds is not None else "")
                                    if latency.enabled else "off"))
     if study.is_search:
         kind = "multi-objective TPE" if several else "TPE"

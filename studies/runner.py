@@ -676,6 +676,8 @@ class Runner:
         settings = self.study.spec.latency
         if not settings.enabled:
             return {}, {}
+        if not settings.times(cell.config.seed):
+            return {}, {TAG_LATENCY_SKIPPED: f"not timed: the study times only seeds {settings.seeds} (latency.seeds)"}
         from bnn.latency import EngineMissing, measure
         from bnn.train import load_detector
 
@@ -712,7 +714,7 @@ class Runner:
         if not done:
             return
 
-        def missing(have: dict[str, float], tags: dict[str, str]) -> tuple[list, list, bool]:
+        def missing(have: dict[str, float], tags: dict[str, str], seed: int) -> tuple[list, list, bool]:
             """Entries without their metrics, or evaluated under another definition; and whether
             the latency is to be measured."""
             sets = [s for s in self.study.test_sets if not s.skip_reason and (
@@ -721,12 +723,13 @@ class Runner:
             perturbations = [p for p in self.study.perturbations
                              if not set(protocol_metric_names([], [p])) <= set(have)
                              or tags.get(f"{TAG_ROBUST_PREFIX}{p.key}") != p.describe()]
-            timed = bool(latency_names) and (not latency_names <= set(have)
-                                             or tags.get(TAG_LATENCY_THREADS) != str(latency.threads))
+            timed = bool(latency_names) and latency.times(seed) and (
+                not latency_names <= set(have) or tags.get(TAG_LATENCY_THREADS) != str(latency.threads))
             return sets, perturbations, timed
 
         records = self.tracker.protocol_records(done.values())
-        lacking = [cell_id for cell_id, run_id in done.items() if any(missing(*records.get(run_id, ({}, {}))))]
+        lacking = [cell_id for cell_id, run_id in done.items()
+                   if any(missing(*records.get(run_id, ({}, {})), self.cells[cell_id].config.seed))]
         # Workers sharing the study take the cells in different orders, and a cell's lock makes
         # the others skip what one of them added meanwhile.
         lacking.sort(key=lambda c: hashlib.sha256(f"{os.getpid()}:{c}".encode()).digest())
@@ -737,7 +740,7 @@ class Runner:
             with study_lock(self.study.storage, engine, f"protocol of {cell_id} in {self.study.name}"):
                 run = self.tracker.client.get_run(run_id)
                 have = dict(run.data.metrics)
-                sets, perturbations, timed = missing(have, dict(run.data.tags))
+                sets, perturbations, timed = missing(have, dict(run.data.tags), self.cells[cell_id].config.seed)
                 if not sets and not perturbations and not timed:
                     continue
                 added = ", ".join([s.name for s in sets] + [p.key for p in perturbations] + ["latency"] * timed)

@@ -22,6 +22,7 @@ from bnn.config import FitConfig
 from bnn.data import DATASETS, SPLITS, dataset_params, list_datasets
 from bnn.data.perturb import Perturbation, parse_robustness
 from bnn.errors import KeyedValueError, validation_errors
+from bnn.latency import latency_metric_names
 from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
 from studies.db_setup import sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
@@ -101,6 +102,13 @@ class Latency(BaseModel):
     threads: int = Field(1, ge=1, le=256)  # PyTorch and OpenVINO intra-op threads while timing
     repeats: int = Field(20, ge=1, le=10_000)  # timed batch-1 runs per resolution
     resolutions: list[Annotated[int, Field(ge=8, le=4096)]] = []  # extra sizes, e.g. [224]
+    # Only the cells of these seeds (None: every cell). Speed depends on the architecture, not on
+    # the weights, so one seed per configuration can stand for all when time is short (make demo).
+    seeds: list[int] | None = Field(None, min_length=1)
+
+    def times(self, seed: int) -> bool:
+        """Whether a cell of this seed is timed."""
+        return self.enabled and (self.seeds is None or seed in self.seeds)
 
 
 class StudyFile(BaseModel):
@@ -334,6 +342,10 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
         key = f"objective[{i}].metric" if listed else "objective.metric"
         if objective.metric not in valid_metrics:
             raise StudyFileError(path, line_of(lines, where), key, unknown_metric_message(objective.metric, valid_metrics))
+        if spec.latency.seeds is not None and objective.metric in latency_metric_names(tuple(spec.latency.resolutions)):
+            raise StudyFileError(path, line_of(lines, ("latency", "seeds")), "latency.seeds",
+                                 f"the objective {objective.metric} needs the latency of every cell; remove "
+                                 "latency.seeds or choose another objective")
         for test_set in test_sets:  # every cell would train and then be "not comparable"
             if test_set.skip_reason and objective.metric.startswith(f"eval_{test_set.name}_"):
                 raise StudyFileError(path, line_of(lines, where), key,

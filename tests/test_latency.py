@@ -145,6 +145,16 @@ def test_every_cell_logs_latency_and_host_and_resumes_on_changed_settings(tmp_pa
 
 
 @pytest.mark.slow
+def test_latency_seeds_times_only_those_seeds_and_says_so_on_the_others(tmp_path):
+    path = _study(tmp_path, "grid:\n  features: [rgb]\nseeds: [0, 1]\nlatency: {enabled: true, repeats: 2, seeds: [0]}")
+    assert len(Runner(load_study(path)).run().completed) == 2
+    runs = {run.data.params["seed"]: run.data for run in _cell_runs(tmp_path)}
+    assert runs["0"].metrics["latency_ms"] > 0 and TAG_LATENCY_SKIPPED not in runs["0"].tags
+    assert "latency_ms" not in runs["1"].metrics
+    assert runs["1"].tags[TAG_LATENCY_SKIPPED] == "not timed: the study times only seeds [0] (latency.seeds)"
+
+
+@pytest.mark.slow
 def test_a_missing_engine_is_recorded_and_measured_once_it_is_there(tmp_path, monkeypatch):
     path = _study(tmp_path, "grid:\n  features: [rgb]\nlatency: {enabled: true, repeats: 2}")
     monkeypatch.setitem(sys.modules, "openvino", None)
@@ -166,6 +176,8 @@ def test_latency_is_on_by_default_and_off_where_the_study_says(tmp_path, monkeyp
     assert not off.spec.latency.enabled
     monkeypatch.setenv("BNN_LATENCY", "off")
     assert not load_study(_study(tmp_path, "", name="lat_env")).spec.latency.enabled
+    some = load_study(_study(tmp_path, "latency: {enabled: true, seeds: [0]}", name="lat_seeds")).spec.latency
+    assert some.times(0) and not some.times(1)
     assert load_study(_study(tmp_path, "latency: {enabled: true}", name="lat_forced")).spec.latency.enabled
 
 
@@ -179,6 +191,8 @@ def test_latency_is_on_by_default_and_off_where_the_study_says(tmp_path, monkeyp
     ("objective:\n  - {metric: val_accuracy}\n  - {metric: latency_msec, direction: minimize}", 13,
      "objective[1].metric", "did you mean 'latency_ms'"),
     ("objective: []", 12, "objective", "empty list"),
+    ("latency: {enabled: true, seeds: [0]}\nobjective: {metric: latency_ms, direction: minimize}", 11, "latency.seeds",
+     "needs the latency of every cell"),
     ("objective:\n  - {metric: ops, direction: minimize}\n  - {metric: ops, direction: minimize}", 14,
      "objective[1].metric", "ops is listed twice"),
 ])

@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
 from analysis import latency
 from analysis.figstyle import (
@@ -227,7 +227,9 @@ def front_figure(
         subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if narrow else (1.0, 2.0, 5.0)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        # OPs as 88M, 1.2G; times and rates in their axis label's unit (0.5 ms, not 500m).
+        plain = latency.is_latency(x)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}") if plain else EngFormatter(sep=""))
         ax.xaxis.set_minor_formatter(NullFormatter())
     _limits(ax, xs, log_x)
     ax.set_xlabel(f"{metric_label(x)}{', log scale' if log_x else ''}")
@@ -401,8 +403,11 @@ def figure1_latency(
         )
     if latency.HOST not in points:
         points[latency.HOST] = points.get(latency.HOSTS)
+    timed = int(latency.measured(frame, metric).sum())
+    subset = (f"Points: the {timed} of {len(frame)} runs with a latency (accuracy averaged over those)."
+              if 0 < timed < len(frame) else "")
     note = " ".join(
-        t for t in (latency.describe_hosts(frame, metric), NO_PUBLISHED_LATENCY + ".") if t
+        t for t in (latency.describe_hosts(frame, metric), subset, NO_PUBLISHED_LATENCY + ".") if t
     )
     return front_figure(
         points,

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.provenance import Provenance
-from analysis.tables import feature_label
+from analysis.tables import feature_label, quality_metrics
 
 FAMILY_ORDER = ("BNext", "ResNet", "ViT", "VGG", "DenseNet", "Xception")
 MARKERS = {False: "o", True: "^"}  # trainable, frozen backbone
@@ -158,12 +158,7 @@ def _true(value) -> bool:
 def _require(frame: pd.DataFrame, columns) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        metrics = [
-            c
-            for c in frame.columns
-            if c.startswith(("val_", "test_"))
-            and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))
-        ]
+        metrics = quality_metrics(frame)
         raise KeyError(f"the runs have no {missing}; metrics there: {metrics or 'none'}")
 
 

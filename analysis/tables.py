@@ -73,15 +73,21 @@ def feature_label(features: str, added: bool = False) -> str:
     return "+".join(["RGB", *extras])
 
 
+def quality_metrics(frame: pd.DataFrame) -> list[str]:
+    """The ``val_*``/``test_*`` metric columns of a frame, without their spreads, CIs and counts
+    (what an error about a missing metric lists as the choices)."""
+    return [
+        c
+        for c in frame.columns
+        if c.startswith(("val_", "test_"))
+        and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))
+    ]
+
+
 def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        available = [
-            c
-            for c in frame.columns
-            if c.startswith(("val_", "test_"))
-            and not c.endswith(("_std", "_ci_low", "_ci_high", "_count"))
-        ]
+        available = quality_metrics(frame)
         raise KeyError(
             f"{what} needs metric(s) {missing}, which the runs do not have; "
             f"metrics there: {available or 'none'}"

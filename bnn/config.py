@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from bnn.data.perturb import check_quality_range, check_sigma_range
 from bnn.data.transforms import AUGMENT_PRESETS, DEGRADATIONS
+from bnn.feature_sets import feature_set_label, parse_features
 
 # blur_p and jpeg_p of ``augment: {degrade: true}``: CNNDetection's (Wang et al., CVPR 2020).
 DEGRADE_P = 0.5
@@ -191,8 +192,6 @@ class FitConfig(BaseModel):
     @classmethod
     def _join_features(cls, value: Any) -> Any:
         """Accepts a list such as ``[rgb, fft, lbp]`` and stores the canonical ``rgb+fft+lbp``."""
-        from bnn.detector import feature_set_label, parse_features
-
         if isinstance(value, list | tuple):
             value = "+".join(value)
         if isinstance(value, str):

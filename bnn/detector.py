@@ -26,34 +26,11 @@ from torch import Tensor, nn
 
 from bnn import features as feats
 from bnn.backbones import BACKBONES, create_backbone
+from bnn.feature_sets import feature_set_label, parse_features
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("linear", "bn_linear")
-
-
-def parse_features(features: Sequence[str] | str) -> tuple[str, ...]:
-    """Validates a feature set and returns its extra channels in canonical order.
-
-    Args:
-        features: Names including ``"rgb"`` (e.g. ``("rgb", "fft", "lbp")``) or a ``+``-joined
-            string (``"rgb+fft+lbp"``). ``magnitude`` is accepted for ``sobel``.
-
-    Returns:
-        The extra channel names without ``rgb``, in the order sobel, fft, lbp (the authors' order).
-    """
-    names = features.split("+") if isinstance(features, str) else list(features)
-    if "rgb" not in names:
-        raise ValueError(f"feature set {names} must include 'rgb' (the detector's input image)")
-    extra = [n for n in names if n != "rgb"]
-    if len(extra) + 1 != len(names):
-        raise ValueError(f"feature set {names} lists 'rgb' more than once")
-    return feats.canonical_order(extra)
-
-
-def feature_set_label(extra: Sequence[str]) -> str:
-    """``("fft", "lbp") -> "rgb+fft+lbp"``: the label used in params, tables and plots."""
-    return "+".join(["rgb", *extra])
 
 
 class Detector(nn.Module):

@@ -92,11 +92,13 @@ class Feature:
         fn: ``fn(grey, out)`` writes the feature of grey levels (B, H, W) float32 with integer
             values 0..255 into ``out`` ((B, H, W) float32, possibly a strided view).
         flops: ``flops(height, width)``: arithmetic cost per image (see ``feature_flops``).
+        paper_name: The paper's name of the channel in its tables (e.g. ``Mag.`` for Sobel).
         min_size: Smallest height and width the feature supports.
     """
 
     fn: Callable[[Tensor, Tensor], None]
     flops: Callable[[int, int], int]
+    paper_name: str
     min_size: int = 1
 
     def __call__(self, grey: Tensor, out: Tensor | None = None) -> Tensor:
@@ -460,9 +462,9 @@ def _lbp_flops(height: int, width: int) -> int:
     return (8 * p + 2 * (p - 1) + 1) * height * width
 
 
-FEATURES.add("sobel", Feature(_sobel, _sobel_flops, min_size=4), aliases=("magnitude",))
-FEATURES.add("fft", Feature(_fft, _fft_flops))
-FEATURES.add("lbp", Feature(_lbp, _lbp_flops))
+FEATURES.add("sobel", Feature(_sobel, _sobel_flops, "Mag.", min_size=4), aliases=("magnitude",))
+FEATURES.add("fft", Feature(_fft, _fft_flops, "FFT"))
+FEATURES.add("lbp", Feature(_lbp, _lbp_flops, "LBP"))
 
 
 # --------------------------------------------------------------------------------------------

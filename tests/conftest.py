@@ -1,4 +1,5 @@
-"""Shared fixtures: a fixed seed per test and the official BNext key/shape spec.
+"""Shared fixtures: a fixed seed per test, the official BNext key/shape spec, ``isolated`` (a test
+that runs studies in its own folder) and ``study_records`` (MLflow records written once a session).
 
 Study cells measure their latency by default (an OpenVINO export per cell, seconds each); the
 suite switches that default off for every study, subprocesses included, and the latency tests
@@ -9,10 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks.feature_reference: not installed (see its docstring)
+    sys.path.append(str(REPO))
+
+from mlflow_records import StudyRecord, make_shared_records  # noqa: E402  (tests/, a helper module)
 
 # Copy of the design notes' spec/bnext_official_state_dict_keys.json (outside this repository): every key and shape of the official
 # BNext ImageNet checkpoints ({tiny,small,middle,large}_checkpoint.pth.tar).
@@ -31,3 +39,24 @@ def bnext_key_spec() -> dict[str, dict[str, list[int]]]:
     """size -> {key without 'module.': shape}."""
     data = json.loads(KEY_SPEC.read_text())
     return {size: {k.removeprefix("module."): v for k, v in keys.items()} for size, keys in data["sizes"].items()}
+
+
+@pytest.fixture
+def isolated(tmp_path, tmp_path_factory, monkeypatch) -> Path:
+    """The test runs in ``tmp_path`` (relative study paths, ``mlflow.db``, ``runs/`` land there);
+    synthetic datasets are cached once per session (``BNN_CACHE_DIR``)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bnn-cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def fast_heartbeat(monkeypatch) -> None:
+    """Workers renew their claim on a cell every second (``studies.runner.HEARTBEAT_ENV``)."""
+    monkeypatch.setenv("BNN_HEARTBEAT_SECONDS", "1")
+
+
+@pytest.fixture(scope="session")
+def study_records(tmp_path_factory) -> dict[str, StudyRecord]:
+    """One SQLite MLflow store for the session holding the studies of ``make_shared_records``."""
+    return make_shared_records(tmp_path_factory.mktemp("mlflow"))

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from skimage import data as skdata
-from skimage.feature import local_binary_pattern
 
+from benchmarks.feature_reference import ref_fft, ref_lbp_codes, ref_sobel
+from benchmarks.feature_reference import ref_grey as ref_grey_hwc
 from bnn import features as bf
 from bnn.features import (
     FEATURES,
@@ -27,34 +28,12 @@ FFT_ATOL = 1e-6
 SIZES = [(31, 47), (64, 64), (47, 31), (13, 9)]
 
 
-# ---- references -----------------------------------------------------------------------------
-
-
-def to_uint8(image: torch.Tensor, compat: str) -> np.ndarray:
-    """(3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8 as each pipeline quantises."""
-    x = image.permute(1, 2, 0).numpy()
-    if compat == "authors":
-        return (x * 255).astype(np.uint8)
-    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+# ---- references (benchmarks/feature_reference.py) --------------------------------------------
 
 
 def ref_grey(image: torch.Tensor, compat: str = "exact") -> np.ndarray:
-    code = cv2.COLOR_BGR2GRAY if compat == "authors" else cv2.COLOR_RGB2GRAY
-    return cv2.cvtColor(to_uint8(image, compat), code)
-
-
-def ref_sobel(grey: np.ndarray) -> np.ndarray:
-    gx = cv2.Sobel(grey, cv2.CV_64F, 1, 0, ksize=7)
-    gy = cv2.Sobel(grey, cv2.CV_64F, 0, 1, ksize=7)
-    return np.sqrt(gx**2 + gy**2) / 255
-
-
-def ref_fft(grey: np.ndarray) -> np.ndarray:
-    return 20 * np.log(np.abs(np.fft.fftshift(np.fft.fft2(grey))) + 1e-9) / 255
-
-
-def ref_lbp_codes(grey: np.ndarray) -> np.ndarray:
-    return local_binary_pattern(grey, 3, 6, method="uniform")
+    """The reference grey levels of a (3, H, W) tensor image."""
+    return ref_grey_hwc(image.permute(1, 2, 0).numpy(), compat)
 
 
 def assert_matches_reference(images: torch.Tensor, compat: str = "exact") -> None:
@@ -205,15 +184,21 @@ def test_lbp_codes_are_bit_counts():
     assert set(np.unique(codes)) <= {0, 1, 2, 3}  # skimage never emits P + 1 = 4 for P = 3
 
 
-def test_lbp_tie_rule_holds():
-    # _lbp assumes skimage's float64 (1 - d) a + d a is never below a (equal neighbours and
-    # centre give bit 1); re-check the first 4096 rows for both interpolated samples.
-    rows = np.arange(4096, dtype=np.float64)[:, None]
-    levels = np.arange(256, dtype=np.float64)[None, :]
-    for dr, _ in bf._LBP_OFFSETS[1:]:
-        pos = rows + dr
-        d = pos - np.floor(pos)
-        assert np.all((1 - d) * levels + d * levels >= levels)
+@pytest.mark.slow  # 86 images of 2**20 x 6 pixels, ours and skimage's (about 100 s on 2 busy cores)
+def test_lbp_ties_match_skimage_on_every_row_below_the_exact_bound(monkeypatch):
+    """``_lbp``'s integer path counts equal samples and centre as bit 1; skimage agrees on every
+    row below ``_LBP_EXACT_ROWS`` for all 256 levels (its float64 ``(1 - d) a + d a`` is never
+    below ``a`` there), the range its docstring claims. Images of that height with columns
+    repeating with period 3: for every column c >= 3 both interpolated samples (column c - 3, rows
+    r -/+ 5 and 6) and the centre share a level, on every row."""
+    monkeypatch.setattr(bf, "_lbp_codes_float64", None)  # the integer path must serve this height
+    height, lbp = bf._LBP_EXACT_ROWS, FEATURES.get("lbp")
+    for first in range(0, 256, 3):
+        trio = np.resize(np.arange(first, min(first + 3, 256), dtype=np.uint8), 3)
+        grey = np.ascontiguousarray(np.tile(trio, (height, 2)))  # (2**20, 6)
+        ours = lbp(torch.from_numpy(grey).float()[None])[0]
+        np.testing.assert_array_equal(np.rint(ours.double().numpy() * 255), ref_lbp_codes(grey),
+                                      err_msg=f"levels {trio.tolist()}")
 
 
 # ---- FFT edge cases ---------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""reports/: ``python -m reports render`` on a real SQLite MLflow store (see test_analysis)."""
+"""reports/: ``python -m reports render`` on a real SQLite MLflow store (``study_records``, written
+by ``tests/mlflow_records.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +15,18 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
-from test_analysis import shared_records
 
-from reports.__main__ import main
-from reports.render import kernel_spec
+from reports.__main__ import EXAMPLES, _check_parameters, build_parser, main
+from reports.render import DEFAULT_NOTEBOOK
 
 EXPECTED = [
     "figure1.png",
     "figure1.pdf",
     "figure1.svg",
-    "figure1_latency.png",  # the demo record has measured latency (test_analysis.latency_of)
+    "figure1_latency.png",  # the demo record has measured latency (mlflow_records.latency_of)
     "figure1_latency.pdf",
     "figure1_latency.svg",
-    "pareto_set.md",  # and two objectives (test_analysis.OBJECTIVES)
+    "pareto_set.md",  # and two objectives (mlflow_records.OBJECTIVES)
     "pareto_set.tex",
     "pareto_set.csv",
     "objective_front.png",
@@ -49,8 +50,8 @@ EXPECTED = [
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    return shared_records(tmp_path_factory)
+def records(study_records):
+    return study_records
 
 
 @pytest.fixture(scope="module")
@@ -259,18 +260,14 @@ def test_missing_study_exits_2_listing_experiments(records, capsys, tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_help_has_examples(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["render", "--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    assert "examples:" in out and "--tracking-uri" in out and "--out" in out
-
-
-def test_kernel_is_the_current_interpreter():
-    spec = kernel_spec()
-    assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
-    assert "{connection_file}" in spec["argv"]
-    assert str(Path(__file__).resolve().parent.parent) in spec["env"]["PYTHONPATH"].split(
-        os.pathsep
-    )
+def test_every_example_of_the_help_is_a_valid_command():
+    """The commands ``--help`` shows parse as written and their ``--param``/``--front`` name
+    parameters of the report notebook (an option or a parameter renamed breaks them here)."""
+    commands = [line.split("python -m reports ", 1)[1] for line in EXAMPLES.splitlines()
+                if "python -m reports " in line]
+    assert len(commands) == 5
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command))
+        assert args.command == "render" and args.study, command
+        parameters = {**dict(args.param), **({"front_metrics": args.front} if args.front else {})}
+        _check_parameters(DEFAULT_NOTEBOOK, parameters)

@@ -30,10 +30,7 @@ SYNTHETIC_PARAMS = "valid: count, difficulty, generators, image_size, max_sample
 CIFAKE_PARAMS = "valid: max_samples, seed, val_fraction"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 def _write(tmp_path: Path, text: str, name: str = "t.yaml") -> Path:

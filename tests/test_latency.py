@@ -48,11 +48,7 @@ log_checkpoint: false
 """
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bnn-cache"))
-    monkeypatch.setenv("BNN_HEARTBEAT_SECONDS", "1")
+pytestmark = pytest.mark.usefixtures("isolated", "fast_heartbeat")  # tests/conftest.py
 
 
 def _study(tmp_path: Path, body: str, name: str = "lat") -> Path:

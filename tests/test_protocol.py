@@ -29,11 +29,7 @@ from studies.record import read_cell_metrics
 from studies.spec import load_study
 from studies.yaml_lines import StudyFileError
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bnn-cache"))
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- sources per reader

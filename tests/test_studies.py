@@ -41,11 +41,7 @@ log_checkpoint: {checkpoint}
 """
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bnn-cache"))
-    monkeypatch.setenv("BNN_HEARTBEAT_SECONDS", "1")
+pytestmark = pytest.mark.usefixtures("isolated", "fast_heartbeat")  # tests/conftest.py
 
 
 def _tiny(tmp_path, count=64, epochs=1, checkpoint="false") -> Path:

@@ -57,11 +57,12 @@ log_checkpoint: false
 """
 
 
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
+
+
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bnn-cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the MLflow server and the studies it shows
 
 
 def _tiny(tmp_path, tracking_uri: str | None = None) -> Path:

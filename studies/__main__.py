@@ -119,8 +119,8 @@ def _cost(config):
 def _states(study):
     """cell id -> state, cell id -> Optuna user attributes of its finished trial (they hold the
     MLflow run id, not the results: ``studies.record``), and the Optuna study (None before a run)."""
+    from studies.cell_queue import cell_states, is_finished, load_optuna_study
     from studies.record import ATTR_CELL_ID
-    from studies.runner import cell_states, is_finished, load_optuna_study
 
     optuna_study = load_optuna_study(study, create=False)
     trials = {}
@@ -277,8 +277,9 @@ def _run_workers(args, stop) -> int:
 def _run(args, stop) -> int:
     from tqdm.auto import tqdm
 
+    from studies.cell_queue import DONE_STATES
     from studies.db_setup import require_driver
-    from studies.runner import DONE_STATES, Runner, check_inputs, epoch_text
+    from studies.runner import Runner, check_inputs, epoch_text
 
     study = _load(args)
     for url in (study.storage, study.tracking_uri):  # before anything is created

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bnn.data.perturb import parse_robustness
-from bnn.latency import latency_metric_names
 from bnn.protocol import TestSet, protocol_metric_names
 from bnn.train import scalar_names
 
@@ -32,7 +31,7 @@ def _protocol_family(spec: Any) -> list[str]:
 def _latency_family(spec: Any) -> list[str]:
     """``latency_ms``, ``latency_network_ms``, ``throughput_ips`` (and per extra resolution) when the
     study measures latency (``latency.enabled``, on by default)."""
-    return latency_metric_names(tuple(spec.latency.resolutions)) if spec.latency.enabled else []
+    return spec.latency.metric_names() if spec.latency.enabled else []
 
 
 METRIC_FAMILIES: list[MetricFamily] = [lambda spec: scalar_names(), _protocol_family, _latency_family]

@@ -24,7 +24,7 @@ from bnn.data.perturb import Perturbation, parse_robustness
 from bnn.errors import KeyedValueError, validation_errors
 from bnn.latency import latency_metric_names
 from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
-from studies.db_setup import sqlite_path
+from studies.db_setup import DEFAULT_TRACKING_URI, sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.objective import objective_metric_names, unknown_metric_message
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
@@ -33,7 +33,6 @@ BUNDLED_DIR = Path(__file__).resolve().parent
 # A study file sets at least one of these (else it would train one default cell nobody asked for).
 REQUIRED_ANY = ("dataset", "defaults", "grid", "search")
 _MINIMUM = f"a study needs at least one of {', '.join(REQUIRED_ANY[:-1])} or {REQUIRED_ANY[-1]}"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 FIT_KEYS = list(FitConfig.model_fields)
 
 
@@ -109,6 +108,11 @@ class Latency(BaseModel):
     def times(self, seed: int) -> bool:
         """Whether a cell of this seed is timed."""
         return self.enabled and (self.seeds is None or seed in self.seeds)
+
+    def metric_names(self) -> list[str]:
+        """The latency metrics a timed cell logs (``bnn.latency.latency_metric_names``): at its own
+        resolution and at each of ``resolutions``."""
+        return latency_metric_names(tuple(self.resolutions))
 
 
 class StudyFile(BaseModel):
@@ -342,7 +346,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
         key = f"objective[{i}].metric" if listed else "objective.metric"
         if objective.metric not in valid_metrics:
             raise StudyFileError(path, line_of(lines, where), key, unknown_metric_message(objective.metric, valid_metrics))
-        if spec.latency.seeds is not None and objective.metric in latency_metric_names(tuple(spec.latency.resolutions)):
+        if spec.latency.seeds is not None and objective.metric in spec.latency.metric_names():
             raise StudyFileError(path, line_of(lines, ("latency", "seeds")), "latency.seeds",
                                  f"the objective {objective.metric} needs the latency of every cell; remove "
                                  "latency.seeds or choose another objective")

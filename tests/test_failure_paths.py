@@ -19,19 +19,15 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from bnn.config import FitConfig
-from bnn.signals import StopRequest
-from bnn.train import FitInterrupted, fit, load_splits, scalar_names
+from bnn.signals import FitInterrupted, StopRequest
+from bnn.splits import load_splits
+from bnn.train import fit, scalar_names
 from studies import objective
 from studies.__main__ import main
+from studies.cell_queue import MAX_ATTEMPTS, NOT_COMPARABLE, cell_states
 from studies.db_setup import create_whole, open_shared
 from studies.record import create_mlflow_schema
-from studies.runner import (
-    MAX_ATTEMPTS,
-    NOT_COMPARABLE,
-    Runner,
-    cell_states,
-    check_inputs,
-)
+from studies.runner import Runner, check_inputs
 from studies.spec import load_study
 from studies.yaml_lines import StudyFileError
 
@@ -215,17 +211,17 @@ def test_a_cell_whose_worker_keeps_dying_is_started_at_most_max_attempts_times(t
     runner = Runner(study)
     cell_id = study.cells[0].cell_id
     for attempt in range(MAX_ATTEMPTS + 1):
-        runner._enqueue(only_stale=True)
+        runner.queue.enqueue(only_stale=True)
         waiting = runner.optuna_study.get_trials(states=(TrialState.WAITING,))
         if attempt == MAX_ATTEMPTS:
             assert waiting == []
             break
         assert [t.user_attrs["cell_id"] for t in waiting] == [cell_id]
-        trial = runner._claim()
+        trial = runner.queue.claim()
         runner.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # died: no failure attr
     assert len(runner.optuna_study.get_trials()) == MAX_ATTEMPTS
-    runner._started = time.time() + 1  # a later invocation tries again
-    runner._enqueue(only_stale=True)
+    runner.queue.started = time.time() + 1  # a later invocation tries again
+    runner.queue.enqueue(only_stale=True)
     assert len(runner.optuna_study.get_trials(states=(TrialState.WAITING,))) == 1
 
 

@@ -331,7 +331,7 @@ _OPEN_BOTH_STORES = """
 import sys
 from mlflow import MlflowClient
 from studies.db_setup import open_shared
-from studies.runner import open_storage
+from studies.cell_queue import open_storage
 tracking, storage = sys.argv[1:]
 open_shared(tracking, lambda: MlflowClient(tracking).search_experiments(), "opening MLflow")
 open_storage(storage).get_all_studies()

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     config = None
     if args.checkpoint:
-        from bnn.train import load_detector
+        from bnn.checkpoint import load_detector
 
         detector, config = load_detector(args.checkpoint, device="cpu")
         detectors = {f"{detector.backbone_name} ({detector.features_label})": detector.eval()}

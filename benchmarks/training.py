@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from bnn import create_detector
+from bnn.device import resolve_device
 from bnn.host import cpu_model
-from bnn.train import resolve_device
 
 
 def _sync(device: torch.device) -> None:

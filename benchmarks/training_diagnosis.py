@@ -33,7 +33,10 @@ import torch.nn.functional as F
 
 from bnn.config import FitConfig
 from bnn.detector import create_detector
-from bnn.train import _loader, _parameter_groups, fit, load_splits, seed_everything
+from bnn.device import seed_everything
+from bnn.optim import parameter_groups
+from bnn.splits import load_splits, make_loader
+from bnn.train import fit
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -90,8 +93,8 @@ def lr_range(head: str, batches: int = 18, low: float = 1e-6, high: float = 1e-1
     config = FitConfig(**{**STANDARD, "head": head})
     seed_everything(0)
     model = create_detector(config.backbone, config.features, head=config.head).train()
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=low)
-    loader = _loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=low)
+    loader = make_loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True)
     print(f"LR range test, head {head}: batch, lr, loss")
     step = 0
     while step < batches:

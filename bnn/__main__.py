@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
+import os
+import pickle
 import sys
+from pathlib import Path
+
+import torch
 
 from bnn.backbones import list_backbones
+from bnn.checkpoint import load_detector, saved_val_threshold
+from bnn.config import FitConfig, parse_overrides
+from bnn.cost import cost_table
+from bnn.data import UnreadableImage, build_transform, create_dataset, load_rgb
+from bnn.data.layout import IMAGE_EXTENSIONS, list_images
+from bnn.device import resolve_device
+from bnn.errors import EXIT_INTERRUPTED, EXIT_INVALID, exit_status_help, run_cli
+from bnn.evaluation import evaluate
+from bnn.export import OpenVINODetector, export
+from bnn.feature_sets import all_feature_sets
+from bnn.inference import for_inference
+from bnn.protocol import source_scalars
+from bnn.signals import FitInterrupted, StopRequest
+from bnn.splits import make_loader
+from bnn.train import fit
 
-PAPER_FEATURE_SETS = ["rgb", "rgb+fft+lbp"]
-ALL_FEATURE_SETS = [
-    "rgb", "rgb+sobel", "rgb+fft", "rgb+lbp", "rgb+sobel+fft", "rgb+sobel+lbp", "rgb+fft+lbp", "rgb+sobel+fft+lbp",
-]
+PAPER_FEATURE_SETS = ["rgb", "rgb+fft+lbp"]  # the paper's Table 1-3 rows: RGB and its best set
 DEFAULT_BACKBONES = [n for n in list_backbones() if n != "bnext_micro"]
 
 EXAMPLES = """examples:
@@ -33,9 +52,7 @@ def _format(df, fmt: str) -> str:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from bnn.cost import cost_table
-
-    feature_sets = ALL_FEATURE_SETS if args.features == ["all"] else args.features
+    feature_sets = all_feature_sets() if args.features == ["all"] else args.features
     frozen = {"both": (False, True), "trainable": (False,), "frozen": (True,)}[args.frozen]
     df = cost_table(args.backbones, feature_sets, frozen, (args.size, args.size))
     if args.format == "text":
@@ -78,10 +95,6 @@ EXPORT_EXAMPLES = """examples:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from bnn.config import FitConfig, parse_overrides
-    from bnn.signals import StopRequest
-    from bnn.train import FitInterrupted, fit
-
     overrides = parse_overrides(args.set)
     if args.config:
         config = FitConfig.from_yaml(args.config, overrides)
@@ -102,13 +115,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
-    import math
-
-    from bnn.data import create_dataset
-    from bnn.protocol import source_scalars
-    from bnn.train import evaluate, load_detector, make_loader, resolve_device, saved_val_threshold
-
     model, config = load_detector(args.checkpoint, args.device)
     dataset = args.dataset or config.dataset
     root = args.data_root if args.dataset else (args.data_root or config.data_root)
@@ -138,24 +144,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     """Prints a prediction per readable image; an ``UnreadableImage`` gets a warning line on stderr
     (and with ``--json`` a ``{"path", "error"}`` line in its place) and makes the exit status 1."""
-    import json
-    from pathlib import Path
-
-    import torch
-
-    from bnn.data import UnreadableImage, build_transform, load_rgb
-    from bnn.data.layout import IMAGE_EXTENSIONS, list_images
-    from bnn.train import load_detector
-
     if args.engine == "openvino":
-        from bnn.export import OpenVINODetector
-
         model = OpenVINODetector(args.checkpoint)
         device = torch.device("cpu")
         transform = build_transform(model.input_size[0], train=False)
     else:
-        from bnn.inference import for_inference
-
         model, config = load_detector(args.checkpoint, args.device)
         model = for_inference(model)  # sign(w) once, plain sign: identical outputs, about 2x faster
         device = next(model.parameters()).device
@@ -210,8 +203,6 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from bnn.export import export
-
     size = (args.size, args.size) if args.size else None
     print(export(args.checkpoint, args.out, fmt=args.format, input_size=size))
     return 0
@@ -220,10 +211,6 @@ def _export(args: argparse.Namespace) -> int:
 def _checkpoint_errors(args: argparse.Namespace) -> dict:
     """``torch.load`` of a file that is not a PyTorch checkpoint (a text file, random bytes, an empty
     or truncated file): a user error naming the file when the command has one (``--checkpoint``)."""
-    import pickle
-
-    from bnn.errors import EXIT_INVALID
-
     path = getattr(args, "checkpoint", None)
     what = f"'{path}' is not a checkpoint written by `python -m bnn train`" if path else "a file is not a PyTorch checkpoint"
 
@@ -238,8 +225,6 @@ def _checkpoint_errors(args: argparse.Namespace) -> dict:
 def _raised_in_torch_load(err: BaseException) -> bool:
     """Whether ``err`` came through ``torch.serialization`` (its zip reader: "PytorchStreamReader
     failed reading zip archive", "[enforce fail at inline_container.cc] ...")."""
-    import os
-
     tb = err.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
@@ -249,8 +234,6 @@ def _raised_in_torch_load(err: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bnn.errors import EXIT_INTERRUPTED, exit_status_help, run_cli
-
     status = exit_status_help("some inputs were skipped (detect: unreadable images)")
     parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__, epilog=status,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,12 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     extra = _checkpoint_errors(args)
-    if args.command == "train":
-        from bnn import train
-
-        interrupted = getattr(train, "FitInterrupted", None)  # fit stopped at a safe point
-        if interrupted is not None:
-            extra = {interrupted: lambda err: (str(err), EXIT_INTERRUPTED), **extra}
+    if args.command == "train":  # fit stopped at a safe point
+        extra = {FitInterrupted: lambda err: (str(err), EXIT_INTERRUPTED), **extra}
     return run_cli(lambda: args.func(args), extra)
 
 

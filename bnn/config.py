@@ -19,10 +19,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from bnn.backbones import BACKBONES
+from bnn.data import DATASETS, DatasetParamError, dataset_params
 from bnn.data.perturb import check_quality_range, check_sigma_range
 from bnn.data.transforms import AUGMENT_PRESETS, DEGRADATIONS
+from bnn.errors import KeyedValueError, validation_message, yaml_message
 from bnn.feature_sets import feature_set_label, parse_features
 
 # blur_p and jpeg_p of ``augment: {degrade: true}``: CNNDetection's (Wang et al., CVPR 2020).
@@ -204,8 +215,6 @@ class FitConfig(BaseModel):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from bnn.backbones import BACKBONES
-
         try:
             return BACKBONES.canonical(value)
         except KeyError as err:
@@ -217,8 +226,6 @@ class FitConfig(BaseModel):
         """A registered dataset name (kept as written: the content id hashes it)."""
         if _is_saved(info):
             return value
-        from bnn.data import DATASETS
-
         try:
             DATASETS.canonical(value)
         except KeyError as err:
@@ -229,13 +236,19 @@ class FitConfig(BaseModel):
     @classmethod
     def _known_data_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Only the dataset's own parameters (``bnn.data.dataset_params``); an unknown one raises
-        ``DatasetParamError``, which names it (``data_params.cout: unknown parameter; valid: ...``)."""
+        ``DatasetParamError``, which names it (``data_params.cout: unknown parameter; valid: ...``).
+
+        ``max_samples`` (``create_dataset``'s cap of one split) is refused: a run caps each split
+        with its own key (``max_train_samples``, ...), the one knob for that in a configuration.
+        """
         dataset = info.data.get("dataset")
         if _is_saved(info) or dataset is None:  # None: the dataset itself is invalid, reported there
             return value
-        from bnn.data import DATASETS, DatasetParamError, dataset_params
-
-        valid = dataset_params(dataset)
+        if "max_samples" in value:
+            detail = ("a run caps each split with max_train_samples, max_val_samples and max_test_samples "
+                      "(stratified, seeded by seed) instead")
+            raise KeyedValueError(f"data_params.max_samples: {detail}", key="max_samples", detail=detail)
+        valid = [name for name in dataset_params(dataset) if name != "max_samples"]
         unknown = sorted(set(value) - set(valid))
         if unknown:
             raise DatasetParamError(DATASETS.canonical(dataset), unknown, valid)
@@ -280,10 +293,6 @@ class FitConfig(BaseModel):
             ValueError: One line naming ``source`` (a file or ``--set``), the first bad key and how
                 many more there are: ``run.yaml: data_params.cout: unknown parameter; valid: ...``.
         """
-        from pydantic import ValidationError
-
-        from bnn.errors import validation_message
-
         try:
             return cls(**nest_dotted(data))
         except ValidationError as err:
@@ -298,8 +307,6 @@ class FitConfig(BaseModel):
             ValueError: Not a text file, a YAML syntax error (with its line), not a mapping, or an
                 invalid key or value (one line naming it, see ``from_mapping``).
         """
-        from bnn.errors import yaml_message
-
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}

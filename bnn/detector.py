@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from bnn import features as feats
 from bnn.backbones import BACKBONES, create_backbone
 from bnn.feature_sets import feature_set_label, parse_features
+from bnn.pretrained import check_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,10 +94,7 @@ class Detector(nn.Module):
 
     def input_channels(self, images: Tensor) -> Tensor:
         """RGB (B, 3, H, W) in [0, 1] -> RGB + extra channels (B, 3 + k, H, W), on its device."""
-        if not self.extra_features:
-            return images
-        extra = feats.extract(images, self.extra_features, compat=self.compat)  # (B, k, H, W)
-        return torch.cat([images, extra.to(images.dtype)], dim=1)
+        return feats.input_channels(images, self.extra_features, self.compat)
 
     def forward_channels(self, x: Tensor) -> Tensor:
         """(B, 3 + k, H, W) input channels -> (B,) logits (used by ``forward`` and the cost counter)."""
@@ -197,8 +195,6 @@ def load_authors_checkpoint(
         state[key] = value
     if "fc.weight" in state and "fc.bias" in state:
         state["fc.weight"], state["fc.bias"] = -state["fc.weight"], -state["fc.bias"]
-    from bnn.pretrained import check_state_dict
-
     check_state_dict(detector, state, str(path))
     detector.load_state_dict(state, strict=True)
     return detector.eval()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bnn.backbones import BACKBONES
+from bnn.checkpoint import load_detector
 from bnn.config import DistillConfig, FitConfig
 from bnn.detector import Detector
 
@@ -66,8 +67,6 @@ def load_teacher(config: FitConfig, device: torch.device) -> Detector:
         FileNotFoundError: The checkpoint does not exist (yet).
         ValueError: It is not a ``fit`` checkpoint, or its backbone is binary.
     """
-    from bnn.train import load_detector  # bnn.train imports this module
-
     distill = config.distill
     path = Path(distill.teacher)
     if not path.is_file():

@@ -23,6 +23,15 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset root is missing or its folders do not match the expected layout
+    (``bnn.data.layout.layout_error`` builds its message)."""
+
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_INVALID = 2
@@ -112,11 +121,6 @@ def user_error(err: BaseException, extra: ExtraErrors | None = None) -> tuple[st
         err: The exception that ended the command.
         extra: A command line's own error types (e.g. ``ReportError``), checked first.
     """
-    import yaml
-    from pydantic import ValidationError
-
-    from bnn.data.layout import DatasetLayoutError
-
     for kind, describe in (extra or {}).items():
         if isinstance(err, kind):
             mapped = describe(err)

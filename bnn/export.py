@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bnn.checkpoint import load_detector
 from bnn.detector import Detector
+from bnn.features import input_channels
 from bnn.inference import for_inference
 
 MODEL_FILE = "model.xml"
@@ -270,7 +272,6 @@ def export(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {FORMATS}")
-    from bnn.train import load_detector
 
     detector, config = load_detector(checkpoint, device="cpu")
     size = input_size or (config.resolution, config.resolution)
@@ -313,15 +314,10 @@ class OpenVINODetector:
         self.model = self.core.read_model(xml)
         # The CPU plugin's BinaryConvolution needs static shapes: one compiled model per batch size.
         self._compiled: dict[int, tuple[object, object]] = {}
-        # Only the features are computed in PyTorch: a detector shell without a backbone is enough.
-        self._features = Detector.__new__(Detector)
-        nn.Module.__init__(self._features)
-        self._features.extra_features = self.extra_features
-        self._features.compat = self.compat
 
     def input_channels(self, images: Tensor) -> Tensor:
         """RGB (B, 3, H, W) in [0, 1] -> (B, 3 + k, H, W), as ``Detector.input_channels``."""
-        return Detector.input_channels(self._features, images)
+        return input_channels(images, self.extra_features, self.compat)  # features in PyTorch
 
     def forward_channels(self, x: Tensor | np.ndarray) -> Tensor:
         """(B, 3 + k, H, W) channels -> (B,) logits."""

@@ -67,6 +67,7 @@ __all__ = [
     "feature_flops",
     "feature_flops_by_name",
     "grey_levels",
+    "input_channels",
 ]
 
 COMPAT_MODES = ("exact", "authors")
@@ -576,3 +577,28 @@ def extract(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tens
                 else:
                     out[chunk, index] = FEATURES.get(name)(grey)
     return out
+
+
+def input_channels(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tensor:
+    """A detector's input: RGB followed by the named extra channels.
+
+    The one place both detectors (``bnn.detector.Detector`` in PyTorch and
+    ``bnn.export.OpenVINODetector``) build their network input from RGB images.
+
+    Args:
+        images: RGB in [0, 1], shape (B, 3, H, W), floating point, on any device.
+        names: Extra channels in canonical order (``bnn.feature_sets.parse_features``); empty for
+            RGB alone.
+        compat: Grey-level convention (see the module docstring).
+
+    Returns:
+        (B, 3 + len(names), H, W) with the input's dtype and device (``images`` itself when
+        ``names`` is empty).
+
+    Raises:
+        As ``extract``.
+    """
+    if not names:
+        return images
+    extra = extract(images, names, compat=compat)  # (B, k, H, W)
+    return torch.cat([images, extra.to(images.dtype)], dim=1)

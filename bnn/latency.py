@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bnn.detector import Detector
+from bnn.export import OpenVINODetector, export_openvino
 from bnn.host import cpu_model
 
 LATENCY_BATCH = 32  # the batch of ``throughput_ips``
@@ -149,7 +150,6 @@ def measure(
         import openvino
     except ImportError as err:
         raise EngineMissing("OpenVINO is not installed (pip install openvino)") from err
-    from bnn.export import OpenVINODetector, export_openvino
 
     started = time.perf_counter()
     if next(detector.parameters()).device.type != "cpu":

@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the backbone package imports this module to load weights
+    from bnn.backbones._registry import BackboneSpec
 
 PRETRAINED_ENV = "BNN_PRETRAINED_DIR"
 DEFAULT_PRETRAINED_DIR = "pretrained"
@@ -26,19 +31,18 @@ def pretrained_dir() -> Path:
     return Path(os.environ.get(PRETRAINED_ENV, DEFAULT_PRETRAINED_DIR)).expanduser()
 
 
-def resolve_weights(backbone: str, pretrained: str | os.PathLike | bool) -> Path:
-    """Returns the weights path for ``backbone``.
+def resolve_weights(backbone: str, spec: BackboneSpec, pretrained: str | os.PathLike | bool) -> Path:
+    """Returns the weights path for a backbone, as timm's builder resolves a pretrained config.
 
     Args:
-        backbone: Registered backbone name.
-        pretrained: A path, or ``True`` for the registered file name inside ``pretrained_dir()``.
+        backbone: The backbone's registered name (for messages).
+        spec: Its registry entry (``weights_file`` and ``weights_source``).
+        pretrained: A path, or ``True`` for ``spec.weights_file`` inside ``pretrained_dir()``.
 
     Raises:
+        ValueError: ``pretrained`` is ``True`` and the backbone has no published weights.
         FileNotFoundError: The file is missing; the message says what to download and where.
     """
-    from bnn.backbones import BACKBONES
-
-    spec = BACKBONES.get(backbone)
     if pretrained is True:
         if spec.weights_file is None:
             raise ValueError(f"backbone {backbone!r} has no published weights ({spec.weights_source})")
@@ -64,8 +68,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=False)

@@ -32,7 +32,9 @@ from bnn.config import FitConfig
 from bnn.data import SPLITS, ImageDataset, create_dataset
 from bnn.data.perturb import Perturbation
 from bnn.detector import Detector
+from bnn.evaluation import evaluate
 from bnn.metrics import Metrics, per_source_metrics
+from bnn.splits import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +132,17 @@ def evaluate_protocol(
     """Evaluates a selected checkpoint on extra test sets and on perturbed copies of its test split.
 
     Args:
-        model: The detector (eval mode), e.g. from ``bnn.train.load_detector``.
+        model: The detector (eval mode), e.g. from ``bnn.checkpoint.load_detector``.
         config: The cell's configuration (resolution, batch size, AMP, eval batch cap).
         val_threshold: Decision threshold chosen on validation (``Metrics.eer_threshold`` of val),
             for ``accuracy_valthr``.
-        test_split: The cell's own test split (``bnn.train.load_splits(config)["test"]``); needed
+        test_split: The cell's own test split (``bnn.splits.load_splits(config)["test"]``); needed
             when ``perturbations`` is not empty.
         test_sets: Extra test sets; those with a ``skip_reason`` are skipped with a warning.
         perturbations: Test-time perturbations applied to each decoded test image before the
             preprocessing and the detector's extra channels.
         device: Where to run; default: the model's device.
-        should_stop: Polled before every batch (``bnn.train.FitInterrupted``).
+        should_stop: Polled before every batch (``bnn.signals.FitInterrupted``).
 
     Returns:
         ``{name: value}`` with the names of the module docstring; NaN where a metric is undefined.
@@ -149,8 +151,6 @@ def evaluate_protocol(
         DatasetLayoutError, ValueError: An extra set cannot be read.
         FitInterrupted: ``should_stop()`` became true.
     """
-    from bnn.train import evaluate, make_loader
-
     device = device or next(model.parameters()).device
     scalars: dict[str, float] = {}
 

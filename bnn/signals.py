@@ -16,6 +16,12 @@ import threading
 log = logging.getLogger(__name__)
 
 
+class FitInterrupted(Exception):
+    """Training or evaluation stopped at a safe point (between batches) because ``should_stop``
+    returned true; ``bnn.train.fit``'s ``output_dir/last.pt`` holds the last finished epoch, so the
+    same call resumes."""
+
+
 class StopRequest:
     """SIGINT/SIGTERM set a flag that the runner and ``fit`` poll at safe points.
 

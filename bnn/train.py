@@ -10,33 +10,31 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from bnn.backbones.binary import BinaryConv2d, set_weight_temperature
+from bnn.backbones.binary import set_weight_temperature
+from bnn.checkpoint import CHECKPOINT_VERSION, VAL_THRESHOLD_KEY, read_checkpoint, save_atomic
 from bnn.config import FitConfig
 from bnn.cost import Cost, count
-from bnn.data import ImageDataset, collate_skip, create_dataset
+from bnn.data import ImageDataset
 from bnn.detector import Detector, create_detector
+from bnn.device import amp_context, resolve_device, seed_everything
 from bnn.distill import load_teacher, mix_distillation, teacher_logits
-from bnn.metrics import Metrics, bootstrap_ci, compute_metrics, per_source_metrics
+from bnn.evaluation import evaluate
+from bnn.metrics import Metrics, bootstrap_ci, per_source_metrics
+from bnn.optim import lr_at, parameter_groups, per_step_lr
+from bnn.progress import ProgressLog, progress_bar
+from bnn.signals import FitInterrupted
+from bnn.splits import load_splits, make_loader
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
-# Kept in best.pt: the decision threshold chosen on validation (its equal-error-rate threshold).
-VAL_THRESHOLD_KEY = "val_eer_threshold"
 
 
 @dataclass
@@ -130,214 +128,7 @@ def test_extra_scalars(predictions: Sequence[dict], seed: int = 0) -> dict[str, 
     return values
 
 
-class FitInterrupted(Exception):
-    """``fit`` stopped at a safe point (between batches) because ``should_stop`` returned true;
-    ``output_dir/last.pt`` holds the last finished epoch, so the same call resumes."""
-
-
 Callback = Callable[[EpochStats], None]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def load_splits(config: FitConfig) -> dict[str, ImageDataset]:
-    """The train, val and test datasets of ``config`` (listing only: no image is decoded).
-
-    Raises:
-        ValueError: A split has no image (an empty val split would make every validation metric
-            NaN and the checkpoint selection meaningless), or train lacks one class.
-        DatasetLayoutError, TypeError, KeyError: from ``bnn.data.create_dataset``.
-    """
-    caps = {"train": config.max_train_samples, "val": config.max_val_samples, "test": config.max_test_samples}
-    splits = {}
-    for split, cap in caps.items():
-        ds = create_dataset(
-            config.dataset, split, root=config.data_root, resolution=config.resolution,
-            augment=config.augment.resolved(), **config.data_params,
-        )
-        splits[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
-        if len(splits[split]) == 0:
-            hint = {"val": " (raise data_params.val_fraction, or give the dataset a val folder)"}.get(split, "")
-            raise ValueError(f"the {split} split has no images{hint}: {splits[split].describe()}")
-    counts = splits["train"].class_counts()
-    if counts["fake"] == 0 or counts["real"] == 0:
-        missing = "fake" if counts["fake"] == 0 else "real"
-        raise ValueError(f"the train split has no {missing} images: {splits['train'].describe()}")
-    return splits
-
-
-def make_loader(ds: ImageDataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:
-    workers = config.num_workers
-    if workers is None:
-        cpus = os.cpu_count() or 1
-        workers = 0 if device.type == "cpu" and cpus <= 2 else min(8, max(cpus - 1, 0))
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    return DataLoader(
-        ds,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate_skip,
-        generator=generator,
-        persistent_workers=False,
-    )
-
-
-def _amp_context(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
-
-
-def _progress(iterable, **kwargs):
-    return tqdm(iterable, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True, **kwargs)
-
-
-class ProgressLog:
-    """Periodic progress lines for a log when stderr is not a terminal (nohup, CI, cluster jobs).
-
-    On a terminal the tqdm bars show progress and this logs nothing. Elsewhere ``update`` logs
-    ``<desc>: <done>/<total> images, <rate> img/s, running loss <loss>`` at most every ``interval``
-    seconds, so a long epoch is visibly alive.
-
-    Args:
-        desc: What is running (``epoch 3``).
-        total: Images expected in the loop.
-        interval: Seconds between lines.
-        enabled: Log at all; default: stderr is not a terminal.
-        clock: Seconds (``time.perf_counter``).
-    """
-
-    def __init__(
-        self, desc: str, total: int, interval: float, enabled: bool | None = None,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.desc, self.total, self.interval, self.clock = desc, total, interval, clock
-        self.enabled = (not sys.stderr.isatty()) if enabled is None else enabled
-        self.start = self.last = clock()
-
-    def update(self, done: int, loss: float) -> None:
-        """Called after each batch with images done so far and their mean loss."""
-        now = self.clock()
-        if not self.enabled or now - self.last < self.interval:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        log.info("%s: %d/%d images, %.1f img/s, running loss %.4f", self.desc, done, self.total, rate, loss)
-
-
-@torch.no_grad()
-def evaluate(
-    model: Detector,
-    loader: DataLoader,
-    device: torch.device,
-    pos_weight: float = 1.0,
-    amp: bool = True,
-    max_batches: int | None = None,
-    desc: str = "eval",
-    should_stop: Callable[[], bool] | None = None,
-    val_threshold: float | None = None,
-) -> tuple[float, Metrics, list[dict], int, float]:
-    """Runs ``model`` over ``loader`` (whose dataset is an ``ImageDataset``).
-
-    Args:
-        val_threshold: Decision threshold chosen on validation, for ``Metrics.accuracy_valthr``
-            (``None``: the set's own equal-error-rate threshold, as for the validation split).
-
-    Returns:
-        (mean loss, metrics, per-sample predictions ``{path, label, prob_fake, source}``, skipped
-        images, images per second).
-
-    Raises:
-        FitInterrupted: ``should_stop()`` became true (checked before every batch).
-    """
-    model.eval()
-    losses, labels_all, probs_all, paths_all = [], [], [], []
-    skipped, seen, start = 0, 0, time.perf_counter()
-    weight = torch.tensor(pos_weight, device=device)
-    for i, (images, labels, paths, n_skipped) in enumerate(_progress(loader, desc=desc)):
-        if max_batches is not None and i >= max_batches:
-            break
-        if should_stop is not None and should_stop():
-            raise FitInterrupted(f"stopped during {desc}")
-        skipped += n_skipped
-        if len(labels) == 0:
-            continue
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with _amp_context(device, amp):
-            logits = model(images).float()
-        losses.append(F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight, reduction="sum").item())
-        labels_all.append(labels.cpu())
-        probs_all.append(torch.sigmoid(logits).cpu())
-        paths_all.extend(paths)
-        seen += len(labels)
-    elapsed = time.perf_counter() - start
-    if seen == 0:
-        return float("nan"), compute_metrics([], []), [], skipped, 0.0
-    y = torch.cat(labels_all).numpy()
-    p = torch.cat(probs_all).numpy()
-    sources = loader.dataset.source_by_path()
-    predictions = [{"path": path, "label": int(t), "prob_fake": float(q), "source": sources[path]}
-                   for path, t, q in zip(paths_all, y, p, strict=True)]
-    metrics = compute_metrics(y, p, val_threshold=val_threshold)
-    return sum(losses) / seen, metrics, predictions, skipped, seen / max(elapsed, 1e-9)
-
-
-def lr_at(config: FitConfig, progress: float) -> float:
-    """Learning rate after ``progress`` epochs (a float: epoch + fraction of its batches done).
-
-    ``linear`` (the paper's LinearLR, stepped once per epoch): ``lr`` at epoch 0 to ``min_lr`` at
-    epoch ``lr_decay_epochs``, then flat. ``cosine`` (Loshchilov & Hutter, SGDR; BNext's and
-    ReActNet's schedule), per step: from ``lr`` to ``min_lr`` over ``epochs``. Either one starts
-    with a linear warm-up from 0 over ``warmup_epochs``, per step.
-    """
-    if config.warmup_epochs > 0 and progress < config.warmup_epochs:
-        return config.lr * progress / config.warmup_epochs
-    if config.lr_schedule == "cosine":
-        span = max(config.epochs - config.warmup_epochs, 1e-9)
-        t = min(max(progress - config.warmup_epochs, 0.0) / span, 1.0)
-        return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * t))
-    t = min(math.floor(progress), config.lr_decay_epochs) / config.lr_decay_epochs
-    return config.lr + t * (config.min_lr - config.lr)
-
-
-def _per_step_lr(config: FitConfig) -> bool:
-    return config.lr_schedule != "linear" or config.warmup_epochs > 0
-
-
-def _parameter_groups(model: Detector, config: FitConfig) -> list[dict]:
-    """AdamW groups: latent binary weights get ``binary_weight_decay`` when it is set.
-
-    Weight decay pulls latent weights towards 0, where sign flips are cheapest, so BNN practice
-    (ReActNet, BNext) sets it to 0 for them; ``None`` keeps one group with ``weight_decay``.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if config.binary_weight_decay is None:
-        return [{"params": trainable, "weight_decay": config.weight_decay}]
-    binary = {id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d)}
-    return [
-        {"params": [p for p in trainable if id(p) not in binary], "weight_decay": config.weight_decay},
-        {"params": [p for p in trainable if id(p) in binary], "weight_decay": config.binary_weight_decay},
-    ]
-
-
-def _save_atomic(payload: dict, path: Path) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: two writers never share it
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def _better(candidate: EpochStats, best: EpochStats | None) -> bool:
@@ -350,6 +141,129 @@ def _better(candidate: EpochStats, best: EpochStats | None) -> bool:
 
 def default_output_dir(config: FitConfig) -> Path:
     return Path("runs") / f"{config.backbone}-{config.features}-{config.content_id()}"
+
+
+@dataclass
+class _Trainer:
+    """The objects one ``fit`` call trains with (built once, restored from ``last.pt`` on resume)."""
+
+    config: FitConfig
+    device: torch.device
+    model: Detector
+    teacher: Detector | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    pos_weight: float
+    should_stop: Callable[[], bool] | None
+    history: list[EpochStats] = field(default_factory=list)
+    best: EpochStats | None = None
+    skipped_total: int = 0
+    start_epoch: int = 0
+    resumed_from: int = -1
+
+    def resume(self, last_path: Path) -> None:
+        """Restores weights, optimiser, scaler and history from ``last.pt`` when it exists.
+
+        Raises:
+            RuntimeError: ``last.pt`` belongs to another configuration.
+        """
+        if not last_path.exists():
+            return
+        state = read_checkpoint(last_path, self.device)
+        if state.get("content_id") != self.config.content_id():
+            raise RuntimeError(
+                f"'{last_path}' belongs to a different configuration ({state.get('content_id')} != "
+                f"{self.config.content_id()}); use another output_dir or delete it"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = [EpochStats(**h) for h in state["history"]]
+        self.best = EpochStats(**state["best"]) if state["best"] else None
+        self.skipped_total = state["skipped_images"]
+        self.start_epoch = state["epoch"] + 1
+        self.resumed_from = state["epoch"]
+        log.info("resuming %s after epoch %d", last_path.parent, state["epoch"])
+
+    def train_epoch(self, loader: DataLoader, epoch: int, lr: float) -> tuple[float, int, int]:
+        """One pass over the training loader; returns (summed loss, images used, images skipped).
+
+        Raises:
+            FitInterrupted: ``should_stop()`` became true (checked before every batch).
+        """
+        config, model, optimizer, scaler = self.config, self.model, self.optimizer, self.scaler
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        weight = torch.tensor(self.pos_weight, device=self.device)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, seen, skipped = 0.0, 0, 0
+        n_batches = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
+        progress_log = ProgressLog(f"epoch {epoch}", min(len(loader.dataset), n_batches * config.batch_size),
+                                   config.log_every_seconds)
+        for i, (images, labels, _, n_skipped) in enumerate(progress_bar(loader, desc=f"epoch {epoch}", total=n_batches)):
+            if i >= n_batches:
+                break
+            if self.should_stop is not None and self.should_stop():
+                raise FitInterrupted(f"stopped in epoch {epoch}, batch {i}")
+            if per_step_lr(config):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(config, epoch + i / n_batches)
+            skipped += n_skipped
+            if len(labels) < 2:  # train-mode BatchNorm (the head's, a 1x1 stage's) cannot use 1 image
+                if len(labels) == 1:
+                    log.info("epoch %d: a training batch of one image left out (BatchNorm needs two)", epoch)
+                continue
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            with amp_context(self.device, config.amp):
+                logits = model(images).float()
+                soft = teacher_logits(self.teacher, images) if self.teacher is not None else None  # (B,), no grad
+            loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+            if soft is not None:  # knowledge distillation (bnn.distill)
+                loss = mix_distillation(loss, logits, soft, config.distill)
+            scaler.scale(loss / config.grad_accumulation).backward()
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+            progress_log.update(seen, loss_sum / seen)
+            if (i + 1) % config.grad_accumulation == 0 or i + 1 == n_batches:
+                if config.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+        return loss_sum, seen, skipped
+
+    def save(self, epoch: int, last_path: Path) -> None:
+        """Writes ``last.pt`` (the resume state after ``epoch``)."""
+        save_atomic(
+            {
+                "version": CHECKPOINT_VERSION,
+                "content_id": self.config.content_id(),
+                "config": self.config.model_dump(mode="json"),
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "history": [asdict(h) for h in self.history],
+                "best": asdict(self.best),
+                "skipped_images": self.skipped_total,
+            },
+            last_path,
+        )
+
+
+def _build_trainer(
+    config: FitConfig, device: torch.device, pos_weight: float, should_stop: Callable[[], bool] | None
+) -> _Trainer:
+    model = create_detector(
+        config.backbone, config.features, config.freeze_backbone, pretrained=config.pretrained, compat=config.compat,
+        head=config.head,
+    ).to(device)
+    teacher = load_teacher(config, device) if config.distill else None  # frozen, eval mode
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=config.betas)
+    use_scaler = config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    return _Trainer(config, device, model, teacher, optimizer, scaler, pos_weight, should_stop)
 
 
 def fit(
@@ -370,7 +284,7 @@ def fit(
         FitInterrupted: ``should_stop()`` became true.
 
     Returns:
-        A ``FitResult``; the selected checkpoint is ``output_dir/best.pt``.
+        A ``FitResult``; the selected checkpoint is ``output_dir/best.pt`` (``bnn.checkpoint``).
     """
     device = resolve_device(config.device)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
@@ -384,177 +298,91 @@ def fit(
     counts = splits["train"].class_counts()
     pos_weight = counts["real"] / counts["fake"]
 
-    model = create_detector(
-        config.backbone, config.features, config.freeze_backbone, pretrained=config.pretrained, compat=config.compat,
-        head=config.head,
-    ).to(device)
-    teacher = load_teacher(config, device) if config.distill else None  # frozen, eval mode
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr, betas=config.betas)
-    use_scaler = config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    weight = torch.tensor(pos_weight, device=device)
-
-    history: list[EpochStats] = []
-    best: EpochStats | None = None
-    skipped_total = 0
-    start_epoch = 0
+    trainer = _build_trainer(config, device, pos_weight, should_stop)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    resumed_from = -1
-    if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        if state.get("content_id") != config.content_id():
-            raise RuntimeError(
-                f"'{last_path}' belongs to a different configuration ({state.get('content_id')} != "
-                f"{config.content_id()}); use another output_dir or delete it"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        history = [EpochStats(**h) for h in state["history"]]
-        best = EpochStats(**state["best"]) if state["best"] else None
-        skipped_total = state["skipped_images"]
-        start_epoch = state["epoch"] + 1
-        resumed_from = state["epoch"]
-        log.info("resuming %s after epoch %d", out, state["epoch"])
+    trainer.resume(last_path)
 
     val_loader = make_loader(splits["val"], config, device, shuffle=False)
-    epochs = _progress(range(start_epoch, config.epochs), desc="epochs", initial=start_epoch, total=config.epochs)
+    epochs = progress_bar(range(trainer.start_epoch, config.epochs), desc="epochs", initial=trainer.start_epoch,
+                          total=config.epochs)
     for epoch in epochs:
-        torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws; same on resume
-        lr = lr_at(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if config.weight_temperature > 0:  # BNext's soft-to-hard weights: T = T0 * decay^epoch
-            set_weight_temperature(model, config.weight_temperature * config.weight_temperature_decay**epoch)
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        loss_sum, seen, epoch_skipped = 0.0, 0, 0
-        loader = make_loader(splits["train"], config, device, shuffle=True, epoch=epoch)
-        n_batches = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
-        progress_log = ProgressLog(f"epoch {epoch}", min(len(loader.dataset), n_batches * config.batch_size),
-                                   config.log_every_seconds)
-        for i, (images, labels, _, n_skipped) in enumerate(_progress(loader, desc=f"epoch {epoch}", total=n_batches)):
-            if i >= n_batches:
-                break
-            if should_stop is not None and should_stop():
-                raise FitInterrupted(f"stopped in epoch {epoch}, batch {i}")
-            if _per_step_lr(config):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(config, epoch + i / n_batches)
-            epoch_skipped += n_skipped
-            if len(labels) < 2:  # train-mode BatchNorm (the head's, a 1x1 stage's) cannot use 1 image
-                if len(labels) == 1:
-                    log.info("epoch %d: a training batch of one image left out (BatchNorm needs two)", epoch)
-                continue
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with _amp_context(device, config.amp):
-                logits = model(images).float()
-                soft = teacher_logits(teacher, images) if teacher is not None else None  # (B,), no grad
-            loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
-            if soft is not None:  # knowledge distillation (bnn.distill)
-                loss = mix_distillation(loss, logits, soft, config.distill)
-            scaler.scale(loss / config.grad_accumulation).backward()
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
-            progress_log.update(seen, loss_sum / seen)
-            if (i + 1) % config.grad_accumulation == 0 or i + 1 == n_batches:
-                if config.grad_clip_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-        train_seconds = time.perf_counter() - start
-        val_loss, val_metrics, _, val_skipped, eval_ips = evaluate(
-            model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val", should_stop
-        )
-        skipped_total += epoch_skipped + val_skipped
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=loss_sum / max(seen, 1),
-            val_loss=val_loss,
-            val_accuracy=val_metrics.accuracy,
-            val_auc=val_metrics.auc,
-            lr=lr,
-            epoch_seconds=time.perf_counter() - start,
-            train_images_per_second=seen / max(train_seconds, 1e-9),
-            eval_images_per_second=eval_ips,
-            skipped_images=epoch_skipped + val_skipped,
-        )
-        history.append(stats)
-        log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val auc %.4f, %.1f img/s",
-            epoch, stats.train_loss, val_loss, val_metrics.accuracy, val_metrics.auc, stats.train_images_per_second,
-        )
-        if _better(stats, best):
-            best = stats
-            _save_atomic({"model": model.state_dict(), "config": config.model_dump(mode="json"), "epoch": epoch}, best_path)
-        _save_atomic(
-            {
-                "version": CHECKPOINT_VERSION,
-                "content_id": config.content_id(),
-                "config": config.model_dump(mode="json"),
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "history": [asdict(h) for h in history],
-                "best": asdict(best),
-                "skipped_images": skipped_total,
-            },
-            last_path,
-        )
+        stats = _run_epoch(trainer, splits["train"], val_loader, epoch)
+        trainer.history.append(stats)
+        if _better(stats, trainer.best):
+            trainer.best = stats
+            save_atomic({"model": trainer.model.state_dict(), "config": config.model_dump(mode="json"),
+                         "epoch": epoch}, best_path)
+        trainer.save(epoch, last_path)
         for callback in callbacks:
             callback(stats)
+    return _final_result(trainer, splits, val_loader, best_path, data)
 
-    # Selected checkpoint -> validation metrics and the single read of the test split.
-    selected = torch.load(best_path, map_location=device, weights_only=False)
-    model.load_state_dict(selected["model"])
-    _, val_metrics, _, _, _ = evaluate(
-        model, val_loader, device, pos_weight, config.amp, config.max_eval_batches, "val", should_stop)
-    if selected.get(VAL_THRESHOLD_KEY) != val_metrics.eer_threshold:  # for `bnn evaluate`'s accuracy_valthr
-        _save_atomic({**selected, VAL_THRESHOLD_KEY: val_metrics.eer_threshold}, best_path)
-    test_loader = make_loader(splits["test"], config, device, shuffle=False)
-    _, test_metrics, predictions, test_skipped, _ = evaluate(
-        model, test_loader, device, pos_weight, config.amp, config.max_eval_batches, "test", should_stop,
-        val_threshold=val_metrics.eer_threshold,
+
+def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoader, epoch: int) -> EpochStats:
+    """Trains ``epoch`` and validates; returns its statistics (``trainer.skipped_total`` grows)."""
+    config, model, device = trainer.config, trainer.model, trainer.device
+    torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws; same on resume
+    lr = lr_at(config, epoch)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    if config.weight_temperature > 0:  # BNext's soft-to-hard weights: T = T0 * decay^epoch
+        set_weight_temperature(model, config.weight_temperature * config.weight_temperature_decay**epoch)
+    start = time.perf_counter()
+    loader = make_loader(train_split, config, device, shuffle=True, epoch=epoch)
+    loss_sum, seen, train_skipped = trainer.train_epoch(loader, epoch, lr)
+    train_seconds = time.perf_counter() - start
+    val = evaluate(model, val_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "val",
+                   trainer.should_stop)
+    trainer.skipped_total += train_skipped + val.skipped
+    stats = EpochStats(
+        epoch=epoch,
+        train_loss=loss_sum / max(seen, 1),
+        val_loss=val.loss,
+        val_accuracy=val.metrics.accuracy,
+        val_auc=val.metrics.auc,
+        lr=lr,
+        epoch_seconds=time.perf_counter() - start,
+        train_images_per_second=seen / max(train_seconds, 1e-9),
+        eval_images_per_second=val.images_per_second,
+        skipped_images=train_skipped + val.skipped,
     )
-    skipped_total += test_skipped
-    model_cost = count(model, (1, 3, config.resolution, config.resolution))
+    log.info(
+        "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val auc %.4f, %.1f img/s",
+        epoch, stats.train_loss, val.loss, val.metrics.accuracy, val.metrics.auc, stats.train_images_per_second,
+    )
+    return stats
+
+
+def _final_result(
+    trainer: _Trainer, splits: dict[str, ImageDataset], val_loader: DataLoader, best_path: Path,
+    data: dict[str, str],
+) -> FitResult:
+    """Selected checkpoint -> validation metrics and the single read of the test split."""
+    config, model, device = trainer.config, trainer.model, trainer.device
+    selected = read_checkpoint(best_path, device)
+    model.load_state_dict(selected["model"])
+    val = evaluate(model, val_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "val",
+                   trainer.should_stop)
+    if selected.get(VAL_THRESHOLD_KEY) != val.metrics.eer_threshold:  # for `bnn evaluate`'s accuracy_valthr
+        save_atomic({**selected, VAL_THRESHOLD_KEY: val.metrics.eer_threshold}, best_path)
+    test_loader = make_loader(splits["test"], config, device, shuffle=False)
+    test = evaluate(
+        model, test_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "test",
+        trainer.should_stop, val_threshold=val.metrics.eer_threshold,
+    )
     return FitResult(
         config=config,
-        best_epoch=best.epoch,
-        history=history,
-        val=val_metrics,
-        test=test_metrics,
-        cost=model_cost,
+        best_epoch=trainer.best.epoch,
+        history=trainer.history,
+        val=val.metrics,
+        test=test.metrics,
+        cost=count(model, (1, 3, config.resolution, config.resolution)),
         checkpoint=best_path,
-        skipped_images=skipped_total,
+        skipped_images=trainer.skipped_total + test.skipped,
         data=data,
         data_digest={name: ds.digest() for name, ds in splits.items()},
-        test_predictions=predictions,
-        test_extra=test_extra_scalars(predictions, config.seed),
+        test_predictions=test.predictions,
+        test_extra=test_extra_scalars(test.predictions, config.seed),
         device=str(device),
-        resumed_from_epoch=resumed_from,
+        resumed_from_epoch=trainer.resumed_from,
     )
-
-
-def saved_val_threshold(checkpoint: str | os.PathLike) -> float | None:
-    """The validation threshold ``fit`` stored in ``best.pt`` (``None`` for older checkpoints)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    value = state.get(VAL_THRESHOLD_KEY) if isinstance(state, dict) else None
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Detector, FitConfig]:
-    """Rebuilds the detector saved by ``fit`` (``best.pt``) in eval mode, with its config."""
-    device_ = resolve_device(device)
-    state = torch.load(checkpoint, map_location=device_, weights_only=False)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(f"'{checkpoint}' is not a checkpoint written by bnn.train.fit (best.pt / last.pt)")
-    config = FitConfig.from_saved(state["config"])
-    model = create_detector(config.backbone, config.features, config.freeze_backbone, compat=config.compat, head=config.head)
-    model.load_state_dict(state["model"])
-    return model.to(device_).eval(), config

@@ -18,12 +18,14 @@ from mlflow import MlflowClient
 from PIL import Image
 from test_data import dffd_root, write_image  # noqa: F401  (fixture)
 
+from bnn.checkpoint import saved_val_threshold
 from bnn.config import FitConfig
 from bnn.data import create_dataset
 from bnn.data.perturb import Perturbation
 from bnn.data.synthetic import GENERATOR_NAMES
+from bnn.evaluation import evaluate
 from bnn.protocol import EVAL_METRICS, ROBUST_METRICS, source_scalars
-from bnn.train import evaluate, make_loader, saved_val_threshold
+from bnn.splits import make_loader
 from studies.__main__ import main
 from studies.record import read_cell_metrics
 from studies.spec import load_study

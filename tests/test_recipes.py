@@ -17,14 +17,10 @@ from bnn.backbones.binary import BinaryConv2d, set_weight_temperature
 from bnn.config import LEGACY_VALUES, RECIPES, AugmentConfig, FitConfig
 from bnn.data.transforms import AUGMENT_PRESETS, build_transform, resize_size
 from bnn.detector import create_detector
-from bnn.train import (
-    ProgressLog,
-    _parameter_groups,
-    load_splits,
-    lr_at,
-    make_loader,
-    seed_everything,
-)
+from bnn.device import seed_everything
+from bnn.optim import lr_at, parameter_groups
+from bnn.progress import ProgressLog
+from bnn.splits import load_splits, make_loader
 from studies.spec import load_study
 
 
@@ -161,7 +157,7 @@ def test_first_steps_from_scratch_keep_the_loss_bounded(tmp_path_factory, monkey
                        data_params={"count": 800, "image_size": 36, "difficulty": 0.0})
     seed_everything(0)
     model = create_detector(config.backbone, config.features, head=config.head).train()
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
     losses = []
     for images, labels, _, _ in make_loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True):
         loss = F.binary_cross_entropy_with_logits(model(images), labels)
@@ -190,9 +186,9 @@ def test_lr_schedules():
 def test_binary_weights_get_their_own_weight_decay():
     model = create_detector("bnext_micro", "rgb")
     binary = {id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d)}
-    one = _parameter_groups(model, FitConfig(weight_decay=1e-2))
+    one = parameter_groups(model, FitConfig(weight_decay=1e-2))
     assert len(one) == 1 and one[0]["weight_decay"] == 1e-2
-    other, latent = _parameter_groups(model, FitConfig(weight_decay=1e-2, binary_weight_decay=0.0))
+    other, latent = parameter_groups(model, FitConfig(weight_decay=1e-2, binary_weight_decay=0.0))
     assert {id(p) for p in latent["params"]} == binary and latent["weight_decay"] == 0.0
     assert binary.isdisjoint(id(p) for p in other["params"]) and other["weight_decay"] == 1e-2
     assert len(latent["params"]) + len(other["params"]) == len(list(model.parameters()))
@@ -222,14 +218,14 @@ def test_soft_binarisation_in_training_exact_sign_in_evaluation():
 def test_progress_lines_when_stderr_is_not_a_terminal(caplog):
     clock = iter([0.0, 0.5, 2.0, 2.5, 4.0]).__next__
     progress = ProgressLog("epoch 0", total=96, interval=1.0, enabled=True, clock=clock)  # start 0.0
-    with caplog.at_level(logging.INFO, logger="bnn.train"):
+    with caplog.at_level(logging.INFO, logger="bnn.progress"):
         for done in (24, 48, 72, 96):  # at t = 0.5 (too soon), 2.0, 2.5 (too soon), 4.0
             progress.update(done, 0.5)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["epoch 0: 48/96 images, 24.0 img/s, running loss 0.5000",
                      "epoch 0: 96/96 images, 24.0 img/s, running loss 0.5000"]
     quiet = ProgressLog("epoch 0", total=96, interval=0.0, enabled=False)
-    with caplog.at_level(logging.INFO, logger="bnn.train"):
+    with caplog.at_level(logging.INFO, logger="bnn.progress"):
         quiet.update(32, 0.5)
     assert len(caplog.records) == 2
 
@@ -237,7 +233,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(caplog):
 def test_checkpoints_of_older_versions_load_as_they_were_trained(tmp_path):
     """A ``best.pt`` written before ``head``/``augment``/... existed has none of those keys in its
     config: it must rebuild the authors' linear head, not the new default."""
-    from bnn.train import load_detector
+    from bnn.checkpoint import load_detector
 
     old = FitConfig(backbone="bnext_micro", features="rgb+fft", resolution=32, recipe="paper")
     saved = {k: v for k, v in old.model_dump(mode="json").items() if k not in LEGACY_VALUES and k != "recipe"}

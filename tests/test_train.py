@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from bnn.__main__ import main
+from bnn.checkpoint import load_detector
 from bnn.config import FitConfig
-from bnn.train import EpochStats, fit, load_detector
+from bnn.train import EpochStats, fit
 
 SYNTHETIC = {"count": 400, "image_size": 32, "difficulty": 0.0}
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from torch import nn
 
 from bnn.backbones import bnext, timm_baselines  # noqa: F401  (fills the registry)
 from bnn.backbones._registry import BACKBONES, BackboneSpec
+from bnn.pretrained import load_pretrained, resolve_weights
 
 
 def create_backbone(
@@ -30,12 +32,10 @@ def create_backbone(
     Returns:
         A module with timm's classifier API (``num_features``, ``reset_classifier``, ...).
     """
-    from bnn.pretrained import load_pretrained, resolve_weights
-
     spec = BACKBONES.get(name)
     if not pretrained:
         return spec.factory(num_classes=num_classes, **kwargs)
-    path = resolve_weights(BACKBONES.canonical(name), pretrained)
+    path = weights_path(name, pretrained)
     model = spec.factory(num_classes=1000, **kwargs)
     load_pretrained(model, path)
     if num_classes != 1000:
@@ -43,9 +43,23 @@ def create_backbone(
     return model
 
 
+def weights_path(name: str, pretrained: str | os.PathLike | bool) -> Path:
+    """The ImageNet weights file of a registered backbone (see ``bnn.pretrained.resolve_weights``).
+
+    Args:
+        name: Registered backbone name or alias.
+        pretrained: A path, or ``True`` for the official file in the pretrained folder.
+
+    Raises:
+        KeyError: Unknown backbone.
+        ValueError, FileNotFoundError: As ``resolve_weights`` (what to download and where).
+    """
+    return resolve_weights(BACKBONES.canonical(name), BACKBONES.get(name), pretrained)
+
+
 def list_backbones(binary: bool | None = None) -> list[str]:
     """Registered backbone names, optionally only binary or only full-precision ones."""
     return [n for n in BACKBONES.names() if binary is None or BACKBONES.get(n).binary == binary]
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "create_backbone", "list_backbones"]
+__all__ = ["BACKBONES", "BackboneSpec", "create_backbone", "list_backbones", "weights_path"]

@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from bnn.errors import DatasetLayoutError
+
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Folders that tools write next to the data (compared case-insensitively, lower case here).
@@ -21,10 +23,6 @@ JUNK_FOLDERS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume i
 REAL, FAKE = 0, 1
 _WARNED: set[str] = set()
 _WARNED_CAP = 1000
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """A dataset root is missing or its folders do not match the expected layout."""
 
 
 def layout_error(

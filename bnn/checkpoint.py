@@ -1,0 +1,90 @@
+"""The checkpoints ``bnn.train.fit`` writes and everything that reads them back.
+
+Two files per run folder, both ``torch.save`` dictionaries written atomically (temporary file +
+``os.replace``, so a killed run never leaves half a file):
+
+* ``last.pt``: the resume state after every finished epoch: ``version`` (``CHECKPOINT_VERSION``),
+  ``content_id`` of the configuration, ``config`` (JSON-able dump), ``epoch``, ``model``,
+  ``optimizer``, ``scaler``, ``history`` (epoch statistics), ``best`` and ``skipped_images``.
+* ``best.pt``: the checkpoint selected on validation: ``model``, ``config``, ``epoch`` and, once
+  the run has finished, ``VAL_THRESHOLD_KEY`` (the validation equal-error-rate threshold, used by
+  ``bnn evaluate`` for ``accuracy_valthr``).
+
+``load_detector`` rebuilds the detector of either file; training, export, the CLI, the study runner
+and distillation (teachers) all load through it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnn.config import FitConfig
+from bnn.detector import Detector, create_detector
+from bnn.device import resolve_device
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "VAL_THRESHOLD_KEY",
+    "load_detector",
+    "read_checkpoint",
+    "save_atomic",
+    "saved_val_threshold",
+]
+
+CHECKPOINT_VERSION = 1
+# Kept in best.pt: the decision threshold chosen on validation (its equal-error-rate threshold).
+VAL_THRESHOLD_KEY = "val_eer_threshold"
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then an atomic rename onto it."""
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: two writers never share it
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The dictionary stored in ``path``, tensors mapped to ``device``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is not a checkpoint written by ``bnn.train.fit``.
+    """
+    state = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ValueError(f"'{path}' is not a checkpoint written by bnn.train.fit (best.pt / last.pt)")
+    return state
+
+
+def saved_val_threshold(checkpoint: str | os.PathLike) -> float | None:
+    """The validation threshold ``fit`` stored in ``best.pt`` (``None`` for older checkpoints)."""
+    value = read_checkpoint(checkpoint).get(VAL_THRESHOLD_KEY)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Detector, FitConfig]:
+    """Rebuilds the detector saved by ``fit`` (``best.pt`` or ``last.pt``) in eval mode.
+
+    Args:
+        checkpoint: The file.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda:0``, ...
+
+    Returns:
+        The detector on ``device`` in eval mode, and its training configuration.
+
+    Raises:
+        FileNotFoundError, ValueError: As ``read_checkpoint``.
+    """
+    device_ = resolve_device(device)
+    state = read_checkpoint(checkpoint, device_)
+    config = FitConfig.from_saved(state["config"])
+    model = create_detector(
+        config.backbone, config.features, config.freeze_backbone, compat=config.compat, head=config.head
+    )
+    model.load_state_dict(state["model"])
+    return model.to(device_).eval(), config

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.provenance import Provenance
-from analysis.tables import feature_label, quality_metrics
+from bnn.feature_sets import display_label
 
 FAMILY_ORDER = ("BNext", "ResNet", "ViT", "VGG", "DenseNet", "Xception")
 MARKERS = {False: "o", True: "^"}  # trainable, frozen backbone
@@ -142,7 +142,7 @@ def _scale(metric: str) -> float:
 
 def run_label(row: pd.Series, seed: bool = False) -> str:
     """``BNext-T RGB+FFT+LBP (frozen)``, plus `` seed 1`` with ``seed``."""
-    label = f"{row.get('model') or row.get('backbone')} {feature_label(row.get('features', 'rgb'))}"
+    label = f"{row.get('model') or row.get('backbone')} {display_label(row.get('features', 'rgb'))}"
     if bool(row.get("freeze_backbone", False)):
         label += " (frozen)"
     if seed and "seed" in row and not pd.isna(row["seed"]):
@@ -153,13 +153,6 @@ def run_label(row: pd.Series, seed: bool = False) -> str:
 def _true(value) -> bool:
     """A bool column value that may be missing (pandas ``NA``): missing counts as False."""
     return not pd.isna(value) and bool(value)
-
-
-def _require(frame: pd.DataFrame, columns) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        metrics = quality_metrics(frame)
-        raise KeyError(f"the runs have no {missing}; metrics there: {metrics or 'none'}")
 
 
 def metric_label(metric: str) -> str:

@@ -25,7 +25,6 @@ from analysis.figstyle import (
     _figure,
     _footer,
     _place_labels,
-    _require,
     _scale,
     _true,
     family_colors,
@@ -33,35 +32,14 @@ from analysis.figstyle import (
     quality_label,
     run_label,
 )
-from analysis.literature import SHORT_CITATION, load_literature, published_ops
+from analysis.literature import SHORT_CITATION, published_points
 from analysis.pareto import pareto_set, staircase
 from analysis.provenance import Provenance
-from analysis.runs import group_replicates, is_grouped
-from analysis.tables import DATASET_NAMES
+from analysis.replicates import as_grouped, require_metrics
 
 FILL_STYLES = ("full", "none", "left", "bottom", "right", "top")  # host 1, 2, ... (cycled)
 FRONT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
 NO_PUBLISHED_LATENCY = f"Published points ({SHORT_CITATION}) left out: the paper gives no latency measured on these hosts"
-
-
-def _published(literature, frame: pd.DataFrame, quality: str) -> tuple[pd.DataFrame, str]:
-    """Literature rows to plot (their OPs in ``ops``, ``quality`` in ``y``) and their dataset."""
-    column = {"accuracy": "accuracy", "auc": "auc"}.get(quality.partition("_")[2])
-    if literature is None or literature is False or column is None:
-        return pd.DataFrame(), ""
-    if isinstance(literature, pd.DataFrame):
-        rows = literature
-    else:
-        dataset = literature
-        if literature is True:
-            datasets = frame["dataset"].dropna().unique() if "dataset" in frame else []
-            dataset = datasets[0] if len(datasets) == 1 else None
-        rows = load_literature("results", dataset) if dataset else pd.DataFrame()
-    if rows.empty:
-        return rows, ""
-    rows = rows.assign(ops=published_ops(rows), y=rows[column]).dropna(subset=["ops", "y"])
-    datasets = rows["dataset"].dropna().unique()
-    return rows, ", ".join(DATASET_NAMES.get(d, d) for d in datasets)
 
 
 def _host_handles(hosts: list[str]) -> list[Line2D]:
@@ -333,14 +311,14 @@ def figure1(
     """
     if latency.is_latency(cost):
         return figure1_latency(frame, cost, quality, provenance, title, annotate)
-    _require(frame, [cost, quality])
-    grouped = frame if is_grouped(frame) else group_replicates(frame)
+    require_metrics(frame, [cost, quality])
+    grouped = as_grouped(frame)
     provenance = provenance or Provenance.from_runs(grouped)
     points = grouped.dropna(subset=[cost, quality]).reset_index(drop=True)
     if points.empty:
         raise ValueError(f"no run has both {cost!r} and {quality!r}")
     published, published_on = (
-        _published(literature, grouped, quality) if cost == "ops" else (pd.DataFrame(), "")
+        published_points(literature, grouped, quality) if cost == "ops" else (pd.DataFrame(), "")
     )
     note = (
         'published points: x from the paper\'s "FLOPs (G)" column (BNext rows: OPs/1e8; '
@@ -389,7 +367,7 @@ def figure1_latency(
         KeyError: ``metric`` or ``quality`` is not a column of the runs.
         ValueError: No run has both (e.g. latency was not measured: the message says why).
     """
-    _require(frame, [quality])
+    require_metrics(frame, [quality])
     if metric not in frame:
         raise KeyError(
             f"the runs have no {metric!r}: {latency.describe(frame, metric) or 'not measured'}"

@@ -10,7 +10,9 @@ recorded before latency was measured have none of these.
 
 Timings compare only on one host. A host here is (CPU model, threads), labelled
 ``"<CPU model>, <threads> threads"``; figures and tables never average runs of different hosts
-into one point or cell without saying so.
+into one point or cell without saying so. The results and ablation tables show latency and
+throughput with the columns, values and notes of ``table_columns``, ``table_values`` and
+``table_text``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.runs import group_replicates, is_grouped, replicate_keys
+from analysis.replicates import group_replicates, is_grouped, replicate_keys
+from analysis.table_format import DASH, Column
 
 LATENCY = "latency_ms"
 LATENCY_NETWORK = "latency_network_ms"
@@ -201,3 +204,46 @@ def describe(frame: pd.DataFrame, metric: str = LATENCY) -> str:
     return " ".join(
         t for t in (describe_hosts(frame, metric), describe_missing(frame, metric)) if t
     )
+
+
+# --- in tables (analysis.tables, analysis.ablation) -----------------------------------------------
+
+TABLE_KEYS = (LATENCY, f"{LATENCY}_std", THROUGHPUT, f"{THROUGHPUT}_std")
+
+
+def table_columns(single_host: bool) -> list[Column]:
+    """Latency and throughput (mean ± std over seeds); best/second marked only on one host."""
+    return [
+        Column(LATENCY, "Latency (ms)", "Latency (ms)", 2, "lower" if single_host else None,
+               std=f"{LATENCY}_std"),
+        Column(THROUGHPUT, "Throughput (img/s)", "Throughput (img/s)", 1,
+               "higher" if single_host else None, std=f"{THROUGHPUT}_std"),
+    ]
+
+
+def table_values(grouped: pd.DataFrame) -> pd.DataFrame:
+    """The latency columns of a table (``TABLE_KEYS`` and ``latency_host``) from configuration rows
+    of ``with_spread``."""
+    out = pd.DataFrame({c: grouped.get(c, np.nan) for c in TABLE_KEYS}, index=grouped.index)
+    out["latency_host"] = grouped.get(HOSTS)
+    return out
+
+
+def table_text(runs: pd.DataFrame) -> tuple[str, list[str]]:
+    """A caption phrase on where latency was measured and the notes explaining the columns."""
+    found = hosts(runs)
+    if not found and not has_latency(runs):
+        phrase = ""
+    elif len(found) <= 1:
+        phrase = f" Latency and throughput measured on {found[0] if found else 'one host'}."
+    else:
+        phrase = f" Latency and throughput measured on {len(found)} hosts: compare within a host."
+    note = (
+        "Latency: median time per image at batch 1, end to end (extra input channels + network) "
+        "on the exported engine at the cell's resolution; throughput: images per second at batch "
+        f"32; mean ± std over seeds. {DASH}: not measured. "
+    )
+    note += describe(runs) or "Latency was not measured."
+    if len(found) > 1:
+        note += " Host of each row: CSV column latency_host."
+    return phrase, [note]

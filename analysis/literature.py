@@ -3,6 +3,7 @@
 The CSV's header comments say where every number comes from; its ``source`` and
 ``transcribed_from`` columns repeat it per row. Values are the paper's, never ours: accuracy and
 AUC in percent, parameters in millions, and the paper's "FLOPs (G)" column verbatim.
+``published_points`` picks the rows a figure draws beside a study's points (``analysis.fronts``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from analysis.labels import dataset_name
 
 LITERATURE_CSV = Path(__file__).resolve().parent / "data" / "literature.csv"
 CITATION = (
@@ -62,3 +65,35 @@ def published_ops(frame: pd.DataFrame) -> pd.Series:
     """
     scale = np.where(frame["block"] == "paper", 1e8, 1e9)
     return pd.Series(frame["flops_g_published"].to_numpy(dtype=float) * scale, index=frame.index)
+
+
+def published_points(literature, frame: pd.DataFrame, quality: str) -> tuple[pd.DataFrame, str]:
+    """Published rows to plot beside a study's points on an OPs axis, and the datasets they are of.
+
+    Args:
+        literature: None or False for none; True for those of the runs' dataset (when the runs
+            have one dataset the paper has); a dataset name (``"cocofake"``); or rows of
+            ``load_literature``.
+        frame: The study's runs or configurations (for their dataset).
+        quality: The plotted quality metric: ``<split>_accuracy`` or ``<split>_auc`` (others: none).
+
+    Returns:
+        The rows with their OPs in ``ops`` (``published_ops``) and the quality in ``y`` (percent),
+        rows lacking either dropped; and their datasets' names joined with ``", "``.
+    """
+    column = {"accuracy": "accuracy", "auc": "auc"}.get(quality.partition("_")[2])
+    if literature is None or literature is False or column is None:
+        return pd.DataFrame(), ""
+    if isinstance(literature, pd.DataFrame):
+        rows = literature
+    else:
+        dataset = literature
+        if literature is True:
+            datasets = frame["dataset"].dropna().unique() if "dataset" in frame else []
+            dataset = datasets[0] if len(datasets) == 1 else None
+        rows = load_literature("results", dataset) if dataset else pd.DataFrame()
+    if rows.empty:
+        return rows, ""
+    rows = rows.assign(ops=published_ops(rows), y=rows[column]).dropna(subset=["ops", "y"])
+    datasets = rows["dataset"].dropna().unique()
+    return rows, ", ".join(dataset_name(d) for d in datasets)

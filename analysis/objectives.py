@@ -15,12 +15,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import latency
-from analysis.figstyle import COST_LABELS, PERCENT_METRICS, _require, metric_label, run_label
+from analysis.figstyle import COST_LABELS, PERCENT_METRICS, metric_label, run_label
 from analysis.fronts import front_figure
 from analysis.pareto import DIRECTIONS, pareto_set
 from analysis.provenance import Provenance
-from analysis.runs import group_replicates, is_grouped, replicate_keys
-from analysis.tables import DASH, Column, Table, _latex_escape, feature_label
+from analysis.replicates import as_grouped, replicate_keys, require_metrics
+from analysis.table_format import DASH, Column, Table, latex_escape
+from bnn.feature_sets import display_label
 
 ARROWS = {"maximize": "↑", "minimize": "↓"}
 _SHOWN = ("backbone", "features", "freeze_backbone")  # in the Configuration column
@@ -67,7 +68,7 @@ def _points(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Configuration rows (per host where a metric is a measured speed), means over seeds."""
     if any(latency.is_latency(m) for m in metrics):
         return latency.group_by_host(frame)
-    return frame if is_grouped(frame) else group_replicates(frame)
+    return as_grouped(frame)
 
 
 def objectives_figure(
@@ -91,7 +92,7 @@ def objectives_figure(
         KeyError: A metric is not a column of the runs.
         ValueError: No run has both.
     """
-    _require(frame, [x, y])
+    require_metrics(frame, [x, y])
     directions = {m: (directions or {}).get(m) or direction(m, frame) for m in (x, y)}
     points = _points(frame, [x, y]).dropna(subset=[x, y]).reset_index(drop=True)
     if points.empty:
@@ -158,7 +159,7 @@ def pareto_set_table(frame: pd.DataFrame, objectives: list | None = None) -> Tab
         for o in (objectives if objectives is not None else study_objectives(frame))
     ]
     metrics = [m for m, _ in pairs]
-    _require(frame, metrics)
+    require_metrics(frame, metrics)
     bad = [d for _, d in pairs if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"objective direction {bad[0]!r}; valid: {', '.join(DIRECTIONS)}")
@@ -184,21 +185,21 @@ def pareto_set_table(frame: pd.DataFrame, objectives: list | None = None) -> Tab
         {
             "block": "ours",
             "configuration": [run_label(row) for _, row in chosen.iterrows()],
-            "features": [feature_label(f) for f in chosen.get("features", ["rgb"] * len(chosen))],
+            "features": [display_label(f) for f in chosen.get("features", ["rgb"] * len(chosen))],
         },
         index=chosen.index,
     )
     columns = [Column("configuration", "Configuration", "Configuration")]
     for key in varying:
         table[key] = [DASH if pd.isna(v) else str(v) for v in chosen[key]]
-        columns.append(Column(key, key, _latex_escape(key)))
+        columns.append(Column(key, key, latex_escape(key)))
     for metric, goal in pairs:
         scale, decimals, unit = _display(metric)
         table[metric] = chosen[metric] * scale
         std = chosen.get(f"{metric}_std", pd.Series(np.nan, index=chosen.index))
         table[f"{metric}_std"] = std * scale
         header = f"{ARROWS[goal]} {metric}{unit}"
-        columns.append(Column(metric, header, _latex_escape(header), decimals, std=f"{metric}_std"))
+        columns.append(Column(metric, header, latex_escape(header), decimals, std=f"{metric}_std"))
     if per_host:
         table["host"] = chosen[latency.HOST]
         columns.append(Column("host", "Host", "Host"))
@@ -247,5 +248,5 @@ def front_pair(frame: pd.DataFrame, requested: list[str] | None = None) -> list[
         return None
     if len(requested) != 2:
         raise ValueError(f"front_metrics: two metric columns (x, y), got {list(requested)}")
-    _require(frame, requested)
+    require_metrics(frame, requested)
     return list(requested)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis.significance import holm, mcnemar_exact, paired_auc_test
+
 ALPHA = 0.05
 THRESHOLD = 0.5
 RESAMPLES = 2000
@@ -91,8 +93,6 @@ def pair_runs(
 def p_values(paired: Paired, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """``(p McNemar, p AUC)`` of one pairing; NaN where no test can be made (no images; one class
     for the AUC)."""
-    from analysis.significance import mcnemar_exact, paired_auc_test  # imports torch (bnn)
-
     if paired.images == 0:
         return float("nan"), float("nan")
     correct = (paired.scores >= THRESHOLD).astype(np.int64) == paired.labels
@@ -125,8 +125,6 @@ def compare_with_baselines(
         ``p_mcnemar``, ``p_mcnemar_holm``, ``significant_accuracy``, ``p_auc``, ``p_auc_holm``,
         ``significant_auc`` and ``marks`` (``*`` accuracy, ``†`` AUC, where significant).
     """
-    from analysis.significance import holm
-
     rows = []
     for runs, baseline in comparisons:
         paired = pair_runs(runs, baseline, predictions)

@@ -102,7 +102,7 @@ def pareto_front(
         maximize_quality: False when lower ``quality`` is better (e.g. ``test_eer``).
         by: Replicate handling: when given, the front is computed on the group means of
             ``cost`` and ``quality`` over rows sharing these columns, and every row of a group on
-            the front is marked (e.g. ``by=analysis.runs.replicate_keys(frame)``).
+            the front is marked (e.g. ``by=analysis.replicates.replicate_keys(frame)``).
 
     Returns:
         Boolean Series aligned with ``frame.index`` (``frame[mask]`` is the front). Rows with a

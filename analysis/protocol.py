@@ -11,9 +11,8 @@ Besides ``val_*``/``test_*``, a cell's run carries the scalars of ``bnn.protocol
 
 and the artifact of its per-image test predictions (``analysis.runs.load_predictions``). This module
 finds which of them a study has and shapes them per configuration (seeds folded: mean and sample
-std). It reads the names only; it does not import ``bnn`` until a study has that data (``bnn``
-imports torch): ``tests/test_protocol_report.py`` checks that the prefixes here are
-``bnn.protocol``'s.
+std). The prefixes are ``bnn.protocol``'s, perturbation severities ``bnn.data.perturb``'s and the
+reliability curve ``bnn.metrics``'.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.runs import group_replicates, is_grouped
+from analysis.replicates import group_replicates, is_grouped
+from bnn.data.perturb import Perturbation
+from bnn.metrics import expected_calibration_error, reliability_curve
+from bnn.protocol import EVAL_PREFIX, ROBUST_PREFIX, SOURCE_PREFIX
 
-# bnn.protocol's EVAL_PREFIX, ROBUST_PREFIX and SOURCE_PREFIX (see the module docstring).
-EVAL_PREFIX, ROBUST_PREFIX, SOURCE_PREFIX = "eval_", "robust_", "source_"
 OWN_TEST = "test"  # the cell's own test split, as a test-set name in the frames here
 KIND_ORDER = ("jpeg", "blur", "resize", "chain")
 # Calibration and operating points of a split (``bnn.metrics.Metrics``), in table order.
@@ -146,8 +146,6 @@ def _robust_key(key: str) -> RobustKey:
         return RobustKey(key, kind, math.nan, math.nan)
     try:
         level = float(level_text.replace("p", ".").replace("m", "-"))
-        from bnn.data.perturb import Perturbation  # imports torch: only for a study with these
-
         severity = Perturbation(kind, int(level) if kind == "jpeg" else level).severity
     except ValueError:
         return RobustKey(key, kind, math.nan, math.nan)
@@ -349,8 +347,6 @@ def reliability(
         (those with predictions only); ``points`` has ``config``, ``mean_predicted``,
         ``fraction_positive``, ``count`` per non-empty bin.
     """
-    from bnn.metrics import expected_calibration_error, reliability_curve
-
     grouped = configurations(frame, [])
     grouped["ece"], grouped["images"], grouped["runs_used"] = np.nan, 0, 0
     keep, rows = [], []

@@ -5,133 +5,36 @@ The record and every name in it belong to ``studies.record`` (its writer is the 
 ``read_cell``, ``read_parent``) and turns the rows into frames: one row per cell run with the run
 columns (``RUN_COLUMNS``), the params typed back and the final metrics; per-epoch metrics
 (``EPOCH_METRICS``, step = epoch), the ROC artifact and the per-image test predictions
-(``ARTIFACT_PREDICTIONS``, cached per run) on request.
+(``ARTIFACT_PREDICTIONS``, cached per run) on request. Where the record lives (tracking URI,
+client, the study's experiment) is ``analysis.store``'s; configurations and their replicates
+(``group_replicates``) are ``analysis.replicates``'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 
-from analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci
+from analysis.replicates import group_replicates  # noqa: F401  (tests/test_distill.py's import)
+from analysis.store import client_for, find_experiment, redact_uri, resolve_tracking_uri
+from bnn.backbones import BACKBONES
 from studies import record
 from studies.record import (
     ARTIFACT_PREDICTIONS,
-    COST_METRICS,
     EPOCH_METRICS,
     PREDICTION_COLUMNS,
     RUN_COLUMNS,
 )
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Params that do not define a configuration: replicates differ only in these.
-REPLICATE_EXCLUDE = (
-    record.PARAM_SEED, "output_dir", record.PARAM_AXES, "device", "num_workers"
-)
 _INT = re.compile(r"[+-]?\d+")
-
-
-class StudyNotFoundError(LookupError):
-    """No experiment of that study at the tracking URI.
-
-    Attributes:
-        study: The name asked for.
-        tracking_uri: Where it was looked for (credentials removed).
-        experiments: Names of the experiments that exist there.
-        reason: Why, when it is not simply a missing experiment (e.g. no database file).
-    """
-
-    def __init__(
-        self, study: str, tracking_uri: str, experiments: list[str], reason: str = ""
-    ) -> None:
-        self.study = study
-        self.tracking_uri = tracking_uri
-        self.experiments = experiments
-        self.reason = reason
-        known = ", ".join(experiments) if experiments else "(none)"
-        detail = f" ({reason})" if reason else ""
-        super().__init__(
-            f"no study {study!r} at {tracking_uri}{detail}; experiments there: {known}"
-        )
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without a password (``postgresql://user:***@host/db``), safe to print in reports."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def _missing_sqlite(uri: str) -> str | None:
-    """The path of a ``sqlite:///`` database file that does not exist (None otherwise)."""
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")
-        if path and path != ":memory:" and not Path(path).exists():
-            return path
-    return None
-
-
-def client_for(tracking_uri: str | None = None):
-    """An ``MlflowClient`` for the URI; a missing SQLite file is an error (it is not created)."""
-    from mlflow import MlflowClient
-
-    uri = resolve_tracking_uri(tracking_uri)
-    missing = _missing_sqlite(uri)
-    if missing:
-        raise FileNotFoundError(f"no MLflow database at {missing} (tracking URI {uri})")
-    return MlflowClient(tracking_uri=uri)
-
-
-def list_experiments(tracking_uri: str | None = None) -> list[str]:
-    """Names of the active experiments at the tracking URI."""
-    return [e.name for e in client_for(tracking_uri).search_experiments()]
-
-
-def find_experiment(study: str, tracking_uri: str | None = None):
-    """The MLflow experiment of a study (by experiment name, else by its parent's ``TAG_STUDY`` tag).
-
-    Raises:
-        StudyNotFoundError: Listing the experiments that exist at the URI.
-    """
-    uri = resolve_tracking_uri(tracking_uri)
-    missing = _missing_sqlite(uri)
-    if missing:
-        raise StudyNotFoundError(
-            study, redact_uri(uri), [], reason=f"no MLflow database at {missing}"
-        )
-    client = client_for(uri)
-    experiment = client.get_experiment_by_name(study)
-    if experiment is not None and experiment.lifecycle_stage == "active":
-        return experiment
-    experiments = client.search_experiments()
-    if "'" not in study and experiments:  # a parent run tagged with the study, in one query
-        found = client.search_runs(
-            [e.experiment_id for e in experiments],
-            filter_string=f"tags.`{record.TAG_STUDY}` = '{study}'",
-            max_results=1,
-        )
-        if found:
-            return client.get_experiment(found[0].info.experiment_id)
-    raise StudyNotFoundError(study, redact_uri(uri), [e.name for e in experiments])
 
 
 def _typed(values: list[str | None]) -> pd.Series:
@@ -169,8 +72,6 @@ def _fill_model_tags(frame: pd.DataFrame) -> None:
     """Fills model/family/binary from the backbone registry for runs that lack those tags."""
     if "backbone" not in frame or not frame[["model", "family", "binary"]].isna().any().any():
         return
-    from bnn.backbones import BACKBONES
-
     for i, name in frame["backbone"].items():
         if name in BACKBONES:
             spec = BACKBONES.get(name)
@@ -261,126 +162,6 @@ def load_runs(
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return frame
-
-
-def param_columns(frame: pd.DataFrame) -> list[str]:
-    """The config params of a frame from ``load_runs`` (``attrs["params"]``, else inferred)."""
-    names = frame.attrs.get("params")
-    if names is None:
-        metrics = set(metric_columns(frame))
-        names = [c for c in frame.columns if c not in RUN_COLUMNS and c not in metrics]
-    return [c for c in names if c in frame.columns]
-
-
-def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """The final metrics of a frame from ``load_runs`` (``attrs["metrics"]``, else inferred)."""
-    names = frame.attrs.get("metrics")
-    if names is None:
-        names = [
-            c
-            for c in frame.columns
-            if c.startswith(("val_", "test_"))
-            or c in COST_METRICS
-            or c in ("best_epoch", "skipped_images")
-        ]
-    return [c for c in names if c in frame.columns]
-
-
-def replicate_keys(frame: pd.DataFrame) -> list[str]:
-    """Params that define a configuration: all but seed, output dir, axes label, device, workers."""
-    return [c for c in param_columns(frame) if c not in REPLICATE_EXCLUDE]
-
-
-def _join(values) -> str:
-    return ",".join(
-        str(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))
-    )
-
-
-def _shadowed_interval(metric: str, metrics: list[str]) -> bool:
-    """Whether ``metric`` is a run's interval (``<m>_ci_low``/``_ci_high``) of an aggregated
-    quality metric ``<m>``, whose seed-bootstrap interval columns have the same names."""
-    for end in ("_ci_low", "_ci_high"):
-        base = metric.removesuffix(end)
-        if base != metric and base in metrics and base.startswith(("val_", "test_")):
-            return True
-    return False
-
-
-def group_replicates(
-    frame: pd.DataFrame,
-    by: list[str] | None = None,
-    metrics: list[str] | None = None,
-    level: float = DEFAULT_LEVEL,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Replicates (seeds) of the same configuration folded into one row.
-
-    Args:
-        frame: From ``load_runs``.
-        by: Columns that identify a configuration; default every param but ``seed``,
-            ``output_dir``, ``axes``, ``device`` and ``num_workers``.
-        metrics: Metrics to aggregate; default every final metric.
-        level: Coverage of the bootstrap interval.
-        resamples: Bootstrap resamples.
-        seed: Seed of the bootstrap (the same frame always gives the same intervals).
-
-    Returns:
-        One row per configuration, in order of first appearance: the ``by`` columns, the
-        descriptive columns (``model``, ``family``, ``binary``, ``data``, ``synthetic``,
-        ``study``), ``n`` (replicates), ``seeds``, ``run_ids`` and ``cell_ids`` (comma-joined),
-        and per metric ``<metric>`` (mean over replicates, NaNs skipped); quality metrics
-        (``val_*``, ``test_*``) also get ``<metric>_std`` (sample std, NaN for n = 1),
-        ``<metric>_ci_low`` and ``<metric>_ci_high`` (percentile bootstrap of the mean over
-        seeds, NaN for n < 2). A run's own interval over images (``test_accuracy_ci_low`` as the
-        runner logs it) has the name of that column: it is left out when its metric is
-        aggregated (read it from the runs). ``attrs`` carries over, plus ``grouped_by``.
-    """
-    keys = list(by) if by is not None else replicate_keys(frame)
-    missing = [k for k in keys if k not in frame.columns]
-    if missing:
-        raise KeyError(f"group_replicates: no column(s) {missing}; columns: {list(frame.columns)}")
-    metrics = list(metrics) if metrics is not None else metric_columns(frame)
-    metrics = [m for m in metrics if not _shadowed_interval(m, metrics)]
-    descriptive = [
-        c
-        for c in ("model", "family", "binary", "data", "synthetic", "study")
-        if c in frame.columns and c not in keys
-    ]
-
-    rows = []
-    grouped = frame.groupby(keys, dropna=False, sort=False) if keys else [((), frame)]
-    for key, group in grouped:
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(keys, key, strict=True))
-        for column in descriptive:
-            row[column] = group[column].iloc[0]
-        row["n"] = len(group)
-        row["seeds"] = _join(group["seed"]) if "seed" in group else ""
-        row["run_ids"] = _join(group["run_id"]) if "run_id" in group else ""
-        row["cell_ids"] = _join(group["cell_id"]) if "cell_id" in group else ""
-        for metric in metrics:
-            values = group[metric].to_numpy(dtype=float)
-            finite = values[~np.isnan(values)]
-            row[metric] = finite.mean() if finite.size else np.nan
-            if metric.startswith(("val_", "test_")):
-                row[f"{metric}_std"] = finite.std(ddof=1) if finite.size > 1 else np.nan
-                low, high = bootstrap_ci(finite, level=level, resamples=resamples, seed=seed)
-                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    for key in keys:  # keep the dtypes of the key columns (bool stays bool, ints stay ints)
-        if key in out and len(out):
-            out[key] = out[key].astype(frame[key].dtype)
-    out.attrs.update(frame.attrs)
-    out.attrs["grouped_by"] = keys
-    return out
-
-
-def is_grouped(frame: pd.DataFrame) -> bool:
-    """Whether ``frame`` comes from ``group_replicates``."""
-    return "grouped_by" in frame.attrs
 
 
 def load_epoch_history(

@@ -1,6 +1,7 @@
 """Tables ready to export: ``Table`` (one frame, its ``Column`` list, caption, notes, provenance)
 as Markdown, LaTeX (booktabs) and CSV, best and second best marked as in the paper (bold and
-underline). The tables themselves are built in ``analysis.tables`` and ``analysis.objectives``.
+underline). The tables themselves are built in ``analysis.tables`` (results), ``analysis.ablation``
+(feature ablation), ``analysis.protocol_tables`` (evaluation protocol) and ``analysis.objectives``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _number(value, decimals: int, signed: bool = False) -> str:
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
+    """Plain text (headers, captions, notes, cells) as LaTeX: specials escaped, symbols in math."""
     replacements = {
         "\\": r"\textbackslash{}",
         "&": r"\&",
@@ -82,7 +84,7 @@ def _markdown_marks(text: str) -> str:
 
 def _latex_marks(text: str) -> str:
     marks = {"*": r"\textsuperscript{*}", "†": r"\textsuperscript{\dag}"}
-    return "".join(marks.get(ch, _latex_escape(ch)) for ch in text)
+    return "".join(marks.get(ch, latex_escape(ch)) for ch in text)
 
 
 @dataclass
@@ -219,7 +221,7 @@ class Table:
         lines += [
             r"\begin{table}[t]",
             r"\centering",
-            rf"\caption{{{_latex_escape(self.caption)}}}",
+            rf"\caption{{{latex_escape(self.caption)}}}",
             rf"\label{{{self.label}}}",
             rf"\begin{{tabular}}{{{spec}}}",
             r"\toprule",
@@ -229,7 +231,7 @@ class Table:
         rows = self._rows(
             lambda t: rf"\textbf{{{t}}}",
             lambda t: rf"\underline{{{t}}}",
-            _latex_escape,
+            latex_escape,
             _latex_marks,
         )
         blocks = self.frame["block"].tolist() if "block" in self.frame else [""] * len(rows)
@@ -239,7 +241,7 @@ class Table:
             lines.append(" & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         for n, note in enumerate(self.notes, start=1):
-            lines.append(rf"\par\smallskip{{\footnotesize ({n}) {_latex_escape(note)}}}")
+            lines.append(rf"\par\smallskip{{\footnotesize ({n}) {latex_escape(note)}}}")
         lines.append(r"\end{table}")
         return "\n".join(lines) + "\n"
 

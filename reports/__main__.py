@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from analysis.runs import StudyNotFoundError
+    # Deferred for start-up speed only: --help and argument errors answer without loading
+    # pandas, MLflow and torch (no import cycle needs it).
+    from analysis.store import StudyNotFoundError
     from bnn.errors import EXIT_INVALID, EXIT_OK, EXIT_PARTIAL, run_cli
     from reports.render import ARTIFACT_PATH, DEFAULT_NOTEBOOK, ReportError, describe_uri, render
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.runs import find_experiment, redact_uri, resolve_tracking_uri
+from analysis.store import find_experiment, redact_uri, resolve_tracking_uri
 from studies.record import ROLE_STUDY, filter_role
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LOCK_TIMEOUT_SECONDS = 600
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the MLflow store of a study that names none
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -15,9 +15,22 @@ import pandas as pd
 import pytest
 from mlflow_records import EPOCHS, GIT_COMMIT, StudyRecord
 
-from analysis import literature, pareto, plots, runs, stats, tables
+from analysis import (
+    ablation,
+    fronts,
+    literature,
+    pareto,
+    plots,
+    replicates,
+    runs,
+    stats,
+    store,
+    tables,
+)
+from analysis.figstyle import run_label, save_figure
 from analysis.provenance import Provenance
-from analysis.runs import StudyNotFoundError
+from analysis.store import StudyNotFoundError
+from analysis.table_format import latex_escape
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +120,14 @@ def test_missing_study_lists_experiments(record, tmp_path):
 
 def test_redact_uri():
     assert (
-        runs.redact_uri("postgresql://bob:secret@db:5432/mlflow")
+        store.redact_uri("postgresql://bob:secret@db:5432/mlflow")
         == "postgresql://bob:***@db:5432/mlflow"
     )
-    assert runs.redact_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert store.redact_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
 
 def test_group_replicates(frame):
-    grouped = runs.group_replicates(frame)
+    grouped = replicates.group_replicates(frame)
     assert len(grouped) == 11  # 13 runs, two cells with two seeds
     assert grouped["n"].sum() == 13
     assert "seed" not in grouped.attrs["grouped_by"] and "axes" not in grouped.attrs["grouped_by"]
@@ -135,12 +148,12 @@ def test_group_replicates(frame):
         and np.isnan(one["test_accuracy_ci_low"])
     )
     assert grouped["freeze_backbone"].dtype == bool
-    again = runs.group_replicates(frame)  # seeded bootstrap: same intervals every time
+    again = replicates.group_replicates(frame)  # seeded bootstrap: same intervals every time
     pd.testing.assert_series_equal(grouped["test_accuracy_ci_low"], again["test_accuracy_ci_low"])
 
 
 def test_group_replicates_by(frame):
-    by_backbone = runs.group_replicates(frame, by=["backbone"], metrics=["test_accuracy"])
+    by_backbone = replicates.group_replicates(frame, by=["backbone"], metrics=["test_accuracy"])
     assert list(by_backbone["backbone"]) == ["bnext_tiny", "bnext_small", "resnet50"]
     assert by_backbone.set_index("backbone")["n"].to_dict() == {
         "bnext_tiny": 11,
@@ -155,8 +168,8 @@ def test_group_replicates_keeps_the_seed_interval_beside_a_runs_own(frame):
     with_image_ci = frame.assign(test_accuracy_ci_low=0.0, test_accuracy_ci_high=1.0)
     metrics = [*frame.attrs["metrics"], "test_accuracy_ci_low", "test_accuracy_ci_high"]
     with_image_ci.attrs = {**frame.attrs, "metrics": metrics}
-    grouped = runs.group_replicates(with_image_ci)
-    reference = runs.group_replicates(frame)
+    grouped = replicates.group_replicates(with_image_ci)
+    reference = replicates.group_replicates(frame)
     pd.testing.assert_series_equal(
         grouped["test_accuracy_ci_low"], reference["test_accuracy_ci_low"]
     )
@@ -235,7 +248,7 @@ def test_pareto_front_on_replicate_means():
 
 
 def test_pareto_front_of_study(frame):
-    grouped = runs.group_replicates(frame)
+    grouped = replicates.group_replicates(frame)
     front = grouped[pareto.pareto_front(grouped)]
     labels = set(zip(front["backbone"], front["features"], front["freeze_backbone"], strict=True))
     assert labels == {
@@ -281,7 +294,7 @@ def _md_rows(markdown: str) -> list[list[str]]:
 
 def test_results_table_markdown_matches_frame(frame):
     table = tables.results_table(frame)
-    grouped = runs.group_replicates(frame)
+    grouped = replicates.group_replicates(frame)
     assert len(table.frame) == len(grouped) == 11  # synthetic data: no published rows
     rows = _md_rows(table.to_markdown())
     assert len(rows) == 11
@@ -385,7 +398,7 @@ def test_results_table_requires_metrics(frame):
 
 
 def test_ablation_table(frame):
-    table = tables.ablation_table(frame)
+    table = ablation.ablation_table(frame)
     ours = table.frame[table.frame["block"] == "ours"]
     tiny = ours[ours["setting"].str.startswith("BNext-T, trainable")]
     assert list(tiny["features"]) == [
@@ -408,8 +421,8 @@ def test_ablation_table(frame):
     assert set(ours["setting"]) == {
         "BNext-T, trainable, synthetic benchmark"
     }  # one-feature settings left out
-    assert tables.has_feature_ablation(frame)
-    assert not tables.has_feature_ablation(frame[frame["backbone"] == "resnet50"])
+    assert ablation.has_feature_ablation(frame)
+    assert not ablation.has_feature_ablation(frame[frame["backbone"] == "resnet50"])
     marks = table.marks()
     tiny_marks = {
         tiny.loc[i, "feature_set"]: m
@@ -426,7 +439,7 @@ def test_ablation_table(frame):
 
 
 def test_ablation_table_with_published_rows(frame):
-    table = tables.ablation_table(frame, literature=True)
+    table = ablation.ablation_table(frame, literature=True)
     published = table.frame[table.frame["block"] == "published"]
     assert list(published["value"]) == [90.35, 82.36, 88.18, 88.42, 81.20, 81.67, 91.60, 81.56]
     assert published["delta"].iloc[6] == pytest.approx(1.25)
@@ -438,19 +451,8 @@ def test_ablation_table_with_published_rows(frame):
     } == {"rgb+fft+lbp": "best", "rgb": "second"}
 
 
-def test_feature_labels():
-    assert tables.feature_label("rgb+sobel+fft+lbp") == "RGB+Mag.+FFT+LBP"
-    assert tables.feature_label("rgb+lbp+fft", added=True) == "+FFT+LBP"
-    assert tables.feature_label("rgb", added=True) == "RGB (baseline)"
-    ordered = sorted(
-        ["rgb+fft+lbp", "rgb", "rgb+lbp", "rgb+sobel", "rgb+sobel+fft+lbp", "rgb+fft"],
-        key=tables.feature_sort_key,
-    )
-    assert ordered == ["rgb", "rgb+sobel", "rgb+fft", "rgb+lbp", "rgb+fft+lbp", "rgb+sobel+fft+lbp"]
-
-
 def test_latex_escapes_text():
-    assert tables._latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
+    assert latex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -465,8 +467,8 @@ def _assert_image(path: Path, min_size=(600, 400)) -> None:
 
 
 def test_figure1_files(frame, tmp_path):
-    fig = plots.figure1(frame)
-    paths = plots.save_figure(fig, tmp_path, "figure1")
+    fig = fronts.figure1(frame)
+    paths = save_figure(fig, tmp_path, "figure1")
     assert set(paths) == {"png", "pdf", "svg"}
     _assert_image(paths["png"])
     assert paths["pdf"].read_bytes().startswith(b"%PDF")
@@ -478,7 +480,7 @@ def test_figure1_files(frame, tmp_path):
 
 
 def test_figure1_literature_points(frame, tmp_path):
-    fig = plots.figure1(frame, literature="cocofake")
+    fig = fronts.figure1(frame, literature="cocofake")
     labels = [
         t.get_text()
         for legend in fig.legends + [fig.axes[0].get_legend()]
@@ -487,18 +489,18 @@ def test_figure1_literature_points(frame, tmp_path):
     ]
     assert any("published" in label for label in labels)
     with pytest.raises(KeyError, match="test_nonexistent"):
-        plots.figure1(frame, quality="test_nonexistent")
+        fronts.figure1(frame, quality="test_nonexistent")
 
 
 def test_learning_curves_and_roc(record, frame, tmp_path):
     history = runs.load_epoch_history(frame["run_id"], record.tracking_uri)
     fig = plots.learning_curves(history, frame)
-    _assert_image(plots.save_figure(fig, tmp_path, "curves", formats=("png",))["png"])
-    grouped = runs.group_replicates(frame)
+    _assert_image(save_figure(fig, tmp_path, "curves", formats=("png",))["png"])
+    grouped = replicates.group_replicates(frame)
     front = grouped[pareto.pareto_front(grouped)]
     rocs = {
-        plots.run_label(row): runs.load_roc(row["run_ids"].split(",")[0], record.tracking_uri)
+        run_label(row): runs.load_roc(row["run_ids"].split(",")[0], record.tracking_uri)
         for _, row in front.iterrows()
     }
     fig = plots.roc_curves(rocs, provenance=Provenance.from_runs(frame))
-    _assert_image(plots.save_figure(fig, tmp_path, "roc", formats=("png",))["png"])
+    _assert_image(save_figure(fig, tmp_path, "roc", formats=("png",))["png"])

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import fronts, latency, objectives, pareto, tables
+from analysis import ablation, fronts, latency, objectives, pareto, tables
 from analysis.figstyle import save_figure
-from analysis.tables import DASH
+from analysis.table_format import DASH
 from reports.__main__ import main
 
 A, B = ("CPU A", "2"), ("CPU B", "8")
@@ -294,13 +294,13 @@ def test_results_table_two_hosts_and_old_runs():
 
 
 def test_ablation_table_latency_only_when_measured():
-    table = tables.ablation_table(_runs(ONE_HOST))
+    table = ablation.ablation_table(_runs(ONE_HOST))
     headers = [c.markdown for c in table.columns]
     assert "Latency (ms)" in headers and headers[-1] == "n"
     fft = table.frame[table.frame["feature_set"] == "rgb+fft"].iloc[0]
     assert fft["latency_ms"] == 3.0
     old = _runs(ONE_HOST).drop(columns=["latency_ms", "throughput_ips"])
-    assert "Latency (ms)" not in [c.markdown for c in tables.ablation_table(old).columns]
+    assert "Latency (ms)" not in [c.markdown for c in ablation.ablation_table(old).columns]
 
 
 # --- objectives -------------------------------------------------------------------------------

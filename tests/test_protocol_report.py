@@ -17,7 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import paired, plots, protocol, runs, tables
+from analysis import ablation, paired, protocol, protocol_plots, protocol_tables, runs
+from analysis.figstyle import save_figure
+from analysis.table_format import Table
 
 PROTOCOL_STUDY = "protocol"
 PLAIN_STUDY = "plain"
@@ -86,13 +88,10 @@ def _read_md_header(path) -> list[str]:
 
 
 def test_names_are_bnn_protocols():
-    """analysis.protocol reads bnn.protocol's names without importing it (torch): they agree."""
+    """The metrics analysis.protocol reads (with bnn.protocol's prefixes) are those bnn logs."""
     from bnn import protocol as bnn_protocol
     from bnn.metrics import per_source_metrics
 
-    assert protocol.EVAL_PREFIX == bnn_protocol.EVAL_PREFIX
-    assert protocol.ROBUST_PREFIX == bnn_protocol.ROBUST_PREFIX
-    assert protocol.SOURCE_PREFIX == bnn_protocol.SOURCE_PREFIX
     assert {"accuracy", "auc", "ece", "count"} <= set(bnn_protocol.EVAL_METRICS)
     assert {"accuracy", "auc"} <= set(bnn_protocol.ROBUST_METRICS)
     names = per_source_metrics([0, 1], [0.2, 0.8], ["Real", "GAN 1"])
@@ -130,7 +129,7 @@ def test_real_record_is_read(studies):
 
     plain = runs.load_runs(PLAIN_STUDY, studies["uri"])
     assert protocol.extra_test_sets(plain) == [] and protocol.robustness_keys(plain) == []
-    assert not tables.has_cross_dataset(plain) and not tables.has_robustness(plain)
+    assert not protocol_tables.has_cross_dataset(plain) and not protocol_tables.has_robustness(plain)
     assert protocol.sources(plain) and protocol.has_calibration(plain)  # every cell has these
 
 
@@ -307,7 +306,7 @@ def test_ablation_marks_significant_rows_pairing_seeds():
         "run3": _predictions(labels, strong[1]).iloc[::-1],  # joined by path, not by order
         "run4": _predictions(labels, weak[0]),  # the same scores as RGB seed 0: p = 1
     }  # run5 (+Mag.) has no predictions: not tested
-    table = tables.ablation_table(frame, predictions=predictions)
+    table = ablation.ablation_table(frame, predictions=predictions)
     rows = table.frame.set_index("feature_set")
     fft, lbp, sobel = rows.loc["rgb+fft"], rows.loc["rgb+lbp"], rows.loc["rgb+sobel"]
     assert fft["marks"] == paired.MARK_ACCURACY + paired.MARK_AUC
@@ -328,7 +327,7 @@ def test_ablation_marks_significant_rows_pairing_seeds():
 def test_ablation_without_predictions_is_unchanged():
     metrics = {"test_accuracy": 0.7, "test_auc": 0.8}
     frame = _frame([("rgb", 0, metrics), ("rgb+fft", 0, metrics)])
-    plain, empty = tables.ablation_table(frame), tables.ablation_table(frame, predictions={})
+    plain, empty = ablation.ablation_table(frame), ablation.ablation_table(frame, predictions={})
     assert plain.to_markdown().split("<sub>")[0] == empty.to_markdown().split("<sub>")[0]
     assert "marks" not in plain.frame and "McNemar" not in plain.to_markdown()
 
@@ -348,7 +347,7 @@ def test_single_seed_ablation_shows_the_runs_image_intervals():
             ),
         ]
     )
-    table = tables.ablation_table(frame)
+    table = ablation.ablation_table(frame)
     markdown = table.to_markdown()
     assert "95% CI (images)" in markdown and "[85.00, 95.00]" in markdown
     assert "bootstrap over the test images" in markdown
@@ -413,12 +412,12 @@ def test_protocol_tables_and_figures_with_seeds(tmp_path):
     assert sorted(clean["severity"]) == [0.0, 0.0]
     assert sorted(clean["value"]) == pytest.approx([0.85, 0.95])
 
-    robustness = tables.robustness_table(frame)
+    robustness = protocol_tables.robustness_table(frame)
     assert "65.00 ± 7.07" in robustness.to_markdown() and "n" in _header(robustness)
-    cross = tables.cross_dataset_table(frame)
+    cross = protocol_tables.cross_dataset_table(frame)
     assert "other AUC (%)" in _header(cross) and "± 7.07" in cross.to_markdown()
-    assert "sd_1_5 AUC (%)" in _header(tables.per_source_table(frame, "other"))
-    assert "ECE (%)" in _header(tables.calibration_table(frame))
+    assert "sd_1_5 AUC (%)" in _header(protocol_tables.per_source_table(frame, "other"))
+    assert "ECE (%)" in _header(protocol_tables.calibration_table(frame))
 
     labels = np.tile([0, 1], 50)
     predictions = {
@@ -430,25 +429,25 @@ def test_protocol_tables_and_figures_with_seeds(tmp_path):
     assert list(configurations["runs_used"]) == [2, 1]  # RGB's two seeds pooled
     assert points.groupby("config")["count"].sum().tolist() == [200, 100]
     for stem, figure in (
-        ("heatmap", plots.cross_dataset_heatmap(frame)),
-        ("curves", plots.robustness_curves(frame)),
-        ("reliability", plots.reliability_diagram(frame, predictions)),
+        ("heatmap", protocol_plots.cross_dataset_heatmap(frame)),
+        ("curves", protocol_plots.robustness_curves(frame)),
+        ("reliability", protocol_plots.reliability_diagram(frame, predictions)),
     ):
-        png = plots.save_figure(figure, tmp_path, stem, formats=("png",))["png"]
+        png = save_figure(figure, tmp_path, stem, formats=("png",))["png"]
         assert np.asarray(Image.open(png).convert("L"), dtype=float).std() > 0, stem
 
 
-def _header(table: tables.Table) -> list[str]:
+def _header(table: Table) -> list[str]:
     return [c.markdown for c in table.columns]
 
 
 def test_no_protocol_data_no_protocol_tables():
     frame = _frame([("rgb", 0, {"test_accuracy": 0.7, "test_auc": 0.8})])
-    assert not tables.has_cross_dataset(frame) and not tables.has_robustness(frame)
+    assert not protocol_tables.has_cross_dataset(frame) and not protocol_tables.has_robustness(frame)
     assert protocol.sources(frame) == [] and not protocol.has_calibration(frame)
     with pytest.raises(ValueError, match="no extra test set"):
-        tables.cross_dataset_table(frame)
+        protocol_tables.cross_dataset_table(frame)
     with pytest.raises(ValueError, match="robust_"):
-        plots.robustness_curves(frame)
+        protocol_plots.robustness_curves(frame)
     with pytest.raises(ValueError, match="no run has test predictions"):
-        plots.reliability_diagram(frame, {})
+        protocol_plots.reliability_diagram(frame, {})

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks.feature_reference: not installed (see its docstring)
     sys.path.append(str(REPO))
 
+from image_files import make_dffd_tree  # noqa: E402  (tests/, a helper module)
 from mlflow_records import StudyRecord, make_shared_records  # noqa: E402  (tests/, a helper module)
 
 # Copy of the design notes' spec/bnext_official_state_dict_keys.json (outside this repository): every key and shape of the official
@@ -60,3 +61,9 @@ def fast_heartbeat(monkeypatch) -> None:
 def study_records(tmp_path_factory) -> dict[str, StudyRecord]:
     """One SQLite MLflow store for the session holding the studies of ``make_shared_records``."""
     return make_shared_records(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture
+def dffd_root(tmp_path) -> Path:
+    """A tiny DFFD tree in ``tmp_path / "dffd"`` (``image_files.make_dffd_tree``)."""
+    return make_dffd_tree(tmp_path / "dffd")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_files import write_image
 from PIL import Image
 
 from bnn.data import (
@@ -26,21 +27,6 @@ from bnn.data import (
 from bnn.data import synthetic as synthetic_module
 
 # ---------------------------------------------------------------- helpers
-
-
-def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (12, 10), mode: str = "RGB"):
-    """A small random image; ``mode`` "L", "I;16" or "CMYK" exercise the decoder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    w, h = size
-    if mode == "I;16":
-        image = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
-    elif mode == "L":
-        image = Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), mode="L")
-    else:
-        image = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), mode="RGB")
-        image = image.convert(mode)
-    image.save(path)
 
 
 def write_corrupt(path: Path) -> None:
@@ -472,33 +458,6 @@ def test_cocofake_clutter_folders_are_not_image_ids(coco_roots):
 
 
 # ---------------------------------------------------------------- DFFD
-
-
-@pytest.fixture
-def dffd_root(tmp_path: Path) -> Path:
-    root = tmp_path / "dffd"
-    celeba = root / "img_align_celeba"
-    lines = []
-    for i in range(9):
-        name = f"{i + 1:06d}.jpg"
-        write_image(celeba / name, seed=i, mode="CMYK" if i == 0 else "RGB")
-        lines.append(f"{name} {i % 3}")
-    (celeba / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
-    sources = [
-        "ffhq",
-        "pggan_v1",
-        "pggan_v2",
-        "stylegan_ffhq",
-        "stylegan_celeba",
-        "faceapp",
-        "stargan",
-    ]
-    for s, source in enumerate(sources):
-        for folder in ("train", "validation", "test"):
-            for i in range(2):
-                write_image(root / source / folder / f"{source}_{i}.png", seed=10 * s + i)
-    write_image(root / "stargan" / "test" / "deep16.png", mode="I;16")
-    return root
 
 
 def test_dffd_splits(dffd_root: Path):

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_files import write_image
 from mlflow import MlflowClient
 from PIL import Image
-from test_data import dffd_root, write_image  # noqa: F401  (fixture)
 
 from bnn.checkpoint import saved_val_threshold
 from bnn.config import FitConfig
@@ -76,7 +76,7 @@ def test_folder_sources_and_per_source_metrics_on_a_hand_made_tree(tmp_path):
     assert metrics.count == 12
 
 
-def test_dffd_sources_are_its_folders(dffd_root):  # noqa: F811
+def test_dffd_sources_are_its_folders(dffd_root):
     ds = create_dataset("dffd", "test", root=dffd_root, resolution=8)
     sources = dict(zip((Path(p).parent.parent.name if "img_align" not in p else "celeba" for p, _ in ds.items),
                        ds.sources, strict=True))

@@ -16,6 +16,9 @@ probability is above 0).
 Differences from CNNDetection's code, all deliberate: the JPEG codec is always Pillow's (theirs
 draws OpenCV or PIL per image), and the blur kernel is truncated at 3 sigma with reflected borders
 (torchvision's ``gaussian_blur``; their ``scipy.ndimage.gaussian_filter`` truncates at 4 sigma).
+
+This file is longer than 400 lines on purpose: it is one concern (the degradations, their
+parsing and validation at test time and their training-time augmentation twins).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ separates the classes). Grey photographs give grey reals and grey fakes.
 Files are cached under ``$BNN_CACHE_DIR/synthetic/<param-hash>/`` (default ``~/.cache/bnn``) in the
 ``folder`` layout ``{train,val,test}/{REAL,FAKE}/*.png`` with a ``meta.json`` of the parameters.
 A generation is written to a temporary folder and renamed when complete.
+
+This file is longer than 400 lines on purpose: it is one concern (the benchmark generator and
+its reader), most of it the generator families and their documentation.
 """
 
 from __future__ import annotations

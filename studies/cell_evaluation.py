@@ -31,9 +31,8 @@ from studies.record import (
     TAG_LATENCY_SKIPPED,
     TAG_LATENCY_THREADS,
     TAG_ROBUST_PREFIX,
-    Tracker,
-    protocol_tags,
 )
+from studies.record_writer import Tracker, protocol_tags
 from studies.spec import Cell, Latency, Study
 
 log = logging.getLogger(__name__)

@@ -68,7 +68,8 @@ from studies.cell_queue import (
 from studies.claim import ClaimLost, Heartbeat
 from studies.db_setup import open_shared, study_lock
 from studies.objective import not_comparable_reason, objective_value
-from studies.record import TAG_LATENCY_SKIPPED, Tracker, create_mlflow_schema, protocol_tags
+from studies.record import TAG_LATENCY_SKIPPED, create_mlflow_schema
+from studies.record_writer import Tracker, protocol_tags
 from studies.spec import Cell, Study, set_dotted
 
 log = logging.getLogger(__name__)

@@ -105,7 +105,7 @@ def _ops(backbone: str, features: str) -> tuple[int, int, int]:
 def _params(
     backbone: str, features: str, frozen: bool, seed: int, dataset: str, axes: str
 ) -> dict[str, str]:
-    """The flattened FitConfig, as ``studies.record.Tracker`` logs it (strings, nested keys dotted)."""
+    """The flattened FitConfig, as ``studies.record_writer.Tracker`` logs it (strings, nested keys dotted)."""
     return {
         R.PARAM_BACKBONE: backbone,
         R.PARAM_FEATURES: features,

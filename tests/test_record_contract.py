@@ -33,6 +33,7 @@ from bnn.backbones import BACKBONES
 from studies import record as R
 from studies import runner as runner_module
 from studies.__main__ import main
+from studies.record_writer import run_name
 from studies.spec import load_study
 
 STUDY = """\
@@ -158,14 +159,14 @@ def test_run_names_say_what_varies(tmp_path):
     path.write_text("name: names\ndataset: synthetic\ndefaults: {backbone: bnext_micro}\n"
                     "grid:\n  freeze_backbone: [false, true]\n  lr: [0.001]\nseeds: [0, 1]\n")
     study = load_study(path)
-    names = [R.run_name(study, cell, "BNext-T") for cell in study.cells]
+    names = [run_name(study, cell, "BNext-T") for cell in study.cells]
     assert names == [f"BNext-T rgb+fft+lbp {mode} lr=0.001 seed {seed}"
                      for mode in ("trainable", "frozen") for seed in (0, 1)]
     path.write_text("name: names\ndataset: synthetic\ndefaults: {backbone: bnext_micro, features: rgb}\n")
     single = load_study(path)
-    assert [R.run_name(single, cell, "BNext-T") for cell in single.cells] == ["BNext-T rgb"]
+    assert [run_name(single, cell, "BNext-T") for cell in single.cells] == ["BNext-T rgb"]
     frozen = load_study(path, overrides={"freeze_backbone": True})
-    assert [R.run_name(frozen, cell, "BNext-T") for cell in frozen.cells] == ["BNext-T rgb frozen"]
+    assert [run_name(frozen, cell, "BNext-T") for cell in frozen.cells] == ["BNext-T rgb frozen"]
 
 
 def test_status_reads_mlflow_once_and_briefly_when_the_server_is_down(monkeypatch):

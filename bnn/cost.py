@@ -21,10 +21,16 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from timm.layers import LayerScale
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import Tensor, nn
 
+from bnn.backbones import BACKBONES
 from bnn.backbones.binary import BinaryConv2d
 from bnn.backbones.bnext import BinaryUnit, LearnableBias
+from bnn.detector import Detector, create_detector
+from bnn.feature_sets import feature_set_label, parse_features
+from bnn.features import feature_flops as _feature_flops
 
 # Types that own parameters but whose arithmetic is element-wise (not counted as MACs).
 _ELEMENTWISE_WITH_PARAMS: tuple[type[nn.Module], ...] = (
@@ -38,18 +44,9 @@ _ELEMENTWISE_WITH_PARAMS: tuple[type[nn.Module], ...] = (
 )
 
 
-def _timm_parameter_holders() -> tuple[type[nn.Module], ...]:
-    """timm classes that own parameters outside conv/linear/norm children (tokens, embeddings)."""
-    from timm.layers import LayerScale
-    from timm.models.vision_transformer import VisionTransformer
-
-    return (VisionTransformer, LayerScale)
-
-
-def _timm_attention() -> type[nn.Module]:
-    from timm.models.vision_transformer import Attention
-
-    return Attention
+# timm classes that own parameters outside conv/linear/norm children (tokens, embeddings). timm is
+# imported with the backbones anyway (bnn.backbones.timm_baselines), so importing it here costs nothing.
+_TIMM_PARAMETER_HOLDERS: tuple[type[nn.Module], ...] = (VisionTransformer, LayerScale)
 
 
 @dataclass(frozen=True)
@@ -108,10 +105,7 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
     Raises:
         TypeError: A module that ran owns parameters and is of a type the counter does not know.
     """
-    from bnn.detector import Detector
-
-    attention_type = _timm_attention()
-    known_holders = _ELEMENTWISE_WITH_PARAMS + _timm_parameter_holders()
+    known_holders = _ELEMENTWISE_WITH_PARAMS + _TIMM_PARAMETER_HOLDERS
     totals = {"bops": 0, "flops": 0}
 
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -121,7 +115,7 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
             totals["flops"] += _conv_macs(module, output)
         elif isinstance(module, nn.Linear):
             totals["flops"] += output[0].numel() * module.in_features
-        elif isinstance(module, attention_type):
+        elif isinstance(module, Attention):
             tokens, dim = inputs[0].shape[1], inputs[0].shape[2]
             totals["flops"] += 2 * tokens * tokens * dim  # q @ k^T and attn @ v, all heads
         elif any(True for _ in module.parameters(recurse=False)) and not isinstance(module, known_holders):
@@ -151,8 +145,6 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     feature_flops = 0
     if isinstance(model, Detector):
-        from bnn.features import feature_flops as _feature_flops
-
         feature_flops = _feature_flops(model.extra_features, input_size[2], input_size[3])
     return Cost(
         bops=totals["bops"],
@@ -166,7 +158,17 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
     )
 
 
-__all__ = ["Cost", "count"]
+def detector_cost(backbone: str, features: str | tuple[str, ...], freeze_backbone: bool = False,
+                  input_size: tuple[int, int] = (224, 224)) -> Cost:
+    """The cost of one ``input_size`` (H, W) image through ``create_detector(backbone, features,
+    freeze_backbone)``, built on the ``meta`` device: only shapes propagate, no weights are
+    allocated and no arithmetic runs."""
+    with torch.device("meta"):
+        detector = create_detector(backbone, features, freeze_backbone=freeze_backbone)
+    return count(detector, (1, 3, *input_size))
+
+
+__all__ = ["Cost", "count", "detector_cost"]
 
 
 def cost_table(
@@ -175,28 +177,20 @@ def cost_table(
     frozen: tuple[bool, ...] = (False, True),
     input_size: tuple[int, int] = (224, 224),
 ):
-    """One row per backbone x feature set x frozen with the detector's cost, as a DataFrame.
-
-    Models are built on the ``meta`` device, so only shapes propagate: no weights are allocated
-    and no arithmetic runs.
-    """
+    """One row per backbone x feature set x frozen with the detector's cost (``detector_cost``,
+    on the ``meta`` device), as a DataFrame."""
     import pandas as pd
-
-    from bnn.backbones import BACKBONES
-    from bnn.detector import create_detector
 
     rows = []
     for backbone in backbones:
         for features in feature_sets:
             for freeze in frozen:
-                with torch.device("meta"):
-                    detector = create_detector(backbone, features, freeze_backbone=freeze)
-                c = count(detector, (1, 3, *input_size))
+                c = detector_cost(backbone, features, freeze, input_size)
                 rows.append(
                     {
                         "model": BACKBONES.get(backbone).display_name,
                         "backbone": backbone,
-                        "features": detector.features_label,
+                        "features": feature_set_label(parse_features(features)),
                         "frozen": freeze,
                         "params_M": c.params / 1e6,
                         "trainable_M": c.trainable_params / 1e6,

@@ -106,14 +106,10 @@ def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials:
 
 
 def _cost(config):
-    import torch
+    from bnn.cost import detector_cost
 
-    from bnn.cost import count
-    from bnn.detector import create_detector
-
-    with torch.device("meta"):
-        model = create_detector(config.backbone, config.features, config.freeze_backbone)
-    return count(model, (1, 3, config.resolution, config.resolution))
+    return detector_cost(config.backbone, config.features, config.freeze_backbone,
+                         (config.resolution, config.resolution))
 
 
 def _states(study):

@@ -111,3 +111,9 @@ def test_cost_cli_formats(fmt, capsys):
 def test_cost_cli_rejects_unknown_feature(capsys):
     assert main(["cost", "--backbones", "bnext_tiny", "--features", "rgb+fourier"]) == 2
     assert "unknown feature 'fourier'" in capsys.readouterr().err
+
+
+def test_detector_cost_on_the_meta_device_equals_the_count_of_a_real_detector():
+    """``cost.detector_cost`` (``studies plan``, ``python -m bnn cost``) builds on the meta device."""
+    real = cost.count(create_detector("bnext_micro", "rgb+fft+lbp", freeze_backbone=True), (1, 3, 32, 32))
+    assert cost.detector_cost("bnext_micro", "rgb+fft+lbp", True, (32, 32)) == real

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.replicates import group_replicates  # noqa: F401  (tests/test_distill.py's import)
 from analysis.store import client_for, find_experiment, redact_uri, resolve_tracking_uri
 from bnn.backbones import BACKBONES
 from studies import record

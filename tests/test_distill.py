@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from pydantic import BaseModel
 
+from analysis.replicates import group_replicates
+from analysis.runs import load_runs
 from bnn.__main__ import main as bnn_main
 from bnn.config import LEGACY_VALUES, DistillConfig, FitConfig
 from bnn.detector import create_detector
@@ -255,8 +257,6 @@ log_checkpoint: false
 
 
 def test_a_bnn_student_distils_from_a_teacher_cell_of_another_study(tmp_path, store):
-    from analysis.runs import group_replicates, load_runs
-
     (tmp_path / "teachers.yaml").write_text(TEACHERS.format(data=DATA, root=tmp_path))
     (tmp_path / "students.yaml").write_text(STUDENTS.format(data=DATA, root=tmp_path))
     students, teachers = load_study(tmp_path / "students.yaml"), load_study(tmp_path / "teachers.yaml")

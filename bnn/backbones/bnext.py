@@ -224,7 +224,7 @@ BACKBONES.add(
     BackboneSpec(
         factory=_bnext_factory("micro"),
         family="BNext",
-        display_name="BNext-micro (test)",
+        display_name="BNext-micro",
         binary=True,
         weights_file=None,
         weights_source="none: a test-only variant without published weights",

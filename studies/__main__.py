@@ -7,6 +7,8 @@ from studies import early_signals
 if __name__ == "__main__":  # `python -m studies`: hold signals before anything else is imported
     early_signals.hold()
 
+# Only light modules here: the commands import what they need (torch through any bnn module,
+# mlflow, optuna, the studies modules that import them) so that `python -m studies` starts fast.
 import argparse
 import logging
 import signal
@@ -14,6 +16,8 @@ import sys
 
 from rich.console import Console
 from rich.table import Table
+
+from studies.db_setup import require_driver
 
 console = Console(stderr=False)
 
@@ -221,7 +225,6 @@ def _run_workers(args, stop) -> int:
     import threading
     import time
 
-    from studies.db_setup import require_driver
 
     study = _load(args)  # an invalid file, --set or missing driver: one error here, not one per worker
     for url in (study.storage, study.tracking_uri):
@@ -274,7 +277,6 @@ def _run(args, stop) -> int:
     from tqdm.auto import tqdm
 
     from studies.cell_queue import DONE_STATES
-    from studies.db_setup import require_driver
     from studies.runner import Runner, check_inputs, epoch_text
 
     study = _load(args)

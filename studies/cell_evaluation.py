@@ -33,7 +33,8 @@ from studies.record import (
     TAG_ROBUST_PREFIX,
 )
 from studies.record_writer import Tracker, protocol_tags
-from studies.spec import Cell, Latency, Study
+from studies.schema import Latency
+from studies.spec import Cell, Study
 
 log = logging.getLogger(__name__)
 

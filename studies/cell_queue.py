@@ -1,9 +1,16 @@
 """The queue of a study's cells on its Optuna storage: opening it, cell states, ``CellQueue``.
 
 The claim protocol that decides which worker runs a cell is ``studies.claim``'s; this module
-enqueues the cells, fails stale trials, decides which waiting trial a worker may claim (a
-distillation student waits for its teacher, see ``studies.runner``) and reads the cell states
-that ``python -m studies status`` shows.
+enqueues the cells, fails stale trials, decides which waiting trial a worker may claim and reads
+the cell states that ``python -m studies status`` shows.
+
+Distillation (``studies.distill``): a student cell is claimed only once its teacher cell has a
+COMPLETE trial, in this study or in the teacher's own study on the same storage. Until then the
+worker runs other cells, and waits while the teacher is waiting or running here, or running in its
+own study (a stale teacher there is failed like a stale trial here, so the wait is bounded). When
+the teacher can no longer finish in this invocation (its trial failed with a recorded failure, or
+its own study is not being run), the student is claimed and failed at once with the reason; the
+next invocation enqueues both again.
 """
 
 from __future__ import annotations

@@ -27,18 +27,21 @@ path; the ``Cell`` keeps a ``Teacher`` for the runner, which runs teachers befor
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from bnn.backbones import BACKBONES
 from bnn.config import DistillConfig, FitConfig
+from studies.schema import FIT_KEYS, StudyFile, set_dotted
 from studies.yaml_lines import StudyFileError, line_of
 
-if TYPE_CHECKING:
-    from studies.spec import StudyFile
+# Loads another study file (a path, or a bare name of a bundled study) with this study's ``--set``
+# values and without resolving its own teachers: ``studies.spec.load_study``, passed in by it.
+LoadStudy = Callable[[Path | str], Any]
 
 # Stands in for a cell reference while the student's config is validated, before resolution.
 UNRESOLVED = "(teacher cell, resolved by the study)"
@@ -119,8 +122,6 @@ def _candidates_text(candidates: list[tuple[str, str, FitConfig]]) -> str:
 
 def _matches(config: FitConfig, keys: dict[str, Any]) -> bool:
     """Whether ``config`` holds ``keys`` (dotted keys allowed), compared after validation."""
-    from studies.spec import set_dotted
-
     update = config.model_dump()
     for key, value in keys.items():
         set_dotted(update, key, value)
@@ -135,9 +136,10 @@ def resolve_teachers(
     study_name: str,
     runs_dir: Path,
     storage: str,
-    overrides: dict[str, Any] | None,
+    load_study: LoadStudy,
 ) -> None:
-    """Resolves every cell reference of ``pending`` in place (config, ``teacher``).
+    """Resolves every cell reference of ``pending`` in place (config, ``teacher``); a reference to
+    another study loads it with ``load_study``.
 
     Raises:
         StudyFileError: A malformed reference, no or several matching cells, a binary teacher,
@@ -156,7 +158,7 @@ def resolve_teachers(
         memo = json.dumps(ref, sort_keys=True, default=str)
         if memo not in found:
             found[memo] = _resolve_one(path, line, key, ref, own, others, spec, study_name, runs_dir,
-                                       storage, overrides)
+                                       storage, load_study)
         teacher = found[memo]
         distill = entry.config.distill.model_dump()
         distill.update(teacher=str(teacher.checkpoint), teacher_id=teacher.cell_id)
@@ -164,14 +166,12 @@ def resolve_teachers(
         entry.teacher = teacher
 
 
-def _resolve_one(path, line, key, ref, own, others, spec, study_name, runs_dir, storage, overrides) -> Teacher:
+def _resolve_one(path, line, key, ref, own, others, spec, study_name, runs_dir, storage, load_study) -> Teacher:
     shape = "a teacher is a checkpoint path or {cell: {key: value, ...}} with an optional study: FILE"
     if not isinstance(ref, dict) or set(ref) - set(REFERENCE_KEYS) or not isinstance(ref.get("cell"), dict) \
             or not ref["cell"]:
         raise StudyFileError(path, line, key, f"{shape}; got {ref!r}")
     keys = ref["cell"]
-    from studies.spec import FIT_KEYS
-
     for name in keys:
         if str(name).split(".")[0] not in FIT_KEYS:
             raise StudyFileError(path, line, f"{key}.cell.{name}", f"not a FitConfig key; valid keys: {', '.join(FIT_KEYS)}")
@@ -182,7 +182,7 @@ def _resolve_one(path, line, key, ref, own, others, spec, study_name, runs_dir, 
         candidates, t_study, t_runs, t_path = own, study_name, runs_dir, path
     else:
         candidates, t_study, t_runs, t_path = _other_study(path, line, key, str(ref["study"]), others, storage,
-                                                           spec.tracking_uri, overrides)
+                                                           spec.tracking_uri, load_study)
     matched = []
     for candidate in candidates:
         try:
@@ -209,15 +209,13 @@ def _resolve_one(path, line, key, ref, own, others, spec, study_name, runs_dir, 
     return Teacher(t_study, cell_id, t_runs / cell_id / "best.pt", label, t_path)
 
 
-def _other_study(path, line, key, name, others, storage, tracking_uri, overrides):
+def _other_study(path, line, key, name, others, storage, tracking_uri, load_study: LoadStudy):
     """Candidates of another study file: (candidates, study name, runs dir, file)."""
-    from studies.spec import load_study, resolve_path
-
     if name not in others:
         beside = path.parent / name
         target = beside if beside.exists() else path.parent / f"{name}.yaml"
         try:
-            other = load_study(target if target.exists() else resolve_path(name), overrides, resolve=False)
+            other = load_study(target if target.exists() else name)
         except StudyFileError as err:
             raise StudyFileError(path, line, f"{key}.study", f"teacher study: {err}") from None
         if (other.storage, other.tracking_uri) != (storage, tracking_uri):

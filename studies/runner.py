@@ -25,14 +25,7 @@ failure is not retried at all; a worker that died is, up to the cap), and a sear
 A cell whose objective is NaN (``val_auc`` of a one-class split) finishes as *not comparable*: its
 metrics are logged, its MLflow run is FINISHED with the tag ``bnn.not_comparable`` (the reason),
 its trial is PRUNED with the user attribute ``not_comparable``, and it counts as done everywhere.
-
-Distillation (``studies.distill``): a student cell is claimed only once its teacher cell has a
-COMPLETE trial, in this study or in the teacher's own study on the same storage. Until then the
-worker runs other cells, and waits while the teacher is waiting or running here, or running in its
-own study (a stale teacher there is failed like a stale trial here, so the wait is bounded). When
-the teacher can no longer finish in this invocation (its trial failed with a recorded failure, or
-its own study is not being run), the student is claimed and failed at once with the reason; the
-next invocation enqueues both again.
+Distillation: a student waits for its teacher cell (``studies.cell_queue``).
 """
 
 from __future__ import annotations
@@ -49,7 +42,6 @@ import optuna
 from optuna.trial import TrialState
 
 from bnn.backbones import weights_path
-from bnn.config import FitConfig
 from bnn.data import DatasetLayoutError
 from bnn.signals import FitInterrupted, StopRequest
 from bnn.splits import load_splits
@@ -70,7 +62,7 @@ from studies.db_setup import open_shared, study_lock
 from studies.objective import not_comparable_reason, objective_value
 from studies.record import TAG_LATENCY_SKIPPED, create_mlflow_schema
 from studies.record_writer import Tracker, protocol_tags
-from studies.spec import Cell, Study, set_dotted
+from studies.spec import Cell, Study
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -253,10 +245,7 @@ class Runner:
                     values[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
                 else:
                     values[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
-            update = self.study.base.model_dump()
-            for key, value in values.items():
-                set_dotted(update, key, value)
-            cell = self.study.make_cell(FitConfig(**update), values)
+            cell = self.study.search_cell(values)
             self.cells[cell.cell_id] = cell
             trial.set_user_attr("cell_id", cell.cell_id)
             self._execute(trial, cell, summary)

@@ -1,4 +1,4 @@
-"""Study files: schema, validation with file/line/key errors, and expansion into cells.
+"""Study files: reading, validation with file/line/key errors, and expansion into cells.
 
 A study file declares ``defaults`` (keys of ``bnn.config.FitConfig``), a ``grid`` whose cartesian
 product gives the cells (any FitConfig key can be an axis; ``features`` can be a ``powerset``), seeds
@@ -8,140 +8,31 @@ Optuna storage. Each cell is a fully resolved ``FitConfig`` with a content id (h
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from bnn.config import FitConfig
 from bnn.data import DATASETS, SPLITS, dataset_params, list_datasets
 from bnn.data.perturb import Perturbation, parse_robustness
 from bnn.errors import KeyedValueError, validation_errors
-from bnn.latency import latency_metric_names
 from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
-from studies.db_setup import DEFAULT_TRACKING_URI, sqlite_path
+from studies.db_setup import sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.objective import objective_metric_names, unknown_metric_message
+from studies.schema import FIT_KEYS, Powerset, StudyFile, set_dotted
+from studies.spec_errors import config_error, schema_error, suggest, unknown_key_error
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 # A study file sets at least one of these (else it would train one default cell nobody asked for).
 REQUIRED_ANY = ("dataset", "defaults", "grid", "search")
 _MINIMUM = f"a study needs at least one of {', '.join(REQUIRED_ANY[:-1])} or {REQUIRED_ANY[-1]}"
-FIT_KEYS = list(FitConfig.model_fields)
-
-
-class Powerset(BaseModel):
-    """All subsets of ``of`` added to ``base``: ``{powerset: [sobel, fft, lbp]}`` -> 8 feature sets."""
-
-    model_config = ConfigDict(extra="forbid")
-    powerset: list[str] = Field(min_length=1)
-    base: list[str] = ["rgb"]
-
-    def values(self) -> list[str]:
-        subsets = [c for r in range(len(self.powerset) + 1) for c in itertools.combinations(self.powerset, r)]
-        return ["+".join([*self.base, *subset]) for subset in subsets]
-
-
-class SearchParam(BaseModel):
-    """One dimension of an Optuna search space."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> SearchParam:
-        if self.type == "categorical" and not self.choices:
-            raise ValueError("categorical needs 'choices'")
-        if self.type != "categorical" and (self.low is None or self.high is None):
-            raise ValueError(f"{self.type} needs 'low' and 'high'")
-        return self
-
-
-class Search(BaseModel):
-    """Optuna TPE search over ``space`` with a budget of ``trials``."""
-
-    model_config = ConfigDict(extra="forbid")
-    trials: int = Field(ge=1)
-    space: dict[str, SearchParam] = Field(min_length=1)
-    sampler_seed: int = 0
-
-
-class Objective(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    metric: str = "val_accuracy"
-    direction: Literal["maximize", "minimize"] = "maximize"
-
-
-LATENCY_ENV = "BNN_LATENCY"  # "off": latency.enabled defaults to false (the test suite sets it)
-
-
-def _latency_default() -> bool:
-    return os.environ.get(LATENCY_ENV, "on").strip().lower() != "off"
-
-
-class Latency(BaseModel):
-    """Measured speed of each cell's selected checkpoint on its worker's host (``bnn.latency``).
-
-    ``enabled`` defaults to true unless the environment sets ``BNN_LATENCY=off``; a study file's
-    own ``latency.enabled`` always wins."""
-
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(default_factory=_latency_default)
-    threads: int = Field(1, ge=1, le=256)  # PyTorch and OpenVINO intra-op threads while timing
-    repeats: int = Field(20, ge=1, le=10_000)  # timed batch-1 runs per resolution
-    resolutions: list[Annotated[int, Field(ge=8, le=4096)]] = []  # extra sizes, e.g. [224]
-    # Only the cells of these seeds (None: every cell). Speed depends on the architecture, not on
-    # the weights, so one seed per configuration can stand for all when time is short (make demo).
-    seeds: list[int] | None = Field(None, min_length=1)
-
-    def times(self, seed: int) -> bool:
-        """Whether a cell of this seed is timed."""
-        return self.enabled and (self.seeds is None or seed in self.seeds)
-
-    def metric_names(self) -> list[str]:
-        """The latency metrics a timed cell logs (``bnn.latency.latency_metric_names``): at its own
-        resolution and at each of ``resolutions``."""
-        return latency_metric_names(tuple(self.resolutions))
-
-
-class StudyFile(BaseModel):
-    """The schema of a study file (see README, "Study files")."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
-    dataset: str | None = None
-    data_root: str | None = None
-    data_params: dict[str, Any] | None = None
-    tracking_uri: str = DEFAULT_TRACKING_URI
-    storage: str | None = None
-    runs_dir: str = "runs"
-    defaults: dict[str, Any] = {}
-    grid: dict[str, list[Any] | Powerset] = {}
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    search: Search | None = None
-    # One objective, or a list (a multi-objective search; the first one selects in a grid study).
-    objective: Objective | list[Objective] = Objective()
-    latency: Latency = Field(default_factory=Latency)
-    log_checkpoint: bool = True
-    evaluate: list[dict[str, Any]] = []
-    robustness: list[dict[str, Any]] = []
-
-    @property
-    def objectives(self) -> list[Objective]:
-        """The objectives in file order; the first selects (the best cell, the MLflow view's sort)."""
-        return self.objective if isinstance(self.objective, list) else [self.objective]
 
 
 @dataclass
@@ -152,6 +43,12 @@ class Cell:
     config: FitConfig
     axes: dict[str, Any] = field(default_factory=dict)
     teacher: Teacher | None = None
+
+    @classmethod
+    def of(cls, config: FitConfig, axes: dict[str, Any], runs_dir: Path, teacher: Teacher | None = None) -> Cell:
+        """The cell of ``config``: its content id, and its output folder ``<runs_dir>/<cell_id>``."""
+        cell_id = config.content_id()
+        return cls(cell_id, config.model_copy(update={"output_dir": str(runs_dir / cell_id)}), axes, teacher)
 
     def axes_label(self) -> str:
         return "|".join(f"{k}={v}" for k, v in self.axes.items())
@@ -178,10 +75,16 @@ class Study:
     def is_search(self) -> bool:
         return self.spec.search is not None
 
-    def make_cell(self, config: FitConfig, axes: dict[str, Any]) -> Cell:
-        """A cell for ``config`` with its output folder under the study's runs folder."""
-        cell_id = config.content_id()
-        return Cell(cell_id, config.model_copy(update={"output_dir": str(self.runs_dir / cell_id)}), axes, self.teacher)
+    def search_cell(self, values: dict[str, Any]) -> Cell:
+        """The cell of a search trial: ``base`` with the sampled ``values`` (dotted keys allowed).
+
+        Raises:
+            pydantic.ValidationError: The values do not make a valid ``FitConfig``.
+        """
+        update = self.base.model_dump()
+        for key, value in values.items():
+            set_dotted(update, key, value)
+        return Cell.of(FitConfig(**update), values, self.runs_dir, self.teacher)
 
 
 def resolve_path(name: str | os.PathLike) -> Path:
@@ -214,18 +117,6 @@ def _expand_env(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _expand_env(v) for k, v in value.items()}
     return value
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
-
-
-def _unknown_key_error(path: Path, lines: dict, where: tuple, key: str, valid: list[str]) -> StudyFileError:
-    return StudyFileError(
-        path, line_of(lines, (*where, key)), ".".join((*where, key)),
-        f"unknown key; {_suggest(key, valid)}valid keys: {', '.join(valid)}",
-    )
 
 
 def _check_absolute_paths(path: Path, lines: dict, spec: StudyFile) -> None:
@@ -262,15 +153,6 @@ def _cell_values(spec: StudyFile) -> list[tuple[dict[str, Any], dict[str, Any]]]
     return out
 
 
-def set_dotted(target: dict, key: str, value: Any) -> None:
-    head, _, rest = key.partition(".")
-    if rest:
-        target[head] = dict(target.get(head) or {})
-        set_dotted(target[head], rest, value)
-    else:
-        target[head] = value
-
-
 def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None, resolve: bool = True) -> Study:
     """Reads, validates and expands a study file.
 
@@ -293,7 +175,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     valid_top = list(StudyFile.model_fields)
     for key in data:
         if key not in valid_top:
-            raise _unknown_key_error(path, lines, (), str(key), valid_top)
+            raise unknown_key_error(path, lines, (), str(key), valid_top)
     if not any(key in data for key in REQUIRED_ANY):
         raise StudyFileError(path, None, None, f"nothing to train; {_MINIMUM} (this file has only "
                              f"{', '.join(map(str, data))})")
@@ -306,21 +188,21 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
             data["defaults"] = dict(data.get("defaults") or {})
             set_dotted(data["defaults"], key, value)
         else:
-            raise StudyFileError(path, None, f"--set {key}", f"unknown key; {_suggest(top, valid_top + FIT_KEYS)}"
+            raise StudyFileError(path, None, f"--set {key}", f"unknown key; {suggest(top, valid_top + FIT_KEYS)}"
                                  f"valid: study keys {', '.join(valid_top)} or FitConfig keys {', '.join(FIT_KEYS)}")
     try:
         spec = StudyFile(**data)
     except ValidationError as err:
-        raise _schema_error(path, lines, err, data) from None
+        raise schema_error(path, lines, err, data) from None
 
     for section in ("defaults", "grid"):
         for key in getattr(spec, section):
             if key.split(".")[0] not in FIT_KEYS:
-                raise _unknown_key_error(path, lines, (section,), key, FIT_KEYS)
+                raise unknown_key_error(path, lines, (section,), key, FIT_KEYS)
     if spec.search:
         for key in spec.search.space:
             if key.split(".")[0] not in FIT_KEYS:
-                raise _unknown_key_error(path, lines, ("search", "space"), key, FIT_KEYS)
+                raise unknown_key_error(path, lines, ("search", "space"), key, FIT_KEYS)
         if spec.grid:
             raise StudyFileError(path, line_of(lines, ("search",)), "search",
                                  "a study has either a grid or a search space; split it into one study per grid cell")
@@ -375,14 +257,15 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
         try:
             config = FitConfig(**resolved)
         except (ValidationError, KeyError, ValueError) as err:
-            raise _config_error(path, lines, spec, labels, err, overrides) from None
+            raise config_error(path, lines, spec, labels, err, overrides) from None
         labels = {k: axis_label(v) if k == "distill" else v for k, v in labels.items()}
         pending.append(Pending(labels, config, reference))
         if spec.search:
             break
     storage = spec.storage or default_storage(spec.tracking_uri)
     if resolve:
-        resolve_teachers(path, lines, spec, pending, study_name, runs_dir, storage, overrides)
+        resolve_teachers(path, lines, spec, pending, study_name, runs_dir, storage,
+                         lambda other: load_study(other, overrides, resolve=False))
     first = pending[0].config
     if spec.search:
         _check_search_space(path, lines, spec, first)
@@ -391,13 +274,12 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     cells: list[Cell] = []
     seen: dict[str, dict] = {}
     for entry in pending:
-        cell_id = entry.config.content_id()
-        if cell_id in seen:
-            raise StudyFileError(path, line_of(lines, ("grid",)), "grid",
-                                 f"two grid entries resolve to the same configuration ({seen[cell_id]} and {entry.labels})")
-        seen[cell_id] = entry.labels
-        config = entry.config.model_copy(update={"output_dir": str(runs_dir / cell_id)})
-        cells.append(Cell(cell_id, config, entry.labels, entry.teacher))
+        cell = Cell.of(entry.config, entry.labels, runs_dir, entry.teacher)
+        if cell.cell_id in seen:
+            raise StudyFileError(path, line_of(lines, ("grid",)), "grid", "two grid entries resolve to the same "
+                                 f"configuration ({seen[cell.cell_id]} and {entry.labels})")
+        seen[cell.cell_id] = entry.labels
+        cells.append(cell)
     return Study(study_name, path, spec, cells, spec.tracking_uri, storage, first, runs_dir, None, test_sets,
                  perturbations)
 
@@ -431,7 +313,7 @@ def _test_sets(path: Path, lines: dict, spec: StudyFile) -> list[TestSet]:
         if any(s.name == name for s in sets):
             raise error("name", f"duplicate test-set name {name!r}")
         if entry["dataset"] not in datasets:
-            raise error("dataset", f"unknown dataset {entry['dataset']!r}; {_suggest(entry['dataset'], datasets)}"
+            raise error("dataset", f"unknown dataset {entry['dataset']!r}; {suggest(entry['dataset'], datasets)}"
                         f"valid: {', '.join(datasets)}")
         split = entry.get("split", "test")
         if split not in (*SPLITS, ALL_SPLITS):
@@ -490,66 +372,3 @@ def _check_search_space(path: Path, lines: dict, spec: StudyFile, base: FitConfi
                                      f"value {value!r} is invalid: {detail}") from None
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {"latency": Latency, "objective": Objective, "search": Search}
-
-
-def _schema_error(path: Path, lines: dict, err: ValidationError, data: dict) -> StudyFileError:
-    """The first schema error (``data``: the file's mapping), with grid axes explained (a list, or
-    a powerset mapping), the valid keys of a section, and the objective's form that was written."""
-    errors = err.errors()
-    first = errors[0]
-    if first["loc"][:1] == ("objective",):  # a mapping or a list of them: the errors of the branch written
-        listed = [e for e in errors if "list[Objective]" in map(str, e["loc"])]
-        branch = listed if isinstance(data.get("objective"), list) else [e for e in errors if e not in listed]
-        first = (branch or errors)[0]
-    loc = tuple(str(p) for p in first["loc"] if not str(p).startswith(("list[", "Powerset", "Objective")))
-    message = first["msg"]
-    within = [p for p in loc[1:-1] if not p.isdigit()]  # the key's path inside its section
-    section = _SECTION_MODELS.get(loc[0]) if len(loc) >= 2 and not within else None
-    if first["type"] == "extra_forbidden" and section is not None:
-        valid = list(section.model_fields)
-        message = f"unknown key; {_suggest(loc[-1], valid)}valid keys: {', '.join(valid)}"
-    key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
-    if loc[:1] == ("grid",) and len(loc) == 2:
-        details = [
-            f"{'.'.join(str(p) for p in e['loc'][3:]) or 'value'}: {e['msg']}"
-            for e in errors
-            if tuple(str(p) for p in e["loc"][:3]) == ("grid", loc[1], "Powerset")
-        ]
-        message = "a grid axis is a list of values or {powerset: [names], base: [rgb]}"
-        if details and isinstance(err.errors()[0].get("input"), dict):
-            message += f" ({'; '.join(details)})"
-    return StudyFileError(path, line_of(lines, loc), key, message)
-
-
-def _config_error(path: Path, lines: dict, spec: StudyFile, labels: dict, err: Exception,
-                  overrides: dict[str, Any] | None = None) -> StudyFileError:
-    """Maps a FitConfig error of one cell back to where the key was written: a ``--set`` override,
-    a grid axis (the line of the offending value), a top-level key or ``defaults``."""
-    if isinstance(err, ValidationError):
-        first = err.errors()[0]
-        key, message = validation_errors(err)[0]
-        if first["type"] == "extra_forbidden":
-            message = f"unknown key; {_suggest(key, FIT_KEYS)}valid keys: {', '.join(FIT_KEYS)}"
-    else:
-        key, message = "", str(err.args[0] if isinstance(err, KeyError) and err.args else err)
-        for name in ("backbone", "features", "compat"):
-            if name in message:
-                key = name
-    cell = f" (in grid cell {labels})" if labels else ""
-    for given in overrides or {}:
-        if key == given or key.startswith(f"{given}.") or given.startswith(f"{key}."):
-            return StudyFileError(path, None, f"--set {given}", message + cell)
-    parts = tuple(key.split("."))
-    top = parts[0]
-    if top in spec.grid:
-        axis = spec.grid[top]
-        where = ("grid", top)
-        if isinstance(axis, list) and labels.get(top) in axis:  # the line of the offending value
-            where = ("grid", top, str(axis.index(labels[top])), *parts[1:])
-        return StudyFileError(path, line_of(lines, where), ".".join(("grid", *parts)), message + cell)
-    if top in ("dataset", "data_root", "data_params") and getattr(spec, top) is not None:
-        where = parts
-    else:
-        where = ("defaults", *parts)
-    return StudyFileError(path, line_of(lines, where), ".".join(where), message + cell)

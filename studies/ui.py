@@ -36,9 +36,10 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from studies.db_setup import open_shared
+from studies.record import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, create_mlflow_schema
+
 HOST = "127.0.0.1"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_ID = "studies-objective"
 START_TIMEOUT_S = 180.0
@@ -143,8 +144,8 @@ def prepare_experiment(study) -> tuple[str | None, str | None]:
         experiment_id = experiment.experiment_id
         tags = experiment.tags or {}
         try:
-            if EXPERIMENT_KIND_TAG not in tags:
-                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            if TAG_EXPERIMENT_KIND not in tags:
+                client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             key = VIEW_TAG_PREFIX + VIEW_ID
             old = _view_envelope(tags.get(key))
             if old is None or json.loads(old["state"]) != view_state(study):
@@ -171,12 +172,6 @@ def _view_envelope(value: str | None) -> dict[str, Any] | None:
 
 def create_store(tracking_uri: str) -> None:
     """Creates a missing MLflow store whole (the server would create it half-way if interrupted)."""
-    from studies.db_setup import open_shared
-
-    try:
-        from studies.record import create_mlflow_schema
-    except ImportError:  # before the record module
-        from studies.record import create_mlflow_schema
     open_shared(tracking_uri, lambda: None, "creating the MLflow store", initialise=create_mlflow_schema)
 
 

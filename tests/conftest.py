@@ -27,7 +27,7 @@ from mlflow_records import StudyRecord, make_shared_records  # noqa: E402  (test
 # BNext ImageNet checkpoints ({tiny,small,middle,large}_checkpoint.pth.tar).
 KEY_SPEC = Path(__file__).resolve().parent / "data" / "bnext_official_state_dict_keys.json"
 
-os.environ.setdefault("BNN_LATENCY", "off")  # studies.spec.LATENCY_ENV
+os.environ.setdefault("BNN_LATENCY", "off")  # studies.schema.LATENCY_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from bnn.backbones.binary import BinaryActivation, BinaryConv2d
 from bnn.detector import parse_features
 from bnn.feature_sets import all_feature_sets, display_label, feature_set_sort_key
 from bnn.inference import for_inference
-from studies.spec import Powerset
+from studies.schema import Powerset
 
 # Lanzino et al., CVPRW 2024, Table 4: the rows of the feature ablation, top to bottom.
 TABLE_4_ROWS = ["RGB (baseline)", "+Mag.", "+FFT", "+LBP", "+Mag.+FFT", "+Mag.+LBP", "+FFT+LBP", "+Mag.+FFT+LBP"]

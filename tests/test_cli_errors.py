@@ -147,7 +147,7 @@ def test_data_params_max_samples_points_at_the_per_split_caps(tmp_path, capsys):
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"{path}:3: data_params.max_samples: ")
     assert "max_train_samples, max_val_samples and max_test_samples" in line
-    capped = load_study(_write(tmp_path, "dataset: folder\nmax_train_samples: 10\n", "capped.yaml"))
+    capped = load_study(_write(tmp_path, "dataset: folder\ndefaults: {max_train_samples: 10}\n", "capped.yaml"))
     assert capped.cells[0].config.max_train_samples == 10
 
 
@@ -232,8 +232,10 @@ def test_create_dataset_unknown_parameter_is_a_value_and_a_type_error():
     with pytest.raises(DatasetParamError) as info:
         create_dataset("synthetic", "train", cout=3)
     assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
-    assert str(info.value) == f"unknown parameter(s) cout for dataset 'synthetic'; {SYNTHETIC_PARAMS}"
-    assert (info.value.key, info.value.detail) == ("cout", f"unknown parameter; {SYNTHETIC_PARAMS}")
+    # The library call accepts create_dataset's own cap (max_samples); a run's data_params do not.
+    params = "valid: count, difficulty, generators, image_size, max_samples, seed"
+    assert str(info.value) == f"unknown parameter(s) cout for dataset 'synthetic'; {params}"
+    assert (info.value.key, info.value.detail) == ("cout", f"unknown parameter; {params}")
 
 
 # --- checkpoints and outputs ---------------------------------------------------------------

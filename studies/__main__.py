@@ -15,7 +15,6 @@ import signal
 import sys
 
 from rich.console import Console
-from rich.table import Table
 
 from studies.db_setup import require_driver
 
@@ -52,109 +51,6 @@ def _load(args):
     return load_study(args.file, parse_overrides(args.set))  # a bad --set: ValueError, exit code 2 in main
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _cell_table(study, states: dict, title: str, with_ops: bool = False, trials: dict | None = None) -> Table:
-    """The cells with their status; with ``trials`` (cell id -> Optuna user attributes of its
-    finished trial) also their accuracies and AUC, read from MLflow through ``studies.record``."""
-    from bnn.latency import METRIC_LATENCY
-    from studies import record
-
-    table = Table(title=title, title_justify="left")
-    table.add_column("cell")
-    for axis in list(study.cells[0].axes) if study.cells else []:
-        table.add_column(axis)
-    teachers = any(cell.teacher is not None for cell in study.cells)
-    if teachers:
-        table.add_column("teacher")
-    table.add_column("status")
-    if with_ops:
-        table.add_column("OPs (M)", justify="right")
-        table.add_column("params (M)", justify="right")
-    results = {}
-    if trials is not None:
-        table.add_column("val acc", justify="right")
-        table.add_column("test acc", justify="right")
-        table.add_column("test AUC", justify="right")
-        shown = [record.METRIC_VAL_ACCURACY, record.METRIC_TEST_ACCURACY, record.METRIC_TEST_AUC]
-        if study.spec.latency.enabled:
-            table.add_column("latency (ms)", justify="right")
-            shown.append(METRIC_LATENCY)
-        run_ids = {cell_id: attrs.get(record.ATTR_RUN_ID) for cell_id, attrs in trials.items()}
-        try:
-            metrics = record.read_cell_metrics(study.tracking_uri, study.name, [r for r in run_ids.values() if r])
-            results = {cell_id: metrics.get(run_id, {}) for cell_id, run_id in run_ids.items()}
-        except Exception as err:  # the states come from Optuna; the results are only shown if readable
-            table.caption = f"results not read from MLflow at {study.tracking_uri}: {type(err).__name__}: {err}"
-    for cell in study.cells:
-        status = states.get(cell.cell_id, "pending")
-        style = {"done": "green", "failed": "red", "running": "yellow", "not comparable": "magenta"}.get(status, "")
-        row = [cell.cell_id, *(str(v) for v in cell.axes.values())]
-        if teachers:
-            row.append(cell.teacher.cell_id if cell.teacher else "-")
-        row.append(f"[{style}]{status}[/]" if style else status)
-        if with_ops:
-            cost = _cost(cell.config)
-            row += [f"{cost.ops / 1e6:.1f}", f"{cost.params / 1e6:.2f}"]
-        if trials is not None:
-            values = results.get(cell.cell_id, {})
-            row += [_fmt(values.get(name), 2 if name == METRIC_LATENCY else 4) for name in shown]
-        table.add_row(*row)
-    return table
-
-
-def _cost(config):
-    from bnn.cost import detector_cost
-
-    return detector_cost(config.backbone, config.features, config.freeze_backbone,
-                         (config.resolution, config.resolution))
-
-
-def _states(study):
-    """cell id -> state, cell id -> Optuna user attributes of its finished trial (they hold the
-    MLflow run id, not the results: ``studies.record``), and the Optuna study (None before a run)."""
-    from studies.cell_queue import cell_states, is_finished, load_optuna_study
-    from studies.record import ATTR_CELL_ID
-
-    optuna_study = load_optuna_study(study, create=False)
-    trials = {}
-    if optuna_study is not None:
-        for t in optuna_study.get_trials(deepcopy=False):
-            if is_finished(t):
-                trials[t.user_attrs.get(ATTR_CELL_ID)] = t.user_attrs
-    return cell_states(optuna_study), trials, optuna_study
-
-
-def _pareto_table(study, optuna_study) -> Table | None:
-    """The Pareto set of a multi-objective study: Optuna's ``best_trials`` (the completed trials no
-    other completed trial dominates on every objective), with their objective values; None for a
-    single-objective study or before any trial completed."""
-    import optuna
-
-    objectives = study.spec.objectives
-    if len(objectives) < 2 or optuna_study is None or len(optuna_study.directions) != len(objectives):
-        return None
-    complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
-        return None
-    best = sorted(optuna_study.best_trials, key=lambda t: t.values[0], reverse=objectives[0].direction == "maximize")
-    arrows = ", ".join(f"{o.metric} {'max' if o.direction == 'maximize' else 'min'}" for o in objectives)
-    table = Table(title=f"Pareto set: {len(best)} of {len(complete)} completed trials ({arrows})",
-                  title_justify="left")
-    for name in ("trial", "cell", "axes", *(o.metric for o in objectives)):
-        table.add_column(name, justify="right" if name in {o.metric for o in objectives} else "left")
-    for t in best:
-        table.add_row(str(t.number), str(t.user_attrs.get("cell_id", "-")), str(t.user_attrs.get("axes", "")),
-                      *(_fmt(float(v)) for v in t.values))
-    return table
-
-
 def cmd_validate(args) -> int:
     study = _load(args)
     what = f"search of {study.spec.search.trials} trials" if study.is_search else f"{len(study.cells)} cells"
@@ -163,8 +59,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from studies import status_tables
+
     study = _load(args)
-    states, _, _ = _states(study)
+    states, _, _ = status_tables.study_states(study)
     console.print(f"study [bold]{study.name}[/] ({study.path})")
     console.print(f"  tracking: {study.tracking_uri}   optuna storage: {study.storage}")
     console.print(f"  dataset: {study.base.dataset}   resolution: {study.base.resolution}   "
@@ -183,20 +81,22 @@ def cmd_plan(args) -> int:
         kind = "multi-objective TPE" if several else "TPE"
         console.print(f"  search: {study.spec.search.trials} {kind} trials over {list(study.spec.search.space)}")
         return 0
-    console.print(_cell_table(study, states, f"{len(study.cells)} cells", with_ops=True))
+    console.print(status_tables.cell_table(study, states, f"{len(study.cells)} cells", with_ops=True))
     return 0
 
 
 def cmd_status(args) -> int:
+    from studies import status_tables
+
     study = _load(args)
-    states, trials, optuna_study = _states(study)
+    states, trials, optuna_study = status_tables.study_states(study)
     counts = {k: sum(1 for c in study.cells if states.get(c.cell_id, "pending") == k)
               for k in ("done", "not comparable", "running", "waiting", "failed", "pending")}
     console.print(f"study [bold]{study.name}[/]: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                   + f" of {len(study.cells)} cells")
     if study.cells:
-        console.print(_cell_table(study, states, "", trials=trials))
-    pareto = _pareto_table(study, optuna_study)
+        console.print(status_tables.cell_table(study, states, "", trials=trials))
+    pareto = status_tables.pareto_table(study, optuna_study)
     if pareto is not None:
         console.print(pareto)
     console.print(f"MLflow: {study.tracking_uri} (experiment '{study.name}'); "
@@ -276,6 +176,7 @@ def _run_workers(args, stop) -> int:
 def _run(args, stop) -> int:
     from tqdm.auto import tqdm
 
+    from studies import status_tables
     from studies.cell_queue import DONE_STATES
     from studies.runner import Runner, check_inputs, epoch_text
 
@@ -309,14 +210,14 @@ def _run(args, stop) -> int:
             bar.set_postfix_str(f"waiting for {info['running']} cell(s) running elsewhere")
 
     runner = Runner(study, on_event=on_event, stop=stop)
-    done_before = sum(1 for s in _states(study)[0].values() if s in DONE_STATES)
+    done_before = sum(1 for s in status_tables.study_states(study)[0].values() if s in DONE_STATES)
     bar.update(done_before)
     summary = runner.run()
     bar.close()
-    states, trials, optuna_study = _states(study)
+    states, trials, optuna_study = status_tables.study_states(study)
     if not study.is_search:
-        console.print(_cell_table(study, states, f"study {study.name}", trials=trials))
-    pareto = _pareto_table(study, optuna_study)
+        console.print(status_tables.cell_table(study, states, f"study {study.name}", trials=trials))
+    pareto = status_tables.pareto_table(study, optuna_study)
     if pareto is not None:
         console.print(pareto)
     what = "trials" if study.is_search else "cells"

@@ -1,9 +1,11 @@
 """The import structure of the suite (docs/architecture.md): layers, no cycles, no hidden imports.
 
 * ``lint-imports`` (import-linter) checks the contracts in ``pyproject.toml``: the packages are
-  layered bnn < studies < analysis < reports, the modules inside ``bnn`` are layered, and no
-  package has an import cycle between its modules. Function-level imports count too.
-* Every module of ``bnn`` sits in one of the contract's layers (a new module must be placed).
+  layered bnn < studies < analysis < reports, the modules inside each of the first three are
+  layered, and no package has an import cycle between its modules. Function-level imports count
+  too.
+* Every module of ``bnn``, ``studies`` and ``analysis`` sits in one of its package's layers (a new
+  module must be placed).
 * No library module imports a project module inside a function (where a cycle or an upward
   dependency would hide); only the command-line entry points (``__main__``) may defer imports.
 * Every module imports on its own in an interpreter where no project module was imported before,
@@ -60,14 +62,15 @@ def test_import_contracts_hold():
     assert f"Contracts: {len(contracts)} kept, 0 broken." in report
 
 
-def test_every_bnn_module_is_in_a_layer():
+@pytest.mark.parametrize("package", ["bnn", "studies", "analysis"])
+def test_every_module_is_in_a_layer(package):
     contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    (bnn,) = [c for c in contracts if c.get("containers") == ["bnn"]]
-    placed = {name.strip() for layer in bnn["layers"] for name in layer.split("|")}
+    (layered,) = [c for c in contracts if c.get("containers") == [package]]
+    placed = {name.strip() for layer in layered["layers"] for name in layer.split("|")}
     unplaced = sorted(
-        name for name in _modules("bnn") if name != "bnn" and name.split(".")[1] not in placed
+        name for name in _modules(package) if name != package and name.split(".")[1] not in placed
     )
-    assert not unplaced, f"place these modules in a layer of the bnn contract in pyproject.toml: {unplaced}"
+    assert not unplaced, f"place these modules in a layer of the {package} contract in pyproject.toml: {unplaced}"
 
 
 def _function_level_project_imports(path: Path) -> list[str]:

@@ -65,7 +65,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from PIL import Image  # noqa: E402
+
+from bnn.__main__ import main as bnn_main  # noqa: E402
+from bnn.checkpoint import load_detector  # noqa: E402
+from bnn.config import FitConfig  # noqa: E402
 from bnn.data import build_transform, load_rgb  # noqa: E402
+from bnn.data.synthetic import _load_photos, _sample_patches  # noqa: E402
 from bnn.detector import create_detector  # noqa: E402
 from bnn.export import OpenVINODetector, export_openvino  # noqa: E402
 from bnn.host import cpu_model  # noqa: E402
@@ -125,10 +131,6 @@ def calibrate_batchnorm(detector, channels: torch.Tensor, batch: int = 8) -> Non
 def write_jpegs(folder: Path, count: int, side: int, quality: int, seed: int = 0) -> list[Path]:
     """``count`` random crops of scikit-image's photographs (``bnn.data.synthetic``'s sources),
     ``side`` x ``side``, as JPEG files of the given quality; returns their paths, sorted."""
-    from PIL import Image
-
-    from bnn.data.synthetic import _load_photos, _sample_patches
-
     patches, _ = _sample_patches(_load_photos(), count, side, torch.Generator().manual_seed(seed))
     arrays = (patches.permute(0, 2, 3, 1) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
     folder.mkdir(parents=True, exist_ok=True)
@@ -212,8 +214,6 @@ def run_detect(folder: Path, checkpoint: Path, engine: str, batch: int, subproce
         done = subprocess.run([sys.executable, "-m", "bnn", *argv], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parents[1])
         return time.perf_counter() - start, done.stdout.splitlines()
-    from bnn.__main__ import main as bnn_main
-
     out = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(out):
@@ -252,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     config = None
     if args.checkpoint:
-        from bnn.checkpoint import load_detector
-
         detector, config = load_detector(args.checkpoint, device="cpu")
         detectors = {f"{detector.backbone_name} ({detector.features_label})": detector.eval()}
     else:
@@ -352,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
             (detect_folder / p.name).symlink_to(p)
         checkpoint = Path(args.checkpoint) if args.checkpoint else Path(tmp.name) / "best.pt"
         if not args.checkpoint:
-            from bnn.config import FitConfig
-
             detector = next(iter(detectors.values()))
             saved = FitConfig(backbone=detector.backbone_name, features=detector.features_label, resolution=size)
             torch.save({"model": detector.state_dict(), "config": saved.model_dump()}, checkpoint)

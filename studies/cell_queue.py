@@ -16,6 +16,7 @@ next invocation enqueues both again.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import optuna
 from optuna.trial import TrialState
@@ -45,11 +46,17 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage | 
         path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     interval = heartbeat_seconds()
+
+    def heartbeat_storage() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # Optuna marks heartbeats experimental; the claim protocol needs them
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace_seconds(interval)
+            )
+
     return open_shared(
         url,
-        lambda: optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace_seconds(interval)
-        ),
+        heartbeat_storage,
         "opening the Optuna storage",
         initialise=_create_optuna_schema,
     )

@@ -31,9 +31,11 @@ def cell_table(study, states: dict, title: str, with_ops: bool = False, trials: 
     """The cells with their status; with ``trials`` (cell id -> Optuna user attributes of its
     finished trial) also their accuracies and AUC, read from MLflow through ``studies.record``."""
     table = Table(title=title, title_justify="left")
-    table.add_column("cell")
+    # Values that do not fit the terminal wrap ("fold") instead of ending in "…": two feature sets
+    # must never read alike.
+    table.add_column("cell", overflow="fold")
     for axis in list(study.cells[0].axes) if study.cells else []:
-        table.add_column(axis)
+        table.add_column(axis, overflow="fold")
     teachers = any(cell.teacher is not None for cell in study.cells)
     if teachers:
         table.add_column("teacher")

@@ -24,6 +24,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
@@ -31,6 +33,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEARTBEAT_ENV = "BNN_HEARTBEAT_SECONDS"
 MIN_GRACE_SECONDS = 10  # a loaded machine can stall a heartbeat for seconds
@@ -82,32 +85,36 @@ def claim_trial(storage: optuna.storages.RDBStorage, trial_id: int) -> bool:
     Raises:
         Exception: Every error but a lost race and a busy database (``is_busy``).
     """
-    for attempt in range(CLAIM_TRIES):
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                return False  # another worker took it
-            break
-        except UpdateFinishedTrialError:
-            return False  # another worker took it and has finished it, or failed it as stale
-        except (StorageInternalError, OperationalError) as err:
-            if not is_busy(err):
-                raise
-            log.debug("claim retry %d: %s", attempt, err)
-            time.sleep(0.2 * (attempt + 1))
-    else:
+    try:
+        answered, moved = _while_busy(
+            lambda: storage.set_trial_state_values(trial_id, state=TrialState.RUNNING), "claim"
+        )
+    except UpdateFinishedTrialError:
+        return False  # another worker took it and has finished it, or failed it as stale
+    if not answered:
         log.warning("trial %d not claimed: the database stayed busy for %d tries", trial_id, CLAIM_TRIES)
         return False
+    if not moved:
+        return False  # another worker took it
+    answered, _ = _while_busy(lambda: storage.record_heartbeat(trial_id), "first heartbeat")
+    if not answered:
+        log.warning("trial %d: no first heartbeat (the database stayed busy); the heartbeat thread records it",
+                    trial_id)
+    return True
+
+
+def _while_busy(call: Callable[[], T], what: str) -> tuple[bool, T | None]:
+    """``(True, call())``, retrying up to ``CLAIM_TRIES`` times while the database is busy
+    (``is_busy``); ``(False, None)`` when it stayed busy. Any other error is raised."""
     for attempt in range(CLAIM_TRIES):
         try:
-            storage.record_heartbeat(trial_id)
-            return True
+            return True, call()
         except (StorageInternalError, OperationalError) as err:
             if not is_busy(err):
                 raise
-            log.debug("first heartbeat retry %d: %s", attempt, err)
+            log.debug("%s retry %d: %s", what, attempt, err)
             time.sleep(0.2 * (attempt + 1))
-    log.warning("trial %d: no first heartbeat (the database stayed busy); the heartbeat thread records it", trial_id)
-    return True
+    return False, None
 
 
 class Heartbeat:

@@ -33,7 +33,7 @@ from bnn.backbones import BACKBONES
 from bnn.data import DATASETS, DatasetParamError, dataset_params
 from bnn.data.perturb import check_quality_range, check_sigma_range
 from bnn.data.transforms import AUGMENT_PRESETS, DEGRADATIONS
-from bnn.errors import KeyedValueError, validation_message, yaml_message
+from bnn.errors import validation_message, yaml_message
 from bnn.feature_sets import feature_set_label, parse_features
 
 # blur_p and jpeg_p of ``augment: {degrade: true}``: CNNDetection's (Wang et al., CVPR 2020).
@@ -236,19 +236,11 @@ class FitConfig(BaseModel):
     @classmethod
     def _known_data_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Only the dataset's own parameters (``bnn.data.dataset_params``); an unknown one raises
-        ``DatasetParamError``, which names it (``data_params.cout: unknown parameter; valid: ...``).
-
-        ``max_samples`` (``create_dataset``'s cap of one split) is refused: a run caps each split
-        with its own key (``max_train_samples``, ...), the one knob for that in a configuration.
-        """
+        ``DatasetParamError``, which names it (``data_params.cout: unknown parameter; valid: ...``)."""
         dataset = info.data.get("dataset")
         if _is_saved(info) or dataset is None:  # None: the dataset itself is invalid, reported there
             return value
-        if "max_samples" in value:
-            detail = ("a run caps each split with max_train_samples, max_val_samples and max_test_samples "
-                      "(stratified, seeded by seed) instead")
-            raise KeyedValueError(f"data_params.max_samples: {detail}", key="max_samples", detail=detail)
-        valid = [name for name in dataset_params(dataset) if name != "max_samples"]
+        valid = dataset_params(dataset)
         unknown = sorted(set(value) - set(valid))
         if unknown:
             raise DatasetParamError(DATASETS.canonical(dataset), unknown, valid)

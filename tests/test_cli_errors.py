@@ -25,9 +25,9 @@ from studies import StudyFileError, load_study
 from studies.__main__ import main as studies_main
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDER_PARAMS = "valid: seed, train_fraction, val_fraction"
-SYNTHETIC_PARAMS = "valid: count, difficulty, generators, image_size, seed"
-CIFAKE_PARAMS = "valid: seed, val_fraction"
+FOLDER_PARAMS = "valid: max_samples, seed, train_fraction, val_fraction"
+SYNTHETIC_PARAMS = "valid: count, difficulty, generators, image_size, max_samples, seed"
+CIFAKE_PARAMS = "valid: max_samples, seed, val_fraction"
 
 
 pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py
@@ -134,21 +134,10 @@ def test_dataset_and_data_params_are_checked_wherever_written(tmp_path, case, ca
 
 
 def test_valid_data_params_still_pass(tmp_path):
-    study = load_study(_write(tmp_path, "dataset: folder\ndata_params: {val_fraction: 0.2, seed: 1}\n"))
-    assert study.cells[0].config.data_params == {"val_fraction": 0.2, "seed": 1}
+    study = load_study(_write(tmp_path, "dataset: folder\ndata_params: {val_fraction: 0.2, max_samples: 10}\n"))
+    assert study.cells[0].config.data_params == {"val_fraction": 0.2, "max_samples": 10}
     grid = load_study(_write(tmp_path, "grid:\n  dataset: [synthetic, cifake]\ndata_params: {seed: 3}\n"))
     assert [c.config.dataset for c in grid.cells] == ["synthetic", "cifake"]
-
-
-def test_data_params_max_samples_points_at_the_per_split_caps(tmp_path, capsys):
-    """One knob caps a run's splits: ``data_params.max_samples`` names the per-split keys instead."""
-    path = _write(tmp_path, "dataset: folder\ndata_params:\n  max_samples: 10\n")
-    assert studies_main(["validate", str(path)]) == EXIT_INVALID
-    line = _one_error_line(capsys.readouterr().err)
-    assert line.startswith(f"{path}:3: data_params.max_samples: ")
-    assert "max_train_samples, max_val_samples and max_test_samples" in line
-    capped = load_study(_write(tmp_path, "dataset: folder\ndefaults: {max_train_samples: 10}\n", "capped.yaml"))
-    assert capped.cells[0].config.max_train_samples == 10
 
 
 # --- the minimum of a study file -----------------------------------------------------------
@@ -232,10 +221,8 @@ def test_create_dataset_unknown_parameter_is_a_value_and_a_type_error():
     with pytest.raises(DatasetParamError) as info:
         create_dataset("synthetic", "train", cout=3)
     assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
-    # The library call accepts create_dataset's own cap (max_samples); a run's data_params do not.
-    params = "valid: count, difficulty, generators, image_size, max_samples, seed"
-    assert str(info.value) == f"unknown parameter(s) cout for dataset 'synthetic'; {params}"
-    assert (info.value.key, info.value.detail) == ("cout", f"unknown parameter; {params}")
+    assert str(info.value) == f"unknown parameter(s) cout for dataset 'synthetic'; {SYNTHETIC_PARAMS}"
+    assert (info.value.key, info.value.detail) == ("cout", f"unknown parameter; {SYNTHETIC_PARAMS}")
 
 
 # --- checkpoints and outputs ---------------------------------------------------------------

@@ -39,9 +39,16 @@ Grey levels (``grey_levels``), selected by ``compat``:
 
 All features are non-differentiable (grey levels are quantised): ``extract`` runs under
 ``torch.no_grad()`` and with autocast disabled, and computes internally in float32/float64
-whatever the input dtype. On CPU it works through the batch in chunks of a few 224x224 images
-(cache locality) and writes each feature straight into its output channel. Everything is torch
-ops on the input's device (no NumPy, no host round trip); the CUDA path runs the same ops.
+whatever the input dtype. Two implementations, chosen by ``extract``'s ``backend``:
+
+* On CPU (``"auto"``, or ``"kernels"``): the fused Numba kernels of ``bnn.feature_kernels``, one
+  pass per image from RGB to the Sobel and LBP channels and the FFT's input, the FFT itself
+  with ``torch.fft.rfft2``. About 2x faster than the torch ops on 2 cores (see
+  ``benchmarks/features.py``); LBP codes identical, Sobel and FFT within float32 rounding.
+* Everywhere else (``"auto"`` off CPU, or ``"torch"``): the batched torch ops below, on the
+  input's device with no host round trip (the CUDA path). On CPU they work through the batch in
+  chunks of a few 224x224 images (cache locality), take their intermediates from a reused
+  ``Workspace`` and write each feature straight into its output channel.
 
 This file is longer than 400 lines on purpose: it is one concern (the extra channels), and
 most of its length is the exactness derivation of each channel next to the code it justifies.
@@ -55,13 +62,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnn import feature_kernels
 from bnn.registry import Registry
 
 __all__ = [
+    "BACKENDS",
     "COMPAT_MODES",
     "FEATURES",
     "Feature",
@@ -71,6 +81,7 @@ __all__ = [
     "feature_flops_by_name",
     "grey_levels",
     "input_channels",
+    "Workspace",
 ]
 
 COMPAT_MODES = ("exact", "authors")
@@ -86,6 +97,39 @@ _GREY_WEIGHTS = {
 }
 # A 0-dim CPU tensor acts as a scalar on any device (``torch.add(_HALF, x, alpha=w)``).
 _HALF = torch.tensor(0.5)
+_ZERO = torch.tensor(0.0)
+
+
+class Workspace:
+    """Scratch buffers that ``extract`` reuses from chunk to chunk.
+
+    A fresh large tensor per intermediate costs more than the arithmetic on CPU: every one is a
+    new allocation whose pages the kernel maps and zeroes again (about a fifth of the features'
+    time for 224x224 chunks). Each buffer is allocated once per call for the largest chunk and
+    sliced to the current chunk's batch size; ``zeros`` buffers are zero-filled once, so their
+    borders (never written) stay zero.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: dict[tuple[str, torch.dtype], Tensor] = {}
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, zero: bool) -> Tensor:
+        batch, rest = shape[0], tuple(shape[1:])
+        buffer = self._buffers.get((key, dtype))
+        if buffer is None or buffer.shape[0] < batch or tuple(buffer.shape[1:]) != rest:
+            make = torch.zeros if zero else torch.empty
+            buffer = make((batch, *rest), dtype=dtype, device=self.device)
+            self._buffers[(key, dtype)] = buffer
+        return buffer[:batch]
+
+    def empty(self, key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """An uninitialised (B, ...) buffer named ``key``, reused across calls of the same shape."""
+        return self._buffer(key, shape, dtype, zero=False)
+
+    def zeros(self, key: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """A (B, ...) buffer zero-filled when first allocated (callers keep its borders zero)."""
+        return self._buffer(key, shape, dtype, zero=True)
 
 
 @dataclass(frozen=True)
@@ -93,24 +137,31 @@ class Feature:
     """One registered input channel.
 
     Attributes:
-        fn: ``fn(grey, out)`` writes the feature of grey levels (B, H, W) float32 with integer
-            values 0..255 into ``out`` ((B, H, W) float32, possibly a strided view).
+        fn: ``fn(grey, out, workspace)`` writes the feature of grey levels (B, H, W) float32
+            with integer values 0..255 into ``out`` ((B, H, W) float32, possibly a strided
+            view), taking its intermediates from ``workspace`` (a ``Workspace``).
         flops: ``flops(height, width)``: arithmetic cost per image (see ``feature_flops``).
         paper_name: The paper's name of the channel in its tables (e.g. ``Mag.`` for Sobel).
         min_size: Smallest height and width the feature supports.
     """
 
-    fn: Callable[[Tensor, Tensor], None]
+    fn: Callable[[Tensor, Tensor, Workspace], None]
     flops: Callable[[int, int], int]
     paper_name: str
     min_size: int = 1
 
-    def __call__(self, grey: Tensor, out: Tensor | None = None) -> Tensor:
-        """Returns the feature (B, H, W) float32 of grey levels (B, H, W), written to ``out``."""
+    def __call__(
+        self, grey: Tensor, out: Tensor | None = None, workspace: Workspace | None = None
+    ) -> Tensor:
+        """Returns the feature (B, H, W) float32 of grey levels (B, H, W), written to ``out``.
+
+        ``workspace`` lends the intermediates (a new one when omitted); pass the same one to
+        repeated calls on same-sized batches to allocate them once.
+        """
         if out is None:
             out = torch.empty(grey.shape, dtype=torch.float32, device=grey.device)
         with torch.no_grad():
-            self.fn(grey.float(), out)
+            self.fn(grey.float(), out, workspace or Workspace(grey.device))
         return out
 
 
@@ -148,11 +199,12 @@ def _chunk_size(images: Tensor) -> int:
     return max(1, min(batch, _CPU_CHUNK_PIXELS // (height * width)))
 
 
-def _grey_into(images: Tensor, compat: str, out: Tensor) -> None:
+def _grey_into(images: Tensor, compat: str, out: Tensor, workspace: Workspace) -> None:
     """Writes the grey levels (B, H, W) of ``images`` (B, 3, H, W) into float32 ``out``."""
     # Quantise in the input's precision as NumPy would (float64 stays float64), else float32.
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-    levels = torch.mul(images.to(dtype), 255.0)  # (B, 3, H, W)
+    levels = workspace.empty("levels", tuple(images.shape), dtype)  # (B, 3, H, W)
+    torch.mul(images.to(dtype), 255.0, out=levels)
     if compat == "exact":
         levels.round_().clamp_(0.0, 255.0)
     else:
@@ -183,10 +235,11 @@ def grey_levels(images: Tensor, compat: str = "exact") -> Tensor:
     _check_images(images)
     batch, _, height, width = images.shape
     out = torch.empty((batch, height, width), dtype=torch.float32, device=images.device)
-    step = _chunk_size(images)
+    step, workspace = _chunk_size(images), Workspace(images.device)
     with torch.no_grad():
         for start in range(0, batch, step):
-            _grey_into(images[start : start + step], compat, out[start : start + step])
+            chunk = slice(start, start + step)
+            _grey_into(images[chunk], compat, out[chunk], workspace)
     return out
 
 
@@ -195,13 +248,23 @@ def grey_levels(images: Tensor, compat: str = "exact") -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _pair_sum(x: Tensor, dim: int) -> Tensor:
-    """Convolution with [1, 1] along ``dim`` (valid part: the length shrinks by one)."""
-    n = x.shape[dim] - 1
-    return x.narrow(dim, 0, n) + x.narrow(dim, 1, n)
+def _binomial5(x: Tensor, dim: int, buffers: tuple[Tensor, Tensor]) -> Tensor:
+    """Convolution (valid part) with (1 + T)^5 = [1, 5, 10, 10, 5, 1] along ``dim``.
+
+    Five pair sums x[i] + x[i + 1], each written into the flat ``buffers`` in turn (the length
+    shrinks by one per sum); returns a view of the buffer holding the last one.
+    """
+    for k in range(5):
+        n = x.shape[dim] - 1
+        shape = list(x.shape)
+        shape[dim] = n
+        target = buffers[k % 2][: math.prod(shape)].view(shape)
+        torch.add(x.narrow(dim, 0, n), x.narrow(dim, 1, n), out=target)
+        x = target
+    return x
 
 
-def _sobel(grey: Tensor, out: Tensor) -> None:
+def _sobel(grey: Tensor, out: Tensor, workspace: Workspace) -> None:
     """``sqrt(Gx^2 + Gy^2) / 255`` with OpenCV's ksize=7 Sobel and reflect-101 border.
 
     OpenCV's 7-tap kernels factor through the binomial: smoothing [1, 6, 15, 20, 15, 6, 1] =
@@ -223,21 +286,24 @@ def _sobel(grey: Tensor, out: Tensor) -> None:
     height, width = grey.shape[-2:]
     if min(height, width) < 4:
         raise ValueError(f"sobel needs images of at least 4x4 pixels, got {height}x{width}")
+    batch = grey.shape[0]
     # torch 'reflect' padding == OpenCV BORDER_REFLECT_101 (edge pixel not repeated).
-    r = F.pad(grey.unsqueeze(1), (3, 3, 3, 3), mode="reflect").squeeze(1)
-    # r: (B, H + 6, W + 6)
-    for _ in range(5):
-        r = _pair_sum(r, dim=2)
-    for _ in range(5):
-        r = _pair_sum(r, dim=1)
-    # r = R: (B, H + 1, W + 1)
+    padded = F.pad(grey.unsqueeze(1), (3, 3, 3, 3), mode="reflect").squeeze(1)
+    # padded: (B, H + 6, W + 6); the pair sums alternate between two flat buffers.
+    size = batch * (height + 6) * (width + 6)
+    buffers = (workspace.empty("sobel_a", (size,)), workspace.empty("sobel_b", (size,)))
+    rows = _binomial5(padded, 2, buffers)  # (B, H + 6, W + 1), in buffers[0]
+    r = _binomial5(rows, 1, buffers[::-1])  # R: (B, H + 1, W + 1), in buffers[1]
+    m = buffers[0][: batch * height * width].view(batch, height, width)
     torch.sub(r[:, 1:, 1:], r[:, :-1, :-1], out=out)  # P (B, H, W)
-    m = torch.sub(r[:, :-1, 1:], r[:, 1:, :-1])  # M (B, H, W)
-    out.mul_(out).addcmul_(m, m).sqrt_().mul_(_SQRT2_OVER_255)
+    torch.sub(r[:, :-1, 1:], r[:, 1:, :-1], out=m)  # M (B, H, W)
+    # c^2 (M^2 + P^2) with c = sqrt(2) / 255, then the square root.
+    torch.addcmul(_ZERO, m, m, value=_TWO_OVER_255_SQUARED, out=m)
+    torch.addcmul(m, out, out, value=_TWO_OVER_255_SQUARED, out=out).sqrt_()
 
 
-# float32(sqrt(2) / 255): sqrt(Gx^2 + Gy^2) / 255 = sqrt(P^2 + M^2) * sqrt(2) / 255.
-_SQRT2_OVER_255 = math.sqrt(2.0) / 255.0
+# sqrt(Gx^2 + Gy^2) / 255 = sqrt(2 (P^2 + M^2) / 255^2).
+_TWO_OVER_255_SQUARED = 2.0 / 255.0**2
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,7 +367,7 @@ def _checkerboard(height: int, width: int, device: torch.device) -> Tensor:
     return (rows[:, None] * cols[None, :]).float()
 
 
-def _fft(grey: Tensor, out: Tensor) -> None:
+def _fft(grey: Tensor, out: Tensor, workspace: Workspace) -> None:
     """``20 * ln(|fftshift(fft2(Y))| + 1e-9) / 255`` (NumPy's definition), float32 output.
 
     The spectrum is computed in float64 (float32 FFTs have an absolute error ~1e-7 of the largest
@@ -330,15 +396,37 @@ def _fft(grey: Tensor, out: Tensor) -> None:
         rows = grey.sum(dim=2) if 255 * width < 2**24 else grey.double().sum(dim=2)
         total = rows.double().sum(dim=1)[:, None, None]
     mean = torch.div(total, height * width, rounding_mode="floor").float()  # (B, 1, 1)
-    centred = torch.sub(grey, mean)  # (B, H, W) float32, integers in [-255, 255]
+    centred = workspace.empty("fft_centred", (batch, height, width))
+    torch.sub(grey, mean, out=centred)  # integers in [-255, 255]
+    exact = workspace.empty("fft_in", (batch, height, width), torch.float64)
     modulated = height % 2 == 0 and width % 2 == 0
     if modulated:
-        centred.mul_(_checkerboard(height, width, grey.device))
-    spectrum = torch.fft.rfft2(centred.double())  # (B, H, W // 2 + 1) complex128
-    parts = torch.view_as_real(spectrum.to(torch.complex64)).square_()  # (B, H, W//2+1, 2)
-    magnitude = torch.add(parts[..., 0], parts[..., 1]).sqrt_()  # (B, H, W // 2 + 1) float32
+        torch.mul(centred, _checkerboard(height, width, grey.device), out=exact)
+    else:
+        exact.copy_(centred)
+    _log_spectrum(exact, total.reshape(batch), out, workspace)
+
+
+def _log_spectrum(exact: Tensor, total: Tensor, out: Tensor, workspace: Workspace) -> None:
+    """The FFT channel (B, H, W) from the centred, modulated float64 image (see ``_fft``).
+
+    Args:
+        exact: (B, H, W) float64: the grey levels minus their floored mean, times (-1)^(r + c)
+            when H and W are even.
+        total: (B,) the exact pixel sums (the DC term), any real dtype.
+        out: (B, H, W) float32 target (possibly a strided view).
+        workspace: Scratch buffers.
+    """
+    batch, height, width = exact.shape
+    modulated = height % 2 == 0 and width % 2 == 0
+    half = (batch, height, width // 2 + 1)
+    spectrum = torch.fft.rfft2(exact)  # (B, H, W // 2 + 1) complex128 (out= is slower)
+    parts = torch.view_as_real(workspace.empty("fft_spectrum32", half, torch.complex64))
+    parts.copy_(torch.view_as_real(spectrum)).square_()  # (B, H, W // 2 + 1, 2) float32
+    magnitude = workspace.empty("fft_magnitude", half)
+    torch.add(parts[..., 0], parts[..., 1], out=magnitude).sqrt_()  # (B, H, W // 2 + 1)
     dc = (height // 2, width // 2) if modulated else (0, 0)
-    magnitude[:, dc[0], dc[1]] = total.reshape(batch).to(magnitude.dtype)
+    magnitude[:, dc[0], dc[1]] = total.to(magnitude.dtype)
     log_mag = magnitude.add_(1e-9).log_()  # (B, H, W // 2 + 1)
     if modulated:
         _shifted_from_half(log_mag, 20.0 / 255.0, out)  # (B, H, W)
@@ -360,7 +448,7 @@ _LBP_OFFSETS = ((-0.0, 6.0), (-5.19615, -3.0), (5.19615, -3.0))
 _LBP_EXACT_ROWS = 1 << 20
 
 
-def _lbp(grey: Tensor, out: Tensor) -> None:
+def _lbp(grey: Tensor, out: Tensor, workspace: Workspace) -> None:
     """Uniform LBP codes (P=3, R=6) identical to scikit-image's, divided by 255.
 
     scikit-image counts 0/1 transitions along the P - 1 consecutive pairs only (not cyclically),
@@ -381,11 +469,11 @@ def _lbp(grey: Tensor, out: Tensor) -> None:
     if grey.shape[-2] > _LBP_EXACT_ROWS:
         out.copy_(_lbp_codes_float64(grey))
     else:
-        _lbp_codes_integer(grey, out)
+        _lbp_codes_integer(grey, out, workspace)
     out.div_(255.0)
 
 
-def _lbp_codes_integer(grey: Tensor, out: Tensor) -> None:
+def _lbp_codes_integer(grey: Tensor, out: Tensor, workspace: Workspace) -> None:
     """Writes the LBP codes (B, H, W) into ``out`` via exact integer comparisons (see ``_lbp``).
 
     Every comparison is ``d >= 0`` for an integer-valued d, evaluated as ``clamp(d, -1, 0) + 1``
@@ -395,7 +483,8 @@ def _lbp_codes_integer(grey: Tensor, out: Tensor) -> None:
     """
     batch, height, width = grey.shape
     # Zeros outside like skimage's cval: 6 rows above and below, 3 columns left, 6 right.
-    padded = F.pad(grey, (3, 6, 6, 6))  # (B, H + 12, W + 9); padded[:, 6 + r, 3 + c] = Y[r, c]
+    padded = workspace.zeros("lbp_padded", (batch, height + 12, width + 9))  # borders stay 0
+    padded[:, 6 : 6 + height, 3 : 3 + width].copy_(grey)  # padded[:, 6 + r, 3 + c] = Y[r, c]
     row = padded.stride(1)
 
     def rows_at_column_minus_3(first: int, step: int) -> Tensor:
@@ -409,7 +498,9 @@ def _lbp_codes_integer(grey: Tensor, out: Tensor) -> None:
     # p0 = Y[r, c + 6]
     torch.sub(padded[:, 6 : 6 + height, 9 : 9 + width], grey, out=out).clamp_(-1.0, 0.0)
     # p1, p2: 3923 Y[r -/+ 6, c - 3] + 16077 Y[r -/+ 5, c - 3] - 20000 c
-    d = torch.add((grey * -20000.0).unsqueeze(1), rows_at_column_minus_3(0, 12), alpha=3923.0)
+    centre = torch.mul(grey, -20000.0, out=workspace.empty("lbp_centre", (batch, height, width)))
+    d = workspace.empty("lbp_bits", (batch, 2, height, width))
+    torch.add(centre.unsqueeze(1), rows_at_column_minus_3(0, 12), alpha=3923.0, out=d)
     d.add_(rows_at_column_minus_3(1, 10), alpha=16077.0).clamp_(-1.0, 0.0)  # (B, 2, H, W)
     out.add_(d[:, 0]).add_(d[:, 1]).add_(float(_LBP_POINTS))  # number of set bits
 
@@ -519,7 +610,84 @@ def feature_flops(names: Sequence[str], height: int, width: int) -> int:
     return sum(feature_flops_by_name(names, height, width).values())
 
 
-def extract(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tensor:
+BACKENDS = ("auto", "torch", "kernels")
+_KERNEL_FEATURES = frozenset({"sobel", "fft", "lbp"})
+# Pixels per chunk of the kernel path (about 10 images of 224x224): bounds the FFT's float64
+# and complex128 intermediates whatever the batch size, and keeps them in cache.
+_KERNEL_CHUNK_PIXELS = 1 << 19
+
+
+def _use_kernels(images: Tensor, canonical: Sequence[str], backend: str) -> bool:
+    """Whether ``extract`` takes the fused CPU kernels (``bnn.feature_kernels``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid values: {', '.join(BACKENDS)}")
+    supported = (
+        images.device.type == "cpu"
+        and set(canonical) <= _KERNEL_FEATURES
+        and images.shape[-2] <= _LBP_EXACT_ROWS
+    )
+    if backend == "kernels" and not supported:
+        raise ValueError(
+            "backend 'kernels' needs CPU images, features among "
+            f"{', '.join(sorted(_KERNEL_FEATURES))} and at most {_LBP_EXACT_ROWS} rows"
+        )
+    return supported and backend != "torch"
+
+
+def _extract_kernels(images: Tensor, canonical: Sequence[str], compat: str, out: Tensor) -> None:
+    """The fused CPU path of ``extract``: writes each feature into its first channel of ``out``.
+
+    Works through the batch in chunks of about ``_KERNEL_CHUNK_PIXELS`` pixels, so that the FFT's
+    float64 input and spectrum are allocated (and their pages touched) once per call.
+
+    Args:
+        images: (B, 3, H, W) CPU RGB, any floating dtype (quantised in float64 if float64,
+            else float32, as the torch path does).
+        canonical: Canonical feature names, all in ``_KERNEL_FEATURES``.
+        compat: Grey-level convention.
+        out: (B, len(canonical), H, W) float32, C-contiguous.
+    """
+    batch, _, height, width = images.shape
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    rgb, out_np = images.to(dtype).contiguous().numpy(), out.numpy()
+    threads = torch.get_num_threads()
+    first = {name: canonical.index(name) for name in canonical}
+    weights = [int(w) for w in _GREY_WEIGHTS[compat]]
+    step = max(1, min(batch, _KERNEL_CHUNK_PIXELS // (height * width)))
+    fft = "fft" in first
+    fft_input = np.empty((step, height, width) if fft else (0, 0, 0))
+    totals = np.empty(step, dtype=np.int64)
+    magnitude = np.empty((step, height, width // 2 + 1) if fft else (0, 0, 0), dtype=np.float32)
+    modulated = height % 2 == 0 and width % 2 == 0
+    dc = (height // 2, width // 2) if modulated else (0, 0)
+    kernels = feature_kernels
+    for start in range(0, batch, step):
+        stop = min(batch, start + step)
+        size = stop - start
+        kernels.run(
+            kernels.channels, kernels.channels_parallel, rgb[start:stop], compat == "authors",
+            *weights, out_np[start:stop], first.get("sobel", -1), first.get("lbp", -1),
+            fft_input[:size], totals[:size], threads=threads, batch=size,
+        )  # fmt: skip
+        if not fft:
+            continue
+        spectrum = torch.fft.rfft2(torch.from_numpy(fft_input[:size])).numpy()  # complex128
+        half = magnitude[:size]  # (b, H, W // 2 + 1)
+        kernels.run(
+            kernels.half_magnitude, kernels.half_magnitude_parallel, spectrum, totals[:size],
+            *dc, half, threads=threads, batch=size,
+        )  # fmt: skip
+        torch.from_numpy(half).log_()  # torch's vectorised log
+        kernels.run(
+            kernels.fftshift_log_magnitude, kernels.fftshift_log_magnitude_parallel, half,
+            np.float32(20.0 / 255.0), modulated, out_np[start:stop], first["fft"],
+            threads=threads, batch=size,
+        )  # fmt: skip
+
+
+def extract(
+    images: Tensor, names: Sequence[str], compat: str = "exact", backend: str = "auto"
+) -> Tensor:
     """Computes the named feature channels for a batch of RGB images.
 
     The grey levels are computed once and shared by all features. The result is not
@@ -530,6 +698,10 @@ def extract(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tens
         names: Feature names or aliases, e.g. ``["sobel", "fft", "lbp"]``; channels come out in
             this order. Empty gives (B, 0, H, W).
         compat: Grey-level convention, ``"exact"`` or ``"authors"`` (see the module docstring).
+        backend: ``"auto"`` (the fused CPU kernels of ``bnn.feature_kernels`` for CPU images,
+            batched torch ops on other devices), ``"torch"`` (batched torch ops on any device)
+            or ``"kernels"`` (CPU only). Both give the same LBP codes and agree with the
+            reference libraries to the same tolerance.
 
     Returns:
         (B, len(names), H, W) tensor with the input's dtype and device.
@@ -537,7 +709,8 @@ def extract(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tens
     Raises:
         KeyError: For an unknown feature name.
         TypeError: For a non-floating-point input or a single string as ``names``.
-        ValueError: For a bad ``compat``, a wrongly shaped input or an image too small.
+        ValueError: For a bad ``compat`` or ``backend``, a wrongly shaped input or an image too
+            small.
     """
     _check_compat(compat)
     _check_images(images)
@@ -552,34 +725,48 @@ def extract(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tens
                 f"feature {name!r} needs images of at least {min_size}x{min_size} pixels, "
                 f"got {height}x{width}"
             )
+    use_kernels = _use_kernels(images, canonical, backend)
     out = torch.empty(
         (batch, len(canonical), height, width), dtype=images.dtype, device=images.device
     )
     if not canonical or batch == 0:
         return out.zero_()
+    first = {name: canonical.index(name) for name in canonical}  # each name's first channel
+    if use_kernels:
+        target = out if out.dtype == torch.float32 else torch.empty(out.shape)
+        with torch.no_grad():
+            _extract_kernels(images.detach(), canonical, compat, target)
+        if target is not out:
+            out.copy_(target)
+    else:
+        _extract_torch(images, first, compat, out)
+    for index, name in enumerate(canonical):  # a repeated name: copy its first channel
+        if first[name] != index:
+            out[:, index] = out[:, first[name]]
+    return out
+
+
+def _extract_torch(images: Tensor, first: dict[str, int], compat: str, out: Tensor) -> None:
+    """The batched torch path of ``extract`` (any device): feature ``name`` into
+    ``out[:, first[name]]``, chunk by chunk on CPU (see ``_chunk_size``)."""
+    batch, _, height, width = images.shape
     device_type = images.device.type
     if torch.amp.is_autocast_available(device_type):
         autocast_off = torch.autocast(device_type, enabled=False)
     else:
         autocast_off = contextlib.nullcontext()
-    step = _chunk_size(images)
-    grey_buffer = torch.empty((step, height, width), dtype=torch.float32, device=images.device)
+    step, workspace = _chunk_size(images), Workspace(images.device)
     with torch.no_grad(), autocast_off:
         for start in range(0, batch, step):
             chunk = slice(start, start + step)
-            grey = grey_buffer[: min(step, batch - start)]  # (b, H, W)
-            _grey_into(images[chunk], compat, grey)
-            first_index: dict[str, int] = {}
-            for index, name in enumerate(canonical):
-                if name in first_index:  # repeated name: copy the channel already computed
-                    out[chunk, index] = out[chunk, first_index[name]]
-                    continue
-                first_index[name] = index
+            grey = workspace.empty("grey", (min(step, batch - start), height, width))
+            _grey_into(images[chunk], compat, grey, workspace)
+            for name, index in first.items():
+                feature = FEATURES.get(name)
                 if out.dtype == torch.float32:  # write straight into the output
-                    FEATURES.get(name)(grey, out=out[chunk, index])  # (b, H, W)
+                    feature(grey, out[chunk, index], workspace)  # (b, H, W)
                 else:
-                    out[chunk, index] = FEATURES.get(name)(grey)
-    return out
+                    out[chunk, index] = feature(grey, workspace=workspace)
 
 
 def input_channels(images: Tensor, names: Sequence[str], compat: str = "exact") -> Tensor:

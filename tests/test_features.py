@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -21,11 +25,14 @@ from bnn.features import (
     grey_levels,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 # The FFT output is 20 ln(|z| + 1e-9) / 255, which crosses zero where |z| ~ 1; there the ~1e-12
 # absolute round-off of either FFT (and the float32 output, ~5e-9 absolute) is large relative to
 # the value, so a small absolute floor is added to rtol=1e-4. 1e-6 is ~1e-6 of the output range.
 FFT_ATOL = 1e-6
 SIZES = [(31, 47), (64, 64), (47, 31), (13, 9)]
+# The two CPU implementations of extract: bnn.feature_kernels (Numba) and the batched torch ops.
+CPU_BACKENDS = ("kernels", "torch")
 
 
 # ---- references (benchmarks/feature_reference.py) --------------------------------------------
@@ -37,7 +44,12 @@ def ref_grey(image: torch.Tensor, compat: str = "exact") -> np.ndarray:
 
 
 def assert_matches_reference(images: torch.Tensor, compat: str = "exact") -> None:
-    out = extract(images, ["sobel", "fft", "lbp"], compat=compat).double().numpy()
+    for backend in CPU_BACKENDS:
+        assert_backend_matches_reference(images, compat, backend)
+
+
+def assert_backend_matches_reference(images: torch.Tensor, compat: str, backend: str) -> None:
+    out = extract(images, ["sobel", "fft", "lbp"], compat, backend).double().numpy()
     for i, image in enumerate(images):
         grey = ref_grey(image, compat)
         np.testing.assert_allclose(out[i, 0], ref_sobel(grey), rtol=1e-4, atol=0)
@@ -235,60 +247,135 @@ def test_registry_order_and_alias():
     assert "magnitude" in FEATURES and "rgb" not in FEATURES
 
 
+# How closely the Numba kernels reproduce the torch ops: Sobel's float32 tail rounds in another
+# order (both within 3e-7 of OpenCV), the FFT's magnitude is rounded to float32 once instead of
+# twice (both within ~2e-7 of NumPy), LBP codes are identical.
+BACKEND_TOLERANCE = {"sobel": (3e-7, 0.0), "fft": (1e-6, FFT_ATOL), "lbp": (0.0, 0.0)}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", FEATURES.names())
-def test_feature_shape_dtype_finite(name):
+def test_feature_shape_dtype_finite(name, backend):
     images = torch.rand(3, 3, 24, 40)
-    out = extract(images, [name])
+    out = extract(images, [name], backend=backend)
     assert out.shape == (3, 1, 24, 40) and out.dtype == torch.float32
     assert out.device == images.device and torch.isfinite(out).all()
     direct = FEATURES.get(name)(grey_levels(images))
     assert direct.shape == (3, 24, 40) and direct.dtype == torch.float32
-    torch.testing.assert_close(out[:, 0], direct, rtol=0, atol=0)
+    rtol, atol = (0.0, 0.0) if backend == "torch" else BACKEND_TOLERANCE[name]
+    torch.testing.assert_close(out[:, 0], direct, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("compat", ["exact", "authors"])
+def test_backends_agree(compat):
+    images = torch.cat([torch.rand(3, 3, 224, 224), natural("astronaut", 224, 224, resize=True)])
+    names = ["sobel", "fft", "lbp"]
+    kernels, torch_ops = (extract(images, names, compat, backend) for backend in CPU_BACKENDS)
+    for index, name in enumerate(names):
+        rtol, atol = BACKEND_TOLERANCE[name]
+        torch.testing.assert_close(kernels[:, index], torch_ops[:, index], rtol=rtol, atol=atol)
+
+
+def test_kernels_do_not_depend_on_the_thread_count():
+    images = torch.cat([torch.rand(5, 3, 48, 40), natural("coffee", 48, 40)])
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(extract(images, ["sobel", "fft", "lbp"], backend="kernels"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(result, results[0]) for result in results)
+
+
+def test_forked_child_runs_the_serial_kernels():
+    """GNU OpenMP is not fork-safe: Numba kills a forked child that starts a parallel region
+    after its parent did (and torch's own parallel ops hang there, which is why DataLoader
+    workers run torch on one thread). A child forked after a parallel extract must take the
+    serial kernels, with torch on two threads too (Sobel and LBP need no torch op) and on one
+    thread as a DataLoader worker runs (then the FFT as well); same numbers, normal exit."""
+    script = """
+import os, sys, torch
+from bnn import feature_kernels
+from bnn.features import extract
+torch.set_num_threads(2)
+images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+parent = extract(images, ["sobel", "fft", "lbp"], backend="kernels")
+assert feature_kernels.parallel_allowed()
+pid = os.fork()
+if pid == 0:
+    two_threads = extract(images, ["lbp", "sobel"], backend="kernels")
+    torch.set_num_threads(1)  # before any other torch op (torch.equal is one)
+    same = torch.equal(two_threads, parent[:, [2, 0]])
+    same &= torch.equal(extract(images, ["sobel", "fft", "lbp"], backend="kernels"), parent)
+    os._exit(0 if same and not feature_kernels.parallel_allowed() else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_backend_errors(monkeypatch):
+    images = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="auto, torch, kernels"):
+        extract(images, ["fft"], backend="numpy")
+    monkeypatch.setattr(bf, "_LBP_EXACT_ROWS", 8)  # taller images take the float64 LBP path
+    with pytest.raises(ValueError, match="at most 8 rows"):
+        extract(images, ["lbp"], backend="kernels")
+    assert torch.equal(extract(images, ["lbp"]), extract(images, ["lbp"], backend="torch"))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", FEATURES.names())
-def test_batch_equals_per_image(name):
+def test_batch_equals_per_image(name, backend):
     images = torch.cat([torch.rand(3, 3, 33, 50), natural("coffee", 33, 50)])
-    batched = extract(images, [name])
-    single = torch.cat([extract(image[None], [name]) for image in images])
+    batched = extract(images, [name], backend=backend)
+    single = torch.cat([extract(image[None], [name], backend=backend) for image in images])
     torch.testing.assert_close(batched, single, rtol=1e-6, atol=1e-7)
     if name != "fft":  # integer pipelines: bit-identical
         assert torch.equal(batched, single)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", FEATURES.names())
-def test_cpu_chunking_does_not_change_results(name, monkeypatch):
+def test_cpu_chunking_does_not_change_results(name, backend, monkeypatch):
     images = torch.rand(7, 3, 20, 30)
-    whole, whole_grey = extract(images, [name]), grey_levels(images)
-    monkeypatch.setattr(bf, "_CPU_CHUNK_PIXELS", 2 * 20 * 30)  # 2 images per chunk
-    torch.testing.assert_close(extract(images, [name]), whole, rtol=0, atol=0)
+    whole, whole_grey = extract(images, [name], backend=backend), grey_levels(images)
+    chunk = "_KERNEL_CHUNK_PIXELS" if backend == "kernels" else "_CPU_CHUNK_PIXELS"
+    monkeypatch.setattr(bf, chunk, 2 * 20 * 30)  # 2 images per chunk
+    torch.testing.assert_close(extract(images, [name], backend=backend), whole, rtol=0, atol=0)
     assert torch.equal(grey_levels(images), whole_grey)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", FEATURES.names())
-def test_not_differentiable_and_autocast_safe(name):
+def test_not_differentiable_and_autocast_safe(name, backend):
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
-    plain = extract(images, [name])
+    plain = extract(images, [name], backend=backend)
     assert not plain.requires_grad
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_amp = extract(images, [name])
+        under_amp = extract(images, [name], backend=backend)
     assert under_amp.dtype == torch.float32
     torch.testing.assert_close(under_amp, plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_output_dtype_follows_input(dtype):
+def test_output_dtype_follows_input(dtype, backend):
     images = torch.rand(2, 3, 16, 16)
-    out = extract(images.to(dtype), ["sobel", "fft", "lbp"])
+    out = extract(images.to(dtype), ["sobel", "fft", "lbp"], backend=backend)
     assert out.dtype == dtype and out.shape == (2, 3, 16, 16)
-    reference = extract(images.to(dtype).float(), ["sobel", "fft", "lbp"])
+    reference = extract(images.to(dtype).float(), ["sobel", "fft", "lbp"], backend=backend)
     torch.testing.assert_close(out.float(), reference.to(dtype).float(), rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     images = torch.cat([torch.rand(3, 3, 64, 80), natural("astronaut", 64, 80)])
-    cpu = extract(images, ["sobel", "fft", "lbp"])
+    cpu = extract(images, ["sobel", "fft", "lbp"], backend="torch")  # the same ops
     gpu = extract(images.cuda(), ["sobel", "fft", "lbp"])
     assert gpu.device.type == "cuda"
     gpu = gpu.cpu()
@@ -298,6 +385,15 @@ def test_cuda_matches_cpu():
 
 
 # ---- extract / canonical_order / flops API ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_repeated_names_copy_the_channel(backend):
+    images = torch.rand(2, 3, 20, 22)
+    out = extract(images, ["fft", "lbp", "fft", "magnitude", "sobel"], backend=backend)
+    assert torch.equal(out[:, 0], out[:, 2]) and torch.equal(out[:, 3], out[:, 4])
+    assert torch.equal(out, extract(images, ["fft", "lbp", "fft", "sobel", "sobel"],
+                                    backend=backend))  # fmt: skip
 
 
 def test_extract_order_alias_and_channels():

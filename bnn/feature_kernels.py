@@ -44,6 +44,7 @@ from numba import njit, prange
 
 __all__ = [
     "channels",
+    "scratch_for",
     "channels_parallel",
     "fftshift_log_magnitude",
     "fftshift_log_magnitude_parallel",
@@ -191,10 +192,37 @@ def _fft_input(padded, total, out):  # pragma: no cover - compiled
             out[r, c] = (np.float64(padded[r + 6, c + 3]) - mean) * sign
 
 
+def _scratch_shapes(height: int, width: int) -> tuple[tuple[int, int], ...]:
+    """Shapes of one worker's scratch images: zero-padded grey (6 rows above and below, 3
+    columns left, 6 right, for LBP), reflect-101 padded grey, row binomial, column binomial."""
+    return (height + 12, width + 9), (height + 6, width + 6), (height + 6, width + 1), (
+        height + 1, width + 1)  # fmt: skip
+
+
+def scratch_for(n_workers: int, height: int, width: int) -> np.ndarray:
+    """Zero-filled (n_workers, n) float32 scratch for ``channels`` on H x W images."""
+    size = sum(rows * cols for rows, cols in _scratch_shapes(height, width))
+    return np.zeros((n_workers, size), dtype=np.float32)
+
+
+@njit(**_CACHE)
+def _split_scratch(row, height, width):  # pragma: no cover - compiled
+    """One worker's scratch row as its four images (see ``_scratch_shapes``)."""
+    shapes = ((height + 12, width + 9), (height + 6, width + 6), (height + 6, width + 1),
+              (height + 1, width + 1))  # fmt: skip
+    a = shapes[0][0] * shapes[0][1]
+    b = a + shapes[1][0] * shapes[1][1]
+    c = b + shapes[2][0] * shapes[2][1]
+    d = c + shapes[3][0] * shapes[3][1]
+    return (row[:a].reshape(shapes[0]), row[a:b].reshape(shapes[1]), row[b:c].reshape(shapes[2]),
+            row[c:d].reshape(shapes[3]))  # fmt: skip
+
+
 @njit(**_CACHE)
 def channels(
-    images, authors, w0, w1, w2, out, sobel_index, lbp_index, fft_input, totals, worker, n_workers
-):  # pragma: no cover - compiled
+    images, authors, w0, w1, w2, out, sobel_index, lbp_index, fft_input, totals, scratch,
+    worker, n_workers,
+):  # pragma: no cover - compiled  # fmt: skip
     """Grey levels, Sobel and LBP channels and the FFT's input of images ``worker::n_workers``.
 
     Args:
@@ -205,15 +233,14 @@ def channels(
             ``lbp_index`` (-1: not wanted).
         fft_input: (B, H, W) float64 for the FFT's input, or (0, 0, 0) when not wanted.
         totals: (B,) int64, receives each image's pixel sum (the exact DC term).
+        scratch: (n_workers, SCRATCH_ROWS(H, W)) float32 from ``scratch_for``, zero-filled when
+            made (each worker's row; the grey image's zero border is never written).
         worker, n_workers: This call's share of the batch (see ``run``).
     """
     batch, _, height, width = images.shape
     # Integer-valued float32 scratch (every value and partial sum below 2**24 is exact, see the
     # module docstring), which vectorises better than int32 products.
-    padded = np.zeros((height + 12, width + 9), np.float32)  # borders stay zero
-    reflected = np.empty((height + 6, width + 6), np.float32)
-    rows = np.empty((height + 6, width + 1), np.float32)
-    smoothed = np.empty((height + 1, width + 1), np.float32)
+    padded, reflected, rows, smoothed = _split_scratch(scratch[worker], height, width)
     for i in range(worker, batch, n_workers):
         total = _grey(images[i], authors, w0, w1, w2, padded)
         totals[i] = total
@@ -268,12 +295,13 @@ def fftshift_log_magnitude(
 
 @njit(parallel=True, **_CACHE)
 def channels_parallel(
-    images, authors, w0, w1, w2, out, sobel_index, lbp_index, fft_input, totals, n_workers
-):  # pragma: no cover - compiled
+    images, authors, w0, w1, w2, out, sobel_index, lbp_index, fft_input, totals, scratch,
+    n_workers,
+):  # pragma: no cover - compiled  # fmt: skip
     """``channels`` on ``n_workers`` threads (Numba's OpenMP layer)."""
     for worker in prange(n_workers):
         channels(images, authors, w0, w1, w2, out, sobel_index, lbp_index, fft_input, totals,
-                 worker, n_workers)  # fmt: skip
+                 scratch, worker, n_workers)  # fmt: skip
 
 
 @njit(parallel=True, **_CACHE)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -313,9 +316,34 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                               cwd=ROOT, start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:  # a hung child must not outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-2000:]
+
+
+def test_recycled_output_is_never_in_use():
+    """The kernel path hands out memory again only once no tensor, view or array uses it."""
+    images = torch.rand(3, 3, 24, 24)
+    first = extract(images, ["sobel", "fft", "lbp"])
+    kept, view = first.clone(), first[:, 1]
+    pointer = first.data_ptr()
+    second = extract(torch.rand(3, 3, 24, 24), ["sobel", "fft", "lbp"])
+    assert second.data_ptr() != pointer and torch.equal(first, kept)
+    del first
+    third = extract(torch.rand(3, 3, 24, 24), ["sobel", "fft", "lbp"])  # the view still lives
+    assert third.data_ptr() != pointer and torch.equal(view, kept[:, 1])
+    array = third.numpy()
+    del second, third, view
+    fourth = extract(images, ["sobel", "fft", "lbp"])
+    assert fourth.data_ptr() != array.ctypes.data and torch.equal(fourth, kept)
+    del array
+    fifth = extract(images, ["sobel", "fft", "lbp"])  # nothing uses the old memory any more
+    assert torch.equal(fifth, kept)
 
 
 def test_backend_errors(monkeypatch):

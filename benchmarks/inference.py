@@ -17,7 +17,7 @@ measures, in one run and on the same inputs, at 224x224 (``--size``):
    * the same export without the binary rewrite (OpenVINO, float +-1 convolutions), for reference,
 
    and, once, full-precision timm ResNet-50 (``--baseline``) in PyTorch eager and in OpenVINO fp32.
-   The feature extraction (fft + lbp, PyTorch, the same for every detector row) is timed alone.
+   The feature extraction (fft + lbp, ``bnn.features.extract``: the fused CPU kernels, the same for every detector row) is timed alone.
 2. End to end, for the first detector: what ``detect`` does per image, with the very functions it
    calls: decode (``bnn.data.load_rgb``, Pillow), resize (``bnn.data.build_transform(size,
    train=False)``: resize to size + size // 8, centre crop, float tensor), channels
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'row':{width}} {'latency ms':>11} {'images/s':>9}")
     for name, _ in rows:
         print(f"{name:{width}} {latency[name] * 1e3:11.2f} {throughput[name]:9.1f}")
-    print(f"{'features fft+lbp (PyTorch, every detector row)':{width}} {feature_latency * 1e3:11.2f} "
+    print(f"{'features fft+lbp (extract, every detector row)':{width}} {feature_latency * 1e3:11.2f} "
           f"{batch / feature_batch:9.1f}")
 
     def ratio(a, b):

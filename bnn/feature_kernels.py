@@ -54,10 +54,13 @@ __all__ = [
     "run",
 ]
 
-# Numba's default layer falls back to "workqueue", which aborts the process when two threads
-# launch kernels at once; "threadsafe" takes TBB or OpenMP (the libgomp torch uses) or fails.
+# OpenMP: the libgomp torch uses, so kernels and torch ops share one pool of threads. Numba's
+# default would take TBB when some other library (OpenVINO) has loaded libtbb, whose fork
+# handler warns on every fork from a non-main thread, and otherwise falls back to "workqueue",
+# which aborts the process when two threads launch kernels at once. Without libgomp ``run``
+# takes the serial kernels.
 if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "threadsafe"
+    numba.config.THREADING_LAYER = "omp"
 
 _CACHE = {"cache": True, "nogil": True, "boundscheck": False}
 

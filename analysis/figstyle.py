@@ -15,6 +15,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from analysis.labels import SELECTED_ON_TEST, is_selected_on_test
 from analysis.provenance import Provenance
 from bnn.feature_sets import display_label
 
@@ -141,12 +142,15 @@ def _scale(metric: str) -> float:
 
 
 def run_label(row: pd.Series, seed: bool = False) -> str:
-    """``BNext-T RGB+FFT+LBP (frozen)``, plus `` seed 1`` with ``seed``."""
+    """``BNext-T RGB+FFT+LBP (frozen)``, plus `` seed 1`` with ``seed`` and `` [selected on TEST]``
+    for a run whose checkpoint was selected on the test split."""
     label = f"{row.get('model') or row.get('backbone')} {display_label(row.get('features', 'rgb'))}"
     if bool(row.get("freeze_backbone", False)):
         label += " (frozen)"
     if seed and "seed" in row and not pd.isna(row["seed"]):
         label += f" seed {row['seed']}"
+    if is_selected_on_test(row):
+        label += f" [{SELECTED_ON_TEST}]"
     return label
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from analysis import latency
+from analysis import data_audit, latency
 from analysis.figstyle import (
     COST_LABELS,
     MARKERS,
@@ -84,6 +84,7 @@ def front_figure(
     provenance: Provenance | None = None,
     title: str = "",
     note: str = "",
+    floors: dict[str, float] | None = None,
 ) -> Figure:
     """The drawing behind ``figure1``, ``figure1_latency`` and ``objectives_figure``.
 
@@ -101,6 +102,8 @@ def front_figure(
         provenance: Footer (study, runs, git commit, time).
         title: Axes title.
         note: Second footer line.
+        floors: ``{label: value}`` drawn as horizontal reference lines (``y`` units, before the
+            percent scaling): what a baseline that sees no network reaches (``analysis.data_audit``).
     """
     published = pd.DataFrame() if published is None else published
     points = points.reset_index(drop=True).copy()
@@ -234,6 +237,10 @@ def front_figure(
         Line2D([], [], ls="", marker=MARKERS[True], color="0.3", markersize=7, label="frozen"),
     ]
     handles += _host_handles(hosts) + front_handles
+    for (label, value), style_ in zip((floors or {}).items(), FLOOR_STYLES, strict=False):
+        ax.axhline(value * _scale(y), color="0.45", lw=1.0, ls=style_, zorder=0)
+        handles.append(Line2D([], [], color="0.45", lw=1.0, ls=style_,
+                              label=textwrap.fill(f"{label} ({value * _scale(y):.1f})", 34)))
     if len(published):
         handles.append(
             Line2D(
@@ -267,6 +274,9 @@ def front_figure(
     )
     _footer(fig, provenance, note)
     return fig
+
+
+FLOOR_STYLES = (":", "-.")
 
 
 def _title(provenance: Provenance, x: str, y: str) -> str:
@@ -336,6 +346,7 @@ def figure1(
         provenance=provenance,
         title=title or _title(provenance, cost, quality),
         note=note,
+        floors=data_audit.floors(frame, quality),
     )
 
 
@@ -396,4 +407,5 @@ def figure1_latency(
         provenance=provenance,
         title=title or _title(provenance, metric, quality),
         note=textwrap.fill(note, 190),
+        floors=data_audit.floors(frame, quality),
     )

@@ -19,6 +19,15 @@ DATASET_NAMES = {
 }
 
 
+# What a row whose checkpoint was selected on the test split (``selection_split: test``) carries.
+SELECTED_ON_TEST = "selected on TEST"
+
+
+def is_selected_on_test(row) -> bool:
+    """Whether a run's (or grouped row's) checkpoint was selected on the test split."""
+    return str(row.get("selection_split", "val")) == "test"
+
+
 def dataset_name(dataset: str, article: bool = True) -> str:
     """``"cocofake"`` -> ``"COCOFake"``; ``"synthetic"`` -> ``"the synthetic benchmark"``, without
     ``"the "`` when not ``article`` (a label rather than a phrase). Unknown names unchanged."""

@@ -16,6 +16,12 @@ def _unique(values) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def _selected_on_test(frame: pd.DataFrame) -> int:
+    if "selection_split" not in frame:
+        return 0
+    return int(frame["selection_split"].astype(object).eq("test").sum())
+
+
 @dataclass(frozen=True)
 class Provenance:
     """The record behind a table or figure.
@@ -28,6 +34,8 @@ class Provenance:
         git_commits: Commits the runs were trained at.
         data: Descriptions of the data the runs used (``bnn.data`` tags).
         synthetic: Whether any run used synthetic data.
+        selected_on_test: Runs whose checkpoint was selected on the test split
+            (``selection_split: test``).
         unfinished: {status: count} of the study's runs that did not finish (left out).
         generated_at: UTC time the table or figure was made.
     """
@@ -39,6 +47,7 @@ class Provenance:
     git_commits: tuple[str, ...] = ()
     data: tuple[str, ...] = ()
     synthetic: bool = False
+    selected_on_test: int = 0
     unfinished: dict[str, int] = field(default_factory=dict)
     generated_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
@@ -67,6 +76,7 @@ class Provenance:
             git_commits=commits,
             data=_unique(frame.get("data", [])),
             synthetic=synthetic,
+            selected_on_test=_selected_on_test(frame),
             unfinished=dict(frame.attrs.get("unfinished", {})),
         )
 
@@ -91,6 +101,8 @@ class Provenance:
         lines += [f"data: {d}" for d in self.data]
         if self.synthetic:
             lines.append("synthetic data: numbers are not comparable with published results")
+        if self.selected_on_test:
+            lines.append(f"{self.selected_on_test} row(s) selected their checkpoint on the TEST split")
         lines.append(f"generated: {self.generated_at}")
         return lines
 
@@ -100,7 +112,8 @@ class Provenance:
             f"study {self.study} | {len(self.run_ids)} runs | git {self.short_commits} | "
             f"generated {self.generated_at}"
         )
-        return text + (" | synthetic data" if self.synthetic else "")
+        text += " | synthetic data" if self.synthetic else ""
+        return text + (f" | {self.selected_on_test} selected on TEST" if self.selected_on_test else "")
 
     def markdown(self) -> str:
         """A short Markdown summary of the study record for the report's first section."""
@@ -116,5 +129,8 @@ class Provenance:
             items.append(
                 "- **Synthetic data**: these numbers are not comparable with published results."
             )
+        if self.selected_on_test:
+            items.append(f"- **Selected on test**: {self.selected_on_test} row(s) chose their checkpoint on the "
+                         "test split (`selection_split: test`); their test metrics are optimistic.")
         items.append(f"- **Generated**: {self.generated_at}")
         return "\n".join(items)

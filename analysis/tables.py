@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import latency
-from analysis.labels import backbone_state, dataset_name
+from analysis import data_audit, latency
+from analysis.labels import SELECTED_ON_TEST, backbone_state, dataset_name, is_selected_on_test
 from analysis.literature import SHORT_CITATION, load_literature
 from analysis.provenance import Provenance
 from analysis.replicates import as_grouped, is_grouped, require_metrics
@@ -90,7 +90,8 @@ def results_table(
     ours = pd.DataFrame(
         {
             "block": "ours",
-            "method": "this study",
+            "method": ["this study" + (f" ({SELECTED_ON_TEST})" if is_selected_on_test(row) else "")
+                       for _, row in grouped.iterrows()],
             "model": grouped.get("model", grouped.get("backbone")),
             "backbone": [
                 backbone_state(v) for v in grouped.get("freeze_backbone", [None] * len(grouped))
@@ -141,6 +142,19 @@ def results_table(
         )
         blocks.append(lit)
     blocks.append(ours)
+    runs_here = frame if dataset is None or "dataset" not in frame else frame[frame["dataset"] == dataset]
+    accuracy_floors = data_audit.floors(runs_here, accuracy)
+    auc_floors = data_audit.floors(runs_here, auc)
+    if accuracy_floors:
+        blocks.append(pd.DataFrame({
+            "block": "floor",
+            "method": list(accuracy_floors),
+            "model": "(no network)",
+            "dataset": dataset,
+            "accuracy": [100 * v for v in accuracy_floors.values()],
+            "auc": [100 * auc_floors.get(label, np.nan) for label in accuracy_floors],
+            "source": "data audit (bnn.data.audit), fitted on this study's train split",
+        }))
     table = pd.concat(blocks, ignore_index=True)
 
     replicated = bool((ours["n"] > 1).any())
@@ -177,8 +191,11 @@ def results_table(
 
     provenance = Provenance.from_runs(grouped)
     name = dataset_name(dataset) if dataset else "the study's data"
+    selection = "checkpoint selected on validation"
+    if bool(grouped.apply(is_selected_on_test, axis=1).any()) if len(grouped) else False:
+        selection = f"checkpoint selected on validation, except rows marked '{SELECTED_ON_TEST}'"
     caption = (
-        f"Results on {name} ({split} split, checkpoint selected on validation): accuracy and AUC"
+        f"Results on {name} ({split} split, {selection}): accuracy and AUC"
         f"{' (mean ± std over seeds)' if replicated else ''}, parameters and OPs per image.{timed_on}"
     )
     notes = [OPS_FOOTNOTE, *latency_notes]
@@ -194,6 +211,11 @@ def results_table(
         )
     if provenance.synthetic:
         notes.append("Synthetic data: these numbers are not comparable with published results.")
+    if accuracy_floors:
+        notes.append("Floor rows: what baselines that see no network reach on the same splits (fitted on "
+                     "train, scored on test; analysis.data_audit); read every result against them.")
+    if provenance.selected_on_test:
+        notes.append(data_audit.SELECTION_NOTE)
     return Table(table, columns, caption, f"tab:results-{dataset or 'study'}", notes, provenance)
 
 

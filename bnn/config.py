@@ -159,6 +159,13 @@ class FitConfig(BaseModel):
     data_root: str | None = None
     data_params: dict[str, Any] = Field(default_factory=dict)
     resolution: int = Field(224, ge=8)
+    # Drop train images identical to a val or test image, and val images identical to a test image
+    # (bnn.data.audit; the counts are logged as audit_dropped_train / audit_dropped_val).
+    dedupe: bool = True
+    # Where the checkpoint is selected: "val" (the default, right), or "test" as Lanzino et al.'s
+    # code does for COCOFake and CIFAKE, to measure how much that inflates test accuracy; runs that
+    # use it are tagged bnn.selection_split=test and every table and figure says so.
+    selection_split: Literal["val", "test"] = "val"
     augment: AugmentConfig = AugmentConfig()
     distill: DistillConfig | None = None
     # optimisation
@@ -332,6 +339,10 @@ LEGACY_VALUES: dict[str, Any] = {
     "weight_temperature": 0.0,
     "weight_temperature_decay": 0.9,
     "distill": None,
+    "selection_split": "val",
+    # Hashed only when off: on a dataset without cross-split duplicates (every study recorded before
+    # it existed) dedupe changes nothing, and the split digests (bnn.data_digest) record what a run read.
+    "dedupe": True,
 }
 
 # Named training recipes: values for the keys a config leaves out (docs/training.md justifies them).

@@ -1,47 +1,82 @@
 """The data of one configuration: its train/val/test datasets and their loaders.
 
-``load_splits`` lists the three splits of ``FitConfig.dataset`` (no image is decoded) and checks
-that training can use them; ``make_loader`` batches a split with ``bnn.data.collate_skip``
+``load_splits`` lists the three splits of ``FitConfig.dataset`` (no image is decoded), drops the
+train/val copies of val/test images (``dedupe``) and checks that training can use them;
+``prepare_splits`` adds the data audit (``bnn.data.audit``); ``make_loader`` batches a split with ``bnn.data.collate_skip``
 (unreadable images are skipped and counted), seeded per epoch so that runs repeat.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
 from bnn.config import FitConfig
 from bnn.data import ImageDataset, collate_skip, create_dataset
+from bnn.data.audit import AuditReport, dedupe, fingerprint_splits
+from bnn.data.audit import audit as run_audit
 
-__all__ = ["load_splits", "make_loader"]
+__all__ = ["PreparedSplits", "load_splits", "make_loader", "prepare_splits"]
+
+
+@dataclass
+class PreparedSplits:
+    """The splits a fit uses and what the data audit found (``None`` when not audited)."""
+
+    datasets: dict[str, ImageDataset]
+    audit: AuditReport | None
 
 
 def load_splits(config: FitConfig) -> dict[str, ImageDataset]:
-    """The train, val and test datasets of ``config`` (listing only: no image is decoded).
+    """The train, val and test datasets of ``config``, after ``dedupe`` (no image is decoded;
+    with ``dedupe`` on, every file is read once to hash it, then cached: ``bnn.data.audit``).
 
     Raises:
         ValueError: A split has no image (an empty val split would make every validation metric
             NaN and the checkpoint selection meaningless), or train lacks one class.
         DatasetLayoutError, TypeError, KeyError: from ``bnn.data.create_dataset``.
     """
+    return prepare_splits(config, audit=False).datasets
+
+
+def prepare_splits(config: FitConfig, audit: bool = True) -> PreparedSplits:
+    """``load_splits``, and with ``audit`` the data audit of the splits as used (``bnn.data.audit``:
+    duplicates before ``dedupe``, file statistics, the shortcut and spectral floors; cached).
+
+    Raises:
+        As ``load_splits``.
+    """
     caps = {"train": config.max_train_samples, "val": config.max_val_samples, "test": config.max_test_samples}
-    splits = {}
+    listed = {}
     for split, cap in caps.items():
         ds = create_dataset(
             config.dataset, split, root=config.data_root, resolution=config.resolution,
             augment=config.augment.resolved(), **config.data_params,
         )
-        splits[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
-        if len(splits[split]) == 0:
+        listed[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
+    splits, prints, dropped = listed, None, {}
+    if config.dedupe or audit:
+        prints = fingerprint_splits(listed)
+    if config.dedupe:
+        splits, kept_prints, dropped = dedupe(listed, prints)
+    for split, ds in splits.items():
+        if len(ds) == 0:
             hint = {"val": " (raise data_params.val_fraction, or give the dataset a val folder)"}.get(split, "")
-            raise ValueError(f"the {split} split has no images{hint}: {splits[split].describe()}")
+            if dropped.get(split):
+                hint = f" (dedupe dropped all {dropped[split]}: each duplicates a val or test image)"
+            raise ValueError(f"the {split} split has no images{hint}: {ds.describe()}")
     counts = splits["train"].class_counts()
     if counts["fake"] == 0 or counts["real"] == 0:
         missing = "fake" if counts["fake"] == 0 else "real"
         raise ValueError(f"the train split has no {missing} images: {splits['train'].describe()}")
-    return splits
+    report = None
+    if audit:
+        report = run_audit(splits, kept_prints if config.dedupe else prints, before=listed, before_prints=prints,
+                           dropped=dropped, resolution=config.resolution, seed=config.seed)
+    return PreparedSplits(splits, report)
 
 
 def make_loader(ds: ImageDataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:

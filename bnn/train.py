@@ -24,6 +24,7 @@ from bnn.checkpoint import CHECKPOINT_VERSION, VAL_THRESHOLD_KEY, read_checkpoin
 from bnn.config import FitConfig
 from bnn.cost import Cost, count
 from bnn.data import ImageDataset
+from bnn.data.audit import AUDIT_METRICS, AuditReport
 from bnn.detector import Detector, create_detector
 from bnn.device import amp_context, resolve_device, seed_everything
 from bnn.distill import load_teacher, mix_distillation, teacher_logits
@@ -32,7 +33,7 @@ from bnn.metrics import Metrics, bootstrap_ci, per_source_metrics
 from bnn.optim import lr_at, parameter_groups, per_step_lr
 from bnn.progress import ProgressLog, progress_bar
 from bnn.signals import FitInterrupted
-from bnn.splits import load_splits, make_loader
+from bnn.splits import make_loader, prepare_splits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class EpochStats:
     train_images_per_second: float
     eval_images_per_second: float
     skipped_images: int
+    # With ``selection_split: test`` only: the test split's accuracy and loss, which select the checkpoint.
+    selection_accuracy: float | None = None
+    selection_loss: float | None = None
 
 
 @dataclass
@@ -73,6 +77,8 @@ class FitResult:
             accuracy and AUC, per-source metrics.
         device: Where it ran.
         resumed_from_epoch: Last finished epoch found in a checkpoint, or -1 for a fresh run.
+        audit: The data audit of the splits (``bnn.data.audit``); its ``AUDIT_METRICS`` are
+            among ``scalars()``.
     """
 
     config: FitConfig
@@ -89,6 +95,7 @@ class FitResult:
     test_extra: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     resumed_from_epoch: int = -1
+    audit: AuditReport | None = None
 
     def scalars(self) -> dict[str, float]:
         """Every final scalar of the run by its metric name (``scalar_names()`` lists them):
@@ -97,6 +104,8 @@ class FitResult:
         metrics (``test_extra``)."""
         values = {**self.val.scalars("val_"), **self.test.scalars("test_"), **self.test_extra, **self.cost.as_dict()}
         values.update(best_epoch=self.best_epoch, skipped_images=self.skipped_images)
+        if self.audit is not None:
+            values.update(self.audit.scalars())
         return {name: float(value) for name, value in values.items()}
 
 
@@ -104,7 +113,7 @@ def scalar_names() -> list[str]:
     """The names ``FitResult.scalars()`` returns, known before any run (for validating objectives)."""
     metrics = [f.name for f in fields(Metrics) if f.name != "roc"]
     return [*(f"val_{m}" for m in metrics), *(f"test_{m}" for m in metrics), *CI_NAMES,
-            *(f.name for f in fields(Cost)), "best_epoch", "skipped_images"]
+            *(f.name for f in fields(Cost)), "best_epoch", "skipped_images", *AUDIT_METRICS]
 
 
 # 95% bootstrap confidence intervals of the test split (``bnn.metrics.bootstrap_ci``).
@@ -131,12 +140,20 @@ def test_extra_scalars(predictions: Sequence[dict], seed: int = 0) -> dict[str, 
 Callback = Callable[[EpochStats], None]
 
 
+def _selection(stats: EpochStats) -> tuple[float, float]:
+    """(accuracy, loss) the checkpoint is selected on: validation, or test with ``selection_split: test``."""
+    if stats.selection_accuracy is not None:
+        return stats.selection_accuracy, stats.selection_loss
+    return stats.val_accuracy, stats.val_loss
+
+
 def _better(candidate: EpochStats, best: EpochStats | None) -> bool:
-    if best is None or math.isnan(best.val_accuracy):
+    if best is None or math.isnan(_selection(best)[0]):
         return True
-    if candidate.val_accuracy != best.val_accuracy:
-        return candidate.val_accuracy > best.val_accuracy
-    return candidate.val_loss < best.val_loss
+    (accuracy, loss), (best_accuracy, best_loss) = _selection(candidate), _selection(best)
+    if accuracy != best_accuracy:
+        return accuracy > best_accuracy
+    return loss < best_loss
 
 
 def default_output_dir(config: FitConfig) -> Path:
@@ -290,11 +307,17 @@ def fit(
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
     seed_everything(config.seed)
 
-    splits = load_splits(config)  # before anything is created: bad data leaves no output folder
+    prepared = prepare_splits(config)  # before anything is created: bad data leaves no output folder
+    splits = prepared.datasets
     out.mkdir(parents=True, exist_ok=True)
     data = {name: ds.describe() for name, ds in splits.items()}
     for name, text in data.items():
         log.info("data %s: %s", name, text)
+    for line in prepared.audit.lines():
+        log.info("audit: %s", line)
+    if config.selection_split == "test":
+        log.warning("selection_split: test: the checkpoint is selected on the TEST split (as Lanzino et al.'s code "
+                    "does for COCOFake and CIFAKE); its test metrics are optimistic, not a held-out estimate")
     counts = splits["train"].class_counts()
     pos_weight = counts["real"] / counts["fake"]
 
@@ -303,10 +326,11 @@ def fit(
     trainer.resume(last_path)
 
     val_loader = make_loader(splits["val"], config, device, shuffle=False)
+    selection_loader = make_loader(splits["test"], config, device, shuffle=False) if config.selection_split == "test" else None
     epochs = progress_bar(range(trainer.start_epoch, config.epochs), desc="epochs", initial=trainer.start_epoch,
                           total=config.epochs)
     for epoch in epochs:
-        stats = _run_epoch(trainer, splits["train"], val_loader, epoch)
+        stats = _run_epoch(trainer, splits["train"], val_loader, epoch, selection_loader)
         trainer.history.append(stats)
         if _better(stats, trainer.best):
             trainer.best = stats
@@ -315,11 +339,13 @@ def fit(
         trainer.save(epoch, last_path)
         for callback in callbacks:
             callback(stats)
-    return _final_result(trainer, splits, val_loader, best_path, data)
+    return _final_result(trainer, splits, val_loader, best_path, data, prepared.audit)
 
 
-def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoader, epoch: int) -> EpochStats:
-    """Trains ``epoch`` and validates; returns its statistics (``trainer.skipped_total`` grows)."""
+def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoader, epoch: int,
+               selection_loader: DataLoader | None = None) -> EpochStats:
+    """Trains ``epoch`` and validates (and with ``selection_loader`` evaluates that split too, for
+    the checkpoint selection); returns its statistics (``trainer.skipped_total`` grows)."""
     config, model, device = trainer.config, trainer.model, trainer.device
     torch.manual_seed(config.seed * 1000 + epoch)  # augmentation draws; same on resume
     lr = lr_at(config, epoch)
@@ -334,6 +360,10 @@ def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoa
     val = evaluate(model, val_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "val",
                    trainer.should_stop)
     trainer.skipped_total += train_skipped + val.skipped
+    selection = None
+    if selection_loader is not None:
+        selection = evaluate(model, selection_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches,
+                             "selection (test)", trainer.should_stop)
     stats = EpochStats(
         epoch=epoch,
         train_loss=loss_sum / max(seen, 1),
@@ -345,6 +375,8 @@ def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoa
         train_images_per_second=seen / max(train_seconds, 1e-9),
         eval_images_per_second=val.images_per_second,
         skipped_images=train_skipped + val.skipped,
+        selection_accuracy=None if selection is None else selection.metrics.accuracy,
+        selection_loss=None if selection is None else selection.loss,
     )
     log.info(
         "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val auc %.4f, %.1f img/s",
@@ -355,7 +387,7 @@ def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoa
 
 def _final_result(
     trainer: _Trainer, splits: dict[str, ImageDataset], val_loader: DataLoader, best_path: Path,
-    data: dict[str, str],
+    data: dict[str, str], audit: AuditReport | None = None,
 ) -> FitResult:
     """Selected checkpoint -> validation metrics and the single read of the test split."""
     config, model, device = trainer.config, trainer.model, trainer.device
@@ -385,4 +417,5 @@ def _final_result(
         test_extra=test_extra_scalars(test.predictions, config.seed),
         device=str(device),
         resumed_from_epoch=trainer.resumed_from,
+        audit=audit,
     )

@@ -22,7 +22,9 @@ The record:
   finished ``TAG_DATA``, ``TAG_DATA_DIGEST``, ``TAG_DEVICE`` and one MLflow dataset input per split
   (name = the ``dataset`` param, digest = the split's file-list digest, source = its description,
   input tag ``mlflow.data.context`` = the split); when it failed ``TAG_FAILURE``; when its objective
-  is NaN ``TAG_NOT_COMPARABLE`` (the reason; the run is FINISHED). Params: the flattened config
+  is NaN ``TAG_NOT_COMPARABLE`` (the reason; the run is FINISHED); ``TAG_SELECTION_SPLIT`` (where
+  the checkpoint was selected); once finished, the data audit's ``TAG_AUDIT_WARNINGS`` and
+  ``TAG_AUDIT_DUPLICATES``, its ``audit_*`` metrics and the artifact ``ARTIFACT_AUDIT``. Params: the flattened config
   (``PARAM_BACKBONE``, ``PARAM_FEATURES`` joined by ``+``, ``PARAM_FREEZE_BACKBONE``,
   ``PARAM_DATASET``, ``PARAM_SEED``, nested keys dotted, e.g. ``distill.teacher``) plus
   ``PARAM_AXES``. Metrics: ``EPOCH_METRICS`` with step = epoch; the final ``val_*``/``test_*``
@@ -92,6 +94,10 @@ TAG_DATA_DIGEST = "bnn.data_digest"  # "train:<digest>,val:<digest>,test:<digest
 TAG_DEVICE = "bnn.device"
 TAG_FAILURE = "bnn.failure"  # why a run is FAILED or KILLED
 TAG_NOT_COMPARABLE = "bnn.not_comparable"  # why a FINISHED run's objective is NaN
+TAG_SELECTION_SPLIT = "bnn.selection_split"  # "val" | "test": where the checkpoint was selected (also a param)
+# The data audit (bnn.data.audit) of a finished cell; its numbers are the audit_* metrics.
+TAG_AUDIT_WARNINGS = "bnn.audit.warnings"  # its warnings joined by " | ", "" when none
+TAG_AUDIT_DUPLICATES = "bnn.audit.duplicates"  # JSON {"train-test": pairs, ...} before dedupe
 # + an extra test set's name / a perturbation's key: the definition its eval_<set>_* / robust_<key>_*
 # metrics were computed with, so an entry changed in the study file is evaluated again.
 # Latency (bnn.latency), on a cell's run: where and how it was measured, or why it was not.
@@ -154,6 +160,7 @@ ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_ROC = "metrics/roc_test.json"
 ARTIFACT_PLOTS = "plots/test_roc_confusion.png"  # ROC and confusion matrix of the test split
 ARTIFACT_CHECKPOINT_DIR = "checkpoint"  # best.pt, when the study logs checkpoints
+ARTIFACT_AUDIT = "audit/data_audit.json"  # the whole AuditReport
 ARTIFACT_PREDICTIONS = "predictions/test_predictions.csv"  # per test image, PREDICTION_COLUMNS
 PREDICTION_COLUMNS = ("path", "label", "prob_fake", "source")
 DATASET_SOURCE_TYPE = "local"
@@ -171,6 +178,8 @@ TAG_COLUMNS = {
     TAG_SYNTHETIC: "synthetic",
     TAG_DATA_DIGEST: "data_digest",
     TAG_NOT_COMPARABLE: "not_comparable",
+    TAG_AUDIT_WARNINGS: "audit_warnings",
+    TAG_AUDIT_DUPLICATES: "audit_duplicates",
     TAG_FAILURE: "failure",
     TAG_ATTEMPTS: "attempts",
     TAG_GIT_COMMIT: "git_commit",
@@ -194,6 +203,8 @@ RUN_COLUMNS = (
     "synthetic",
     "data_digest",
     "not_comparable",
+    "audit_warnings",
+    "audit_duplicates",
     "failure",
     "attempts",
     "git_commit",

@@ -23,6 +23,7 @@ from bnn.backbones import BACKBONES
 from bnn.roc_figure import agg_figure, draw_roc
 from studies.db_setup import retry_on_race, sqlite_path
 from studies.record import (
+    ARTIFACT_AUDIT,
     ARTIFACT_CHECKPOINT_DIR,
     ARTIFACT_CONFIG,
     ARTIFACT_PLOTS,
@@ -45,6 +46,8 @@ from studies.record import (
     ROLE_CELL,
     ROLE_STUDY,
     TAG_ATTEMPTS,
+    TAG_AUDIT_DUPLICATES,
+    TAG_AUDIT_WARNINGS,
     TAG_BINARY,
     TAG_CELL_ID,
     TAG_CELL_STUDY,
@@ -69,6 +72,7 @@ from studies.record import (
     TAG_PRIMARY_METRIC_GREATER_IS_BETTER,
     TAG_ROBUST_PREFIX,
     TAG_ROLE,
+    TAG_SELECTION_SPLIT,
     TAG_SOURCE_NAME,
     TAG_STUDY,
     TAG_SYNTHETIC,
@@ -248,6 +252,7 @@ class Tracker:
             TAG_FAMILY: spec.family,
             TAG_BINARY: str(spec.binary).lower(),
             TAG_SYNTHETIC: str(config.dataset == "synthetic").lower(),
+            TAG_SELECTION_SPLIT: config.selection_split,
             TAG_ATTEMPTS: "1",
             TAG_GIT_COMMIT: git_commit(),
             **{f"{TAG_VERSION_PREFIX}{k}": v for k, v in package_versions().items()},
@@ -290,6 +295,9 @@ class Tracker:
             RunTag(TAG_DATA_DIGEST, ",".join(f"{k}:{v}" for k, v in result.data_digest.items())),
             RunTag(TAG_DEVICE, result.device),
         ]
+        if result.audit is not None:
+            tags += [RunTag(TAG_AUDIT_WARNINGS, " | ".join(result.audit.warnings)[:TAG_MAX_LENGTH]),
+                     RunTag(TAG_AUDIT_DUPLICATES, json.dumps(result.audit.duplicate_pairs, sort_keys=True)[:TAG_MAX_LENGTH])]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         # Workers finishing together race to insert the same dataset row (a unique-key violation on
         # PostgreSQL); a retry finds the row and only links it to this run.
@@ -299,6 +307,10 @@ class Tracker:
             tmp = Path(tmp)
             (tmp / ARTIFACT_CONFIG).write_text(result.config.to_yaml())
             self.client.log_artifact(run_id, str(tmp / ARTIFACT_CONFIG))
+            if result.audit is not None:
+                audit_file = tmp / Path(ARTIFACT_AUDIT).name
+                audit_file.write_text(json.dumps(result.audit.to_json(), indent=1))
+                self.client.log_artifact(run_id, str(audit_file), artifact_path=str(Path(ARTIFACT_AUDIT).parent))
             self._log_predictions(run_id, result, tmp)
             self._log_plots(run_id, result, tmp)
         if self.study.spec.log_checkpoint:

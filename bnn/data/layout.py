@@ -19,6 +19,8 @@ from bnn.errors import DatasetLayoutError
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Folders that tools write next to the data (compared case-insensitively, lower case here).
+CACHE_ENV = "BNN_CACHE_DIR"  # where generated data and audit results are cached
+DEFAULT_CACHE_DIR = "~/.cache/bnn"
 JUNK_FOLDERS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
 REAL, FAKE = 0, 1
 _WARNED: set[str] = set()
@@ -155,3 +157,8 @@ def hash_split(key: str, seed: int, fractions: dict[str, float]) -> str:
         if u < total:
             return split
     return list(fractions)[-1]
+
+
+def cache_dir() -> Path:
+    """``$BNN_CACHE_DIR`` if set, else ``~/.cache/bnn``."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()

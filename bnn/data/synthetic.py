@@ -50,14 +50,12 @@ from tqdm.auto import tqdm
 
 from bnn.data._registry import DATASETS, DatasetSpec, Listing
 from bnn.data.folder import class_items
-from bnn.data.layout import check_split
+from bnn.data.layout import CACHE_ENV, cache_dir, check_split
 from bnn.errors import KeyedValueError
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the generated pixels change: old caches are then never reused
-CACHE_ENV = "BNN_CACHE_DIR"
-DEFAULT_CACHE_DIR = "~/.cache/bnn"
 META_FILE = "meta.json"
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15}  # test: the rest (0.15)
 COLOUR_PHOTOS = (
@@ -119,11 +117,6 @@ class SyntheticParams:
             "resolution": int(self.resolution),
             "difficulty": float(self.difficulty),
         }
-
-
-def cache_dir() -> Path:
-    """``$BNN_CACHE_DIR`` if set, else ``~/.cache/bnn``."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
 def split_counts(count: int) -> dict[str, int]:

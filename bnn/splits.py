@@ -57,11 +57,23 @@ def prepare_splits(config: FitConfig, audit: bool = True) -> PreparedSplits:
             augment=config.augment.resolved(), **config.data_params,
         )
         listed[split] = ds.subsample(cap, seed=config.seed) if cap is not None else ds
+    _check_usable(listed, {})
     splits, prints, dropped = listed, None, {}
     if config.dedupe or audit:
         prints = fingerprint_splits(listed)
     if config.dedupe:
         splits, kept_prints, dropped = dedupe(listed, prints)
+        _check_usable(splits, dropped)
+    report = None
+    if audit:
+        report = run_audit(splits, kept_prints if config.dedupe else prints, before=listed, before_prints=prints,
+                           dropped=dropped, resolution=config.resolution, seed=config.seed)
+    return PreparedSplits(splits, report)
+
+
+def _check_usable(splits: dict[str, ImageDataset], dropped: dict[str, int]) -> None:
+    """Raises ``ValueError`` when a split is empty (saying when ``dedupe`` emptied it) or train
+    lacks one class."""
     for split, ds in splits.items():
         if len(ds) == 0:
             hint = {"val": " (raise data_params.val_fraction, or give the dataset a val folder)"}.get(split, "")
@@ -71,12 +83,8 @@ def prepare_splits(config: FitConfig, audit: bool = True) -> PreparedSplits:
     counts = splits["train"].class_counts()
     if counts["fake"] == 0 or counts["real"] == 0:
         missing = "fake" if counts["fake"] == 0 else "real"
-        raise ValueError(f"the train split has no {missing} images: {splits['train'].describe()}")
-    report = None
-    if audit:
-        report = run_audit(splits, kept_prints if config.dedupe else prints, before=listed, before_prints=prints,
-                           dropped=dropped, resolution=config.resolution, seed=config.seed)
-    return PreparedSplits(splits, report)
+        why = " after dedupe" if dropped.get("train") else ""
+        raise ValueError(f"the train split has no {missing} images{why}: {splits['train'].describe()}")
 
 
 def make_loader(ds: ImageDataset, config: FitConfig, device: torch.device, shuffle: bool, epoch: int = 0) -> DataLoader:

@@ -1,8 +1,10 @@
 """Training and evaluation of one detector configuration: ``fit(config) -> FitResult``.
 
 Follows the recipe of Lanzino et al., CVPRW 2024 (AdamW, BCE with pos_weight, linear learning-rate
-decay over 5 epochs), with what a study runner needs on top: the checkpoint is selected on
-validation accuracy (ties: lower validation loss), the test split is evaluated once with it, every
+decay over 5 epochs), with what a study runner needs on top: the data audit of the splits (``bnn.data.audit``), the
+checkpoint selected on validation accuracy (ties: lower validation loss; ``selection_split: test``
+selects on the test split instead, as the authors' code does, to measure what that inflates), the
+test split evaluated once with it, every
 epoch leaves a resumable checkpoint, and CPU runs repeat exactly for a given seed.
 """
 

@@ -178,7 +178,7 @@ def test_a_study_with_selection_on_test_is_tagged(tmp_path, monkeypatch):
         "defaults: {backbone: bnext_micro, features: rgb, resolution: 16, batch_size: 16, epochs: 1, amp: false}\n"
         "grid: {selection_split: [val, test]}\nlatency: {enabled: false}\nlog_checkpoint: false\n"
     )
-    assert main(["run", str(study), "--quiet"]) == 0
+    assert main(["run", str(study), "--quiet", "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("sel")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`bnn.role` = 'cell'")
@@ -228,6 +228,7 @@ def test_the_cpu_cifake_study_validates_and_its_first_cell_runs(tmp_path, monkey
     (cell,) = load_study(tmp_path / "first_cell.yaml").cells
     assert cell.cell_id == first.cell_id
     assert main(["run", str(tmp_path / "first_cell.yaml"), "--quiet", "--set", "latency.enabled=false",
+                 "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                  "--set", "epochs=1"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("cifake_scratch")

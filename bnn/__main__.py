@@ -6,8 +6,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import pickle
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from bnn.cost import cost_table
 from bnn.data import UnreadableImage, build_transform, create_dataset, load_rgb
 from bnn.data.layout import IMAGE_EXTENSIONS, list_images
 from bnn.device import resolve_device
-from bnn.errors import EXIT_INTERRUPTED, EXIT_INVALID, exit_status_help, run_cli
+from bnn.errors import EXIT_INTERRUPTED, exit_status_help, run_cli
 from bnn.evaluation import evaluate
 from bnn.export import OpenVINODetector, export
 from bnn.feature_sets import all_feature_sets
@@ -234,31 +232,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_errors(args: argparse.Namespace) -> dict:
-    """``torch.load`` of a file that is not a PyTorch checkpoint (a text file, random bytes, an empty
-    or truncated file): a user error naming the file when the command has one (``--checkpoint``)."""
-    path = getattr(args, "checkpoint", None)
-    what = f"'{path}' is not a checkpoint written by `python -m bnn train`" if path else "a file is not a PyTorch checkpoint"
-
-    def unreadable(err: BaseException) -> tuple[str, int] | None:
-        if isinstance(err, RuntimeError) and not _raised_in_torch_load(err):
-            return None  # not from reading a file: a bug, keep the traceback
-        return f"{what} (torch.load: {str(err).splitlines()[0] if str(err) else type(err).__name__})", EXIT_INVALID
-
-    return {pickle.UnpicklingError: unreadable, EOFError: unreadable, RuntimeError: unreadable}
-
-
-def _raised_in_torch_load(err: BaseException) -> bool:
-    """Whether ``err`` came through ``torch.serialization`` (its zip reader: "PytorchStreamReader
-    failed reading zip archive", "[enforce fail at inline_container.cc] ...")."""
-    tb = err.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "serialization.py")):
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
     status = exit_status_help("some inputs were skipped (detect: unreadable images)")
     parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__, epilog=status,
@@ -325,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     exp.set_defaults(func=_export)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    extra = _checkpoint_errors(args)
+    extra = {}
     if args.command == "train":  # fit stopped at a safe point
-        extra = {FitInterrupted: lambda err: (str(err), EXIT_INTERRUPTED), **extra}
+        extra = {FitInterrupted: lambda err: (str(err), EXIT_INTERRUPTED)}
     return run_cli(lambda: args.func(args), extra)
 
 

@@ -26,6 +26,7 @@ import torch
 from bnn.config import FitConfig
 from bnn.detector import Detector, create_detector
 from bnn.device import resolve_device
+from bnn.safe_load import UnreadableCheckpointError, load_torch_file
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -53,11 +54,16 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is not a checkpoint written by ``bnn.train.fit``.
+        ValueError: The file is not a checkpoint written by ``bnn.train.fit``; an
+            ``UnsafeCheckpointError`` when it would run code (``bnn.safe_load``).
     """
-    state = torch.load(path, map_location=device, weights_only=False)
+    not_ours = f"'{path}' is not a checkpoint written by `python -m bnn train` (best.pt / last.pt)"
+    try:
+        state = load_torch_file(path, map_location=device)
+    except UnreadableCheckpointError as err:
+        raise ValueError(f"{not_ours}: {err.detail}") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(f"'{path}' is not a checkpoint written by bnn.train.fit (best.pt / last.pt)")
+        raise ValueError(not_ours)
     return state
 
 

@@ -28,6 +28,7 @@ from bnn import features as feats
 from bnn.backbones import BACKBONES, create_backbone
 from bnn.feature_sets import feature_set_label, parse_features
 from bnn.pretrained import check_state_dict
+from bnn.safe_load import load_torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -168,7 +169,7 @@ def load_authors_checkpoint(
     Returns:
         The detector in eval mode.
     """
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = load_torch_file(path)
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise ValueError(f"'{path}' is not a Lightning checkpoint (no 'state_dict' entry)")
     hp = raw.get("hyper_parameters", {})

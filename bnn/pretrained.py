@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from bnn.safe_load import load_torch_file
 
 if TYPE_CHECKING:  # the backbone package imports this module to load weights
     from bnn.backbones._registry import BackboneSpec
@@ -70,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_torch_file(path)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -144,7 +144,7 @@ def test_command_line_distils_from_a_checkpoint_and_names_a_bad_one(tmp_path, ca
               "--set", "data_params={count: 64, image_size: 36, difficulty: 0.0}", "--set", "batch_size=16",
               "--set", "max_train_batches=1", "--set", "output_dir=student"]
     assert bnn_main([*common, "--set", f"distill.teacher={teacher}", "--set", "distill.alpha=0.8"]) == 0
-    saved = torch.load(tmp_path / "student" / "best.pt", weights_only=False)["config"]["distill"]
+    saved = torch.load(tmp_path / "student" / "best.pt", weights_only=True)["config"]["distill"]
     assert saved == {"teacher": str(teacher), "teacher_id": None, "temperature": 1.0, "alpha": 0.8}
 
     assert bnn_main([*common, "--set", "distill.teacher=absent.pt", "--set", "output_dir=s2"]) == 2

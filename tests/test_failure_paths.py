@@ -239,7 +239,7 @@ def test_fit_stops_between_batches_and_resumes(tmp_path):
 
     with pytest.raises(FitInterrupted, match="epoch 1"):
         fit(config, should_stop=stop_in_second_epoch)
-    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"] == 0
     result = fit(config)
     assert result.resumed_from_epoch == 0 and len(result.history) == 2
 

@@ -90,8 +90,8 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
     assert [{k: v for k, v in asdict(h).items() if "second" not in k} for h in resumed.history] == strip
     assert resumed.best_epoch == reference.best_epoch
     assert resumed.test.scalars() == reference.test.scalars()
-    a = torch.load(reference.checkpoint, weights_only=False)["model"]
-    b = torch.load(resumed.checkpoint, weights_only=False)["model"]
+    a = torch.load(reference.checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

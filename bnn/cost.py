@@ -17,6 +17,7 @@ module of another type that owns parameters is an error, never silently counted 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -158,11 +159,13 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
     )
 
 
+@functools.lru_cache(maxsize=1024)  # a study's cells share few architectures; a Cost is frozen
 def detector_cost(backbone: str, features: str | tuple[str, ...], freeze_backbone: bool = False,
                   input_size: tuple[int, int] = (224, 224)) -> Cost:
     """The cost of one ``input_size`` (H, W) image through ``create_detector(backbone, features,
     freeze_backbone)``, built on the ``meta`` device: only shapes propagate, no weights are
-    allocated and no arithmetic runs."""
+    allocated and no arithmetic runs. Memoised: cells that differ only in training settings
+    share one count."""
     with torch.device("meta"):
         detector = create_detector(backbone, features, freeze_backbone=freeze_backbone)
     return count(detector, (1, 3, *input_size))

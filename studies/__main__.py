@@ -48,7 +48,8 @@ def _load(args):
     from bnn.config import parse_overrides
     from studies.spec import load_study
 
-    return load_study(args.file, parse_overrides(args.set))  # a bad --set: ValueError, exit code 2 in main
+    # a bad --set: ValueError, exit code 2 in main
+    return load_study(args.file, parse_overrides(args.set), max_cells=args.max_cells)
 
 
 def cmd_validate(args) -> int:
@@ -132,6 +133,7 @@ def _run_workers(args, stop) -> int:
     command = [sys.executable, "-m", "studies", "run", args.file, "--workers", "1", "--quiet"]
     for item in args.set:
         command += ["--set", item]
+    command += ["--max-cells", str(args.max_cells)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     console.print(f"study [bold]{study.name}[/]: starting {args.workers} workers "
                   f"(OMP_NUM_THREADS={env['OMP_NUM_THREADS']} each)")
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     from bnn.data import DatasetLayoutError
     from bnn.errors import EXIT_INVALID, exit_status_help, run_cli
+    from studies.spec import MAX_CELLS
 
     status = exit_status_help("some cells failed (run)")
     parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__, epilog=status,
@@ -285,6 +288,8 @@ def _main(argv: list[str] | None) -> int:
         p.add_argument("file", help="study file; a bare name resolves to the bundled studies/ folder")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a study key or a defaults (FitConfig) key, e.g. epochs=1")
+        p.add_argument("--max-cells", type=_positive, default=MAX_CELLS, metavar="N",
+                       help=f"refuse a grid of more cells (default {MAX_CELLS:,}; counted before any is built)")
         if name == "run":
             p.add_argument("--quiet", action="store_true", help="no progress bar")
             p.add_argument("--workers", type=_positive, default=1, metavar="N",

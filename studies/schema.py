@@ -28,6 +28,11 @@ def set_dotted(target: dict, key: str, value: Any) -> None:
         target[head] = value
 
 
+# Study names become folder names (<runs_dir>/<name>/), MLflow experiment and Optuna study names.
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_NAME_LENGTH = 100
+
+
 class Powerset(BaseModel):
     """All subsets of ``of`` added to ``base``: ``{powerset: [sobel, fft, lbp]}`` -> 8 feature sets."""
 
@@ -111,7 +116,7 @@ class StudyFile(BaseModel):
     """The schema of a study file (see README, "Study files")."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str | None = Field(None, pattern=STUDY_NAME_PATTERN, max_length=MAX_NAME_LENGTH)
     description: str = ""
     dataset: str | None = None
     data_root: str | None = None

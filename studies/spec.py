@@ -25,11 +25,22 @@ from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
 from studies.db_setup import sqlite_path
 from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.objective import objective_metric_names, unknown_metric_message
-from studies.schema import FIT_KEYS, Powerset, StudyFile, set_dotted
+from studies.schema import (
+    FIT_KEYS,
+    MAX_NAME_LENGTH,
+    STUDY_NAME_PATTERN,
+    Powerset,
+    StudyFile,
+    set_dotted,
+)
 from studies.spec_errors import config_error, schema_error, suggest, unknown_key_error
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 
 BUNDLED_DIR = Path(__file__).resolve().parent
+# The most cells a study may expand to unless --max-cells raises it. The paper's ablation is 64
+# cells and the largest bundled study 96; expanding a cell (a FitConfig and its content hash) takes
+# about a millisecond, so the limit keeps validate/plan within seconds and memory in megabytes.
+MAX_CELLS = 10_000
 # A study file sets at least one of these (else it would train one default cell nobody asked for).
 REQUIRED_ANY = ("dataset", "defaults", "grid", "search")
 _MINIMUM = f"a study needs at least one of {', '.join(REQUIRED_ANY[:-1])} or {REQUIRED_ANY[-1]}"
@@ -139,6 +150,41 @@ def _check_absolute_paths(path: Path, lines: dict, spec: StudyFile) -> None:
             )
 
 
+def cell_count(spec: StudyFile) -> int:
+    """The number of cells a grid expands to (product of the axis sizes x seeds), without building any."""
+    count = len(spec.seeds)
+    for values in spec.grid.values():
+        count *= 2 ** len(values.powerset) if isinstance(values, Powerset) else len(values)
+    return count
+
+
+def _check_cell_count(path: Path, lines: dict, spec: StudyFile, max_cells: int) -> None:
+    count = cell_count(spec)
+    if count > max_cells:
+        sizes = " x ".join(f"{key} {2 ** len(v.powerset) if isinstance(v, Powerset) else len(v)}"
+                           for key, v in spec.grid.items())
+        where = ("grid",) if spec.grid else ("seeds",)
+        raise StudyFileError(
+            path, line_of(lines, where), where[0],
+            f"expands to {count:,} cells ({sizes or 'no axes'} x seeds {len(spec.seeds)}), more than the limit of "
+            f"{max_cells:,}; split the study, shorten axes, or pass --max-cells {count} if you mean it",
+        )
+
+
+def _study_name(path: Path, lines: dict, spec: StudyFile) -> str:
+    """``name:``, else the file name's stem; either must be a safe folder name."""
+    name = spec.name or path.stem
+    given = "name" if spec.name else "the file name (no name: key)"
+    if not re.match(STUDY_NAME_PATTERN, name) or name in (".", "..") or len(name) > MAX_NAME_LENGTH:
+        raise StudyFileError(
+            path, line_of(lines, ("name",)) if spec.name else None, "name" if spec.name else None,
+            f"study name {name[:MAX_NAME_LENGTH]!r} from {given} is not a valid name: it becomes a folder, an "
+            f"MLflow experiment and an Optuna study, so use letters, digits, '_', '.', '-' (starting with a "
+            f"letter or digit, at most {MAX_NAME_LENGTH} characters); set name: in the file",
+        )
+    return name
+
+
 def _cell_values(spec: StudyFile) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(axis values, overrides) for every grid combination x seed."""
     axes = {k: (v.values() if isinstance(v, Powerset) else v) for k, v in spec.grid.items()}
@@ -153,7 +199,8 @@ def _cell_values(spec: StudyFile) -> list[tuple[dict[str, Any], dict[str, Any]]]
     return out
 
 
-def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None, resolve: bool = True) -> Study:
+def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None, resolve: bool = True,
+               max_cells: int = MAX_CELLS) -> Study:
     """Reads, validates and expands a study file.
 
     Args:
@@ -162,6 +209,8 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
             FitConfig keys (applied to ``defaults``; dotted keys like ``data_params.count``).
         resolve: Resolve distillation teachers named by cell (``studies.distill``); without it,
             students keep a placeholder teacher (used to read another study's teacher cells).
+        max_cells: Refuse a grid that expands to more cells (``MAX_CELLS``; ``--max-cells``),
+            counted from the axis sizes before any cell is built.
 
     Raises:
         StudyFileError: Anything invalid; the message names file, line and key.
@@ -238,7 +287,9 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
                                      f"{objective.metric} comes from the evaluate entry {test_set.name!r}, which "
                                      f"would be skipped: {test_set.skip_reason}")
 
-    study_name = spec.name or path.stem
+    study_name = _study_name(path, lines, spec)
+    if not spec.search:
+        _check_cell_count(path, lines, spec, max_cells)
     base = dict(spec.defaults)
     for key in ("dataset", "data_root", "data_params"):
         if getattr(spec, key) is not None:
@@ -265,7 +316,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
     storage = spec.storage or default_storage(spec.tracking_uri)
     if resolve:
         resolve_teachers(path, lines, spec, pending, study_name, runs_dir, storage,
-                         lambda other: load_study(other, overrides, resolve=False))
+                         lambda other: load_study(other, overrides, resolve=False, max_cells=max_cells))
     first = pending[0].config
     if spec.search:
         _check_search_space(path, lines, spec, first)

@@ -18,7 +18,7 @@ from bnn.cost import cost_table
 from bnn.data import UnreadableImage, build_transform, create_dataset, load_rgb
 from bnn.data.layout import IMAGE_EXTENSIONS, list_images
 from bnn.device import resolve_device
-from bnn.errors import EXIT_INTERRUPTED, exit_status_help, run_cli
+from bnn.errors import EXIT_INTERRUPTED, exit_status_help, quiet_storage_faults, run_cli
 from bnn.evaluation import evaluate
 from bnn.export import OpenVINODetector, export
 from bnn.feature_sets import all_feature_sets
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.set_defaults(func=_export)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_storage_faults()
     extra = {}
     if args.command == "train":  # fit stopped at a safe point
         extra = {FitInterrupted: lambda err: (str(err), EXIT_INTERRUPTED)}

@@ -16,6 +16,7 @@ and distillation (teachers) all load through it.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from bnn.config import FitConfig
 from bnn.detector import Detector, create_detector
 from bnn.device import resolve_device
+from bnn.errors import STORAGE_ERRNOS, StorageError
 from bnn.safe_load import UnreadableCheckpointError, load_torch_file
 
 __all__ = [
@@ -43,10 +45,32 @@ VAL_THRESHOLD_KEY = "val_eer_threshold"
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then an atomic rename onto it."""
+    """``torch.save`` to a temporary file beside ``path``, then an atomic rename onto it.
+
+    The payload is serialised in memory first and written with plain file I/O, so a full disk is
+    an ``OSError`` with its errno (torch's zip writer reports it as "unexpected pos"), and the
+    temporary file is removed whatever fails.
+
+    Raises:
+        StorageError: The write failed (disk full, quota, read-only, I/O error): the message
+            names ``path`` and the cause; ``path`` keeps its previous content.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: two writers never share it
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        cause = STORAGE_ERRNOS.get(err.errno, err.strerror or str(err))
+        raise StorageError(err.errno, f"cannot write '{path}': {cause}") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -5,7 +5,8 @@ Exit codes, the same in every command line:
 
 - 0 ``EXIT_OK``: success.
 - 1 ``EXIT_PARTIAL``: it ran, but part of it failed: some study cells failed, some input images were
-  skipped, a report notebook cell failed.
+  skipped, a report notebook cell failed, a write failed because the storage did (disk full:
+  ``storage_fault``; re-running the same command resumes).
 - 2 ``EXIT_INVALID``: invalid input (arguments, a study or run file, a key, a value, a missing or
   unreadable file, a dataset that is not where it was said to be); nothing was created.
 - 130 ``EXIT_INTERRUPTED``: interrupted (Ctrl-C), 128 + SIGINT as shells report it.
@@ -19,6 +20,9 @@ not a user error, and keeps its Python traceback.
 
 from __future__ import annotations
 
+import errno
+import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -114,6 +118,67 @@ def os_message(err: OSError) -> str:
 PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
+# errno values that mean the storage, not the program, failed a write.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "file too large for this file system or limit", errno.EROFS: "read-only file system",
+                  errno.EIO: "input/output error"}
+_SQLITE_FAULTS = ("database or disk is full", "disk i/o error", "attempt to write a readonly database")
+RESUME_HINT = "free space (or fix the storage), then re-run the same command: it resumes"
+
+
+class StorageError(OSError):
+    """A write failed because of the storage (disk full, quota, read-only, I/O error); the message
+    names the path and the cause. A subclass of ``OSError`` with its ``errno``."""
+
+
+def storage_fault(err: BaseException) -> str | None:
+    """``path: cause`` when ``err`` or an exception it was raised from is a storage fault: an
+    ``OSError`` with a ``STORAGE_ERRNOS`` errno, SQLite's "database or disk is full" (through
+    SQLAlchemy, MLflow or Optuna) or PostgreSQL's ``disk_full`` (SQLSTATE 53100); else ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageError):
+            return current.strerror
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            where = f"cannot write '{current.filename}'" if current.filename else "a write failed"
+            return f"{where}: {STORAGE_ERRNOS[current.errno]}"
+        if isinstance(current, sqlite3.OperationalError) and str(current).lower().startswith(_SQLITE_FAULTS):
+            return f"the SQLite store cannot be written: {current}"
+        if getattr(current, "pgcode", None) == "53100":
+            return f"the PostgreSQL server cannot write: {str(current).splitlines()[0]}"
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return None
+
+
+class StorageFaultLogFilter(logging.Filter):
+    """Logs a storage fault as one line: a record whose exception is a ``storage_fault`` (MLflow's
+    and SQLAlchemy's loggers log a full SQLite store with two tracebacks and the SQL) keeps its
+    first line and the fault, without the traceback. Install it on the handlers of a command line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        fault = storage_fault(error) if error is not None else None
+        if fault is not None:
+            first = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
+            record.msg, record.args, record.exc_info, record.exc_text = f"{first} ({fault})", None, None, None
+        return True
+
+
+# Loggers of the libraries under the stores that log a failed write with its traceback themselves
+# (MLflow's own handler does not pass through the root logger's).
+_STORE_LOGGERS = ("mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store", "optuna.storages._rdb.storage")
+
+
+def quiet_storage_faults() -> None:
+    """Adds ``StorageFaultLogFilter`` to every handler of the root logger and to the store loggers."""
+    targets = [*logging.getLogger().handlers, *(logging.getLogger(name) for name in _STORE_LOGGERS)]
+    for target in targets:
+        if not any(isinstance(f, StorageFaultLogFilter) for f in target.filters):
+            target.addFilter(StorageFaultLogFilter())
+
+
 def user_error(err: BaseException, extra: ExtraErrors | None = None) -> tuple[str, int] | None:
     """The message and exit code of a user error, or ``None`` for a bug (keep the traceback).
 
@@ -128,6 +193,9 @@ def user_error(err: BaseException, extra: ExtraErrors | None = None) -> tuple[st
                 return mapped
     if isinstance(err, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
+    fault = storage_fault(err)
+    if fault is not None:  # not the user's input, and not a bug: the machine's storage
+        return f"{fault}; {RESUME_HINT}", EXIT_PARTIAL
     if isinstance(err, ValidationError):
         return validation_message(err), EXIT_INVALID
     if isinstance(err, yaml.YAMLError):

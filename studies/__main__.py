@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from bnn.data import DatasetLayoutError
-    from bnn.errors import EXIT_INVALID, exit_status_help, run_cli
+    from bnn.errors import EXIT_INVALID, exit_status_help, quiet_storage_faults, run_cli
     from studies.spec import MAX_CELLS
 
     status = exit_status_help("some cells failed (run)")
@@ -302,6 +302,7 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    quiet_storage_faults()
     for noisy in ("alembic", "mlflow", "optuna", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # StudyFileError (a ValueError) and every other user error: bnn.errors' one mapping.

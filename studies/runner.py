@@ -43,6 +43,7 @@ from optuna.trial import TrialState
 
 from bnn.backbones import weights_path
 from bnn.data import DatasetLayoutError
+from bnn.errors import storage_fault
 from bnn.signals import FitInterrupted, StopRequest
 from bnn.splits import load_splits
 from bnn.train import EpochStats, fit
@@ -321,11 +322,13 @@ class Runner:
                 log.warning("cell %s: %s: %s after the cell was taken over", cell_id, type(err).__name__, err)
                 self._leave_taken_over(cell, run_id, summary)
                 return
-            log.exception("cell %s failed", cell_id)
-            message = f"{type(err).__name__}: {err}"
-            trial.set_user_attr("failure", message)
-            self.tracker.end(run_id, "FAILED", message)
-            self.optuna_study.tell(trial, state=TrialState.FAIL)
+            fault = storage_fault(err)
+            if fault is None:
+                log.exception("cell %s failed", cell_id)
+            else:  # the machine's storage, not this code: one line, no traceback
+                log.error("cell %s failed: %s", cell_id, fault)
+            message = fault or f"{type(err).__name__}: {err}"
+            self._record_failure(trial, run_id, message)
             summary.failed[self._label(trial, cell_id)] = message
             self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": message})
             return
@@ -352,6 +355,24 @@ class Runner:
         seconds = time.perf_counter() - started
         self.on_event("cell_end", {"cell": cell, "status": status, "result": result, "seconds": seconds,
                                    "fit_seconds": fit_seconds, "runner_seconds": seconds - fit_seconds})
+
+    def _record_failure(self, trial: optuna.Trial, run_id: str, message: str) -> None:
+        """Marks the cell's MLflow run and Optuna trial FAILED, each store on its own: when one cannot
+        be written (its disk is full) the other is still marked, and the storage fault is raised
+        after both were tried (the stale-trial recovery of the next invocation finishes the job)."""
+        faults = []
+        for write in (lambda: trial.set_user_attr("failure", message),
+                      lambda: self.tracker.end(run_id, "FAILED", message),
+                      lambda: self.optuna_study.tell(trial, state=TrialState.FAIL)):
+            try:
+                write()
+            except Exception as err:
+                fault = storage_fault(err)
+                if fault is None:
+                    raise
+                faults.append(err)
+        if faults:
+            raise faults[0]
 
     def _label(self, trial: optuna.Trial, cell_id: str) -> str:
         """How the summary names an attempt: the cell id, with the trial number in a search (two

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from bnn.data import check_readable
 from bnn.detector import Detector
 from bnn.device import amp_context
 from bnn.metrics import Metrics, compute_metrics
@@ -65,6 +66,8 @@ def evaluate(
 
     Raises:
         FitInterrupted: ``should_stop()`` became true (checked before every batch).
+        UnreadableSplitError: More unreadable images than ``MAX_UNREADABLE_FRACTION``, or no
+            readable image of a class (``bnn.data.check_readable``).
     """
     model.eval()
     losses, labels_all, probs_all, paths_all = [], [], [], []
@@ -87,6 +90,7 @@ def evaluate(
         paths_all.extend(paths)
         seen += len(labels)
     elapsed = time.perf_counter() - start
+    check_readable(loader.dataset, int(sum(t.sum().item() for t in labels_all)), seen, skipped)
     if seen == 0:
         return Evaluation(float("nan"), compute_metrics([], []), [], skipped, 0.0)
     y = torch.cat(labels_all).numpy()

@@ -25,7 +25,7 @@ from bnn.backbones.binary import set_weight_temperature
 from bnn.checkpoint import CHECKPOINT_VERSION, VAL_THRESHOLD_KEY, read_checkpoint, save_atomic
 from bnn.config import FitConfig
 from bnn.cost import Cost, count
-from bnn.data import ImageDataset
+from bnn.data import ImageDataset, check_readable
 from bnn.data.audit import AUDIT_METRICS, AuditReport
 from bnn.detector import Detector, create_detector
 from bnn.device import amp_context, resolve_device, seed_everything
@@ -208,6 +208,10 @@ class _Trainer:
         """One pass over the training loader; returns (summed loss, images used, images skipped).
 
         Raises:
+            UnreadableSplitError: More unreadable images than ``MAX_UNREADABLE_FRACTION``, or no
+                readable image of a class (``bnn.data.check_readable``).
+
+        Raises:
             FitInterrupted: ``should_stop()`` became true (checked before every batch).
         """
         config, model, optimizer, scaler = self.config, self.model, self.optimizer, self.scaler
@@ -215,7 +219,7 @@ class _Trainer:
         weight = torch.tensor(self.pos_weight, device=self.device)
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, seen, skipped = 0.0, 0, 0
+        loss_sum, seen, skipped, read_fake, read_total = 0.0, 0, 0, 0, 0
         n_batches = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
         progress_log = ProgressLog(f"epoch {epoch}", min(len(loader.dataset), n_batches * config.batch_size),
                                    config.log_every_seconds)
@@ -228,6 +232,8 @@ class _Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(config, epoch + i / n_batches)
             skipped += n_skipped
+            read_total += len(labels)
+            read_fake += int(labels.sum().item()) if len(labels) else 0
             if len(labels) < 2:  # train-mode BatchNorm (the head's, a 1x1 stage's) cannot use 1 image
                 if len(labels) == 1:
                     log.info("epoch %d: a training batch of one image left out (BatchNorm needs two)", epoch)
@@ -250,6 +256,7 @@ class _Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+        check_readable(loader.dataset, read_fake, read_total, skipped)
         return loss_sum, seen, skipped
 
     def save(self, epoch: int, last_path: Path) -> None:

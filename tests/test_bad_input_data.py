@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 import pickle
 import struct
 import zlib
@@ -319,3 +320,98 @@ def test_is_image_and_listing_agree_with_detect(tmp_path: Path):
     write_ok(tmp_path / "@eaDir" / "a.PNG" / "SYNOFILE_THUMB_M.jpg")
     assert [p.name for p in list_images(tmp_path, recursive=True)] == ["a.PNG"]
     assert not is_image("._a.png") and not is_image(".DS_Store") and is_image("x.JPEG")
+
+
+# ---------------------------------------------------------------- skips with a bound (case C23 kind)
+
+
+def _tree(root: Path, real: int, fake: int, broken_real: int = 0, broken_fake: int = 0, splits=("train", "val", "test")):
+    for split in splits:
+        rng = np.random.default_rng(zlib.crc32(split.encode()))  # no image repeats across splits
+        for cls, n, broken in (("REAL", real, broken_real), ("FAKE", fake, broken_fake)):
+            for i in range(n):
+                path = root / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((rng.random((36, 40, 3)) * 255).astype("uint8")).save(path)
+            for i in range(broken):
+                path = root / split / cls / f"broken{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def _fit_config(tmp_path: Path, root: Path):
+    from bnn.config import FitConfig
+
+    return FitConfig(backbone="bnext_micro", features="rgb", dataset="folder", data_root=str(root), resolution=32,
+                     epochs=1, batch_size=8, output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("real, fake, broken_real, broken_fake, expected", [
+    (0, 0, 6, 6, "12 of 12 images could not be read (100%, no real or fake image at all"),
+    (10, 10, 2, 2, "4 of 24 images could not be read (17%"),
+    (20, 0, 0, 3, "3 of 23 images could not be read (13%, no fake image at all"),
+    (40, 0, 0, 2, "2 of 42 images could not be read (5%, no fake image at all"),
+])
+def test_a_split_with_too_many_unreadable_images_fails_with_counts_and_examples(
+        tmp_path, real, fake, broken_real, broken_fake, expected):
+    from bnn.data import MAX_UNREADABLE_FRACTION, UnreadableSplitError
+    from bnn.train import fit
+
+    root = _tree(tmp_path / "tree", real, fake, broken_real, broken_fake, splits=("train",))
+    _tree(root, 4, 4, splits=("val", "test"))
+    with pytest.raises(UnreadableSplitError) as info:
+        fit(_fit_config(tmp_path, root))
+    message = str(info.value)
+    assert message.startswith("train split of folder: ") and expected in message
+    assert f"at most {MAX_UNREADABLE_FRACTION:.0%} may be skipped" in message
+    assert "broken0.jpg: " in message and "\n" not in message
+
+
+def test_a_few_unreadable_images_are_still_skipped_and_counted(tmp_path):
+    from bnn.train import fit
+
+    root = _tree(tmp_path / "tree", 12, 12, broken_fake=1, splits=("train",))
+    _tree(root, 4, 4, splits=("val", "test"))
+    assert fit(_fit_config(tmp_path, root)).skipped_images == 1
+
+
+def test_a_study_whose_training_images_are_all_unreadable_fails_its_cell(tmp_path, monkeypatch, capsys):
+    from studies.__main__ import main as studies_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BNN_LATENCY", "off")
+    root = _tree(tmp_path / "tree", 0, 0, 5, 5, splits=("train",))
+    _tree(root, 4, 4, splits=("val", "test"))
+    (tmp_path / "s.yaml").write_text(f"name: unreadable\ndataset: folder\ndata_root: {root}\n"
+                                     "defaults: {backbone: bnext_micro, resolution: 32, epochs: 1, batch_size: 8}\n")
+    assert studies_main(["run", "s.yaml", "--quiet"]) == 1
+    out = capsys.readouterr()
+    assert "10 of 10 images could not be read" in " ".join((out.out + out.err).split())
+    import mlflow
+
+    runs = mlflow.MlflowClient("sqlite:///mlflow.db").search_runs(
+        [mlflow.MlflowClient("sqlite:///mlflow.db").get_experiment_by_name("unreadable").experiment_id])
+    assert [r.info.status for r in runs if r.data.tags.get("cell_id")] == ["FAILED"]
+
+
+def test_a_non_utf8_file_name_is_read_hashed_by_its_bytes_and_warned_about_once(tmp_path, caplog):
+    """Case C16: one Latin-1 name (from an old zip or Windows share) in a folder data set."""
+    import hashlib
+
+    from bnn.data.layout import hash_unit
+    from bnn.train import fit
+
+    root = _tree(tmp_path / "tree", 10, 10, splits=("train", "val", "test"))
+    odd = os.fsencode(root / "train" / "REAL") + b"/caf\xe9.png"
+    os.rename(os.fsencode(root / "train" / "REAL" / "0.png"), odd)
+    name = os.fsdecode(odd)
+    assert hash_unit("caf\udce9.png", 3) == int.from_bytes(hashlib.sha256(b"3:caf\xe9.png").digest()[:8], "big") / 2**64
+    with caplog.at_level(logging.WARNING, logger="bnn.data.layout"):
+        ds = create_dataset("folder", "train", root=root / "train", resolution=16, train_fraction=1.0, val_fraction=0.0)
+    assert name in [p for p, _ in ds.items] and ds[[p for p, _ in ds.items].index(name)] is not None
+    assert len(ds.digest()) == 16
+    warned = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert len(warned) == 1 and str(root / "train" / "REAL") in warned[0] and "caf\\xe9.png" in warned[0]
+    result = fit(_fit_config(tmp_path, root))
+    assert result.skipped_images == 0

@@ -120,7 +120,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
         for cls, colour in (("REAL", (30, 160, 40)), ("FAKE", (200, 40, 90))):
             folder = root / split / cls
             folder.mkdir(parents=True)
-            for i in range(4):
+            for i in range(6):
                 Image.new("RGB", (40, 36), tuple(c + 5 * i for c in colour)).save(folder / f"{i}.png")
     (root / "train" / "FAKE" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     # The splits hold the same 4 colours each: identical files, which dedupe would drop from train and val.

@@ -18,7 +18,13 @@ from typing import Any
 
 from bnn.data import cifake, cocofake, dffd, folder, synthetic  # noqa: F401  (fills the registry)
 from bnn.data._registry import DATASETS, DatasetSpec, Listing
-from bnn.data.dataset import ImageDataset, collate_skip
+from bnn.data.dataset import (
+    MAX_UNREADABLE_FRACTION,
+    ImageDataset,
+    UnreadableSplitError,
+    check_readable,
+    collate_skip,
+)
 from bnn.data.layout import SPLITS, DatasetLayoutError, check_split
 from bnn.data.synthetic import generate_synthetic
 from bnn.data.transforms import UNREADABLE_ERRORS, UnreadableImage, build_transform, load_rgb
@@ -128,6 +134,7 @@ def _reader_params(spec: DatasetSpec) -> list[str]:
 
 __all__ = [
     "DATASETS",
+    "MAX_UNREADABLE_FRACTION",
     "SPLITS",
     "UNREADABLE_ERRORS",
     "DatasetLayoutError",
@@ -136,7 +143,9 @@ __all__ = [
     "ImageDataset",
     "Listing",
     "UnreadableImage",
+    "UnreadableSplitError",
     "build_transform",
+    "check_readable",
     "collate_skip",
     "create_dataset",
     "dataset_params",

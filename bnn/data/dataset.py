@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bnn.data.layout import display_path, path_bytes
 from bnn.data.transforms import UnreadableImage, load_rgb
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class ImageDataset(Dataset):
     def digest(self) -> str:
         """Short sha256 (16 hex digits) over the sorted relative paths and labels."""
         lines = sorted(f"{self._relative(path)}\t{label}" for path, label in self.items)
-        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+        return hashlib.sha256(path_bytes("\n".join(lines))).hexdigest()[:16]
 
     def _relative(self, path: str) -> str:
         """``"<root index>/<path relative to that root>"``, or the path itself outside all roots."""
@@ -182,6 +183,58 @@ class Perturbed:
 
     def __call__(self, image: Image.Image) -> Tensor:
         return self.transform(self.perturbation(image))
+
+
+# The most of a split's images that may be unreadable before a run stops: a few bad files in a
+# scraped data set are normal, a tenth means the folder or the decoder is wrong.
+MAX_UNREADABLE_FRACTION = 0.10
+
+
+class UnreadableSplitError(ValueError):
+    """Too many of a split's images (or every image of one class) could not be read."""
+
+
+def check_readable(dataset: ImageDataset, read_fake: int, read_total: int, skipped: int) -> None:
+    """Fails a pass over ``dataset`` whose unreadable images exceed ``MAX_UNREADABLE_FRACTION``, or
+    that read no image of a class the split has.
+
+    Args:
+        dataset: The split that was read.
+        read_fake, read_total: Images decoded in the pass (fake ones, all).
+        skipped: Images skipped in the pass as unreadable.
+
+    Raises:
+        UnreadableSplitError: One line with the split, the counts and up to three example files
+            with their reasons.
+    """
+    if skipped == 0:
+        return
+    attempted = read_total + skipped
+    fraction = skipped / attempted
+    present = dataset.class_counts()
+    read = {"real": read_total - read_fake, "fake": read_fake}
+    lost = [name for name in ("real", "fake") if present[name] and not read[name]]
+    if fraction <= MAX_UNREADABLE_FRACTION and not lost:
+        return
+    examples = "; ".join(f"{display_path(path)}: {reason}" for path, reason in unreadable_examples(dataset, 3))
+    lost_note = f", no {' or '.join(lost)} image at all" if lost else ""
+    raise UnreadableSplitError(
+        f"{dataset.split} split of {dataset.name}: {skipped} of {attempted} images could not be read "
+        f"({fraction:.0%}{lost_note}; at most {MAX_UNREADABLE_FRACTION:.0%} may be skipped); e.g. {examples or '-'}"
+    )
+
+
+def unreadable_examples(dataset: ImageDataset, limit: int, tries: int = 1000) -> list[tuple[str, str]]:
+    """Up to ``limit`` (path, reason) of unreadable items, trying at most ``tries`` items."""
+    out = []
+    for path, _ in dataset.items[:tries]:
+        try:
+            load_rgb(path)
+        except UnreadableImage as error:
+            out.append((path, error.reason))
+            if len(out) == limit:
+                break
+    return out
 
 
 def collate_skip(

@@ -23,6 +23,7 @@ CACHE_ENV = "BNN_CACHE_DIR"  # where generated data and audit results are cached
 DEFAULT_CACHE_DIR = "~/.cache/bnn"
 JUNK_FOLDERS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
 REAL, FAKE = 0, 1
+log = logging.getLogger(__name__)
 _WARNED: set[str] = set()
 _WARNED_CAP = 1000
 
@@ -113,8 +114,33 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     for current, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not is_hidden(d)] if recursive else []
         base = Path(current)
-        paths.extend(base / f for f in files if is_image(f) and (base / f).is_file())
+        found = [base / f for f in files if is_image(f) and (base / f).is_file()]
+        odd = [p.name for p in found if not is_utf8(p.name)]
+        if odd:
+            warn_once(log, f"{len(odd)} image file name(s) in '{display_path(base)}' are not valid UTF-8 (e.g. "
+                           f"'{display_path(odd[0])}'); they are read, and hashed by their bytes")
+        paths.extend(found)
     return sorted(paths)
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name decoded by the OS (``surrogateescape``) was valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def path_bytes(name: str | os.PathLike) -> bytes:
+    """A path's bytes as the file system holds them: UTF-8, and the original bytes of a name that
+    was not UTF-8 (Python gives those as lone surrogates), so every name can be hashed."""
+    return os.fspath(name).encode("utf-8", "surrogateescape")
+
+
+def display_path(name: str | os.PathLike) -> str:
+    """A path printable on any stream: bytes that are not UTF-8 shown as ``\\xe9``."""
+    return path_bytes(name).decode("utf-8", "backslashreplace")
 
 
 def child_folders(folder: Path) -> list[Path]:
@@ -144,7 +170,7 @@ def warn_once(logger: logging.Logger, message: str) -> None:
 
 def hash_unit(key: str, seed: int) -> float:
     """A number in [0, 1) fixed by ``key`` and ``seed`` (same on every machine and run)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:".encode() + path_bytes(key)).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

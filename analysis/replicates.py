@@ -130,7 +130,7 @@ def group_replicates(
     metrics = [m for m in metrics if not _shadowed_interval(m, metrics)]
     descriptive = [
         c
-        for c in ("model", "family", "binary", "data", "synthetic", "study")
+        for c in ("model", "family", "binary", "data", "synthetic", "study", "stale")
         if c in frame.columns and c not in keys
     ]
 

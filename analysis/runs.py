@@ -87,6 +87,7 @@ def load_runs(
     study: str,
     tracking_uri: str | None = None,
     include_unfinished: bool = False,
+    include_stale: bool = False,
 ) -> pd.DataFrame:
     """One tidy row per cell run of a study.
 
@@ -95,16 +96,20 @@ def load_runs(
             ``studies.record.TAG_STUDY`` = this name.
         tracking_uri: Any MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
         include_unfinished: Also return FAILED / KILLED / RUNNING runs (their metrics may be NaN).
+        include_stale: Also return runs the last ``studies run`` tagged stale (``TAG_STALE``: not
+            cells of the study file since it was edited); their ``stale`` column says how they differ.
 
     Returns:
         Columns: the run columns (``run_id``, ``cell_id``, ``seed`` among the params, ``model``,
         ``family``, ``binary`` and ``synthetic`` as bools, ``data``, ``data_digest``,
         ``not_comparable`` and ``failure`` (the reasons, else missing), ``attempts`` (int),
-        ``git_commit``, ``status``, times), every param typed back (``freeze_backbone`` bool, ``seed`` int, numbers numeric,
+        ``git_commit``, ``stale`` (how a run of an earlier version of the study file differs, else
+        missing), ``status``, times), every param typed back (``freeze_backbone`` bool, ``seed`` int, numbers numeric,
         ``"None"`` as missing), and every final metric (``val_*``, ``test_*``, cost). ``attrs``:
         ``study``, ``tracking_uri`` (redacted), ``experiment_id``, ``parent_run_id``,
         ``parent_git_commit``, ``params``, ``metrics``, ``unfinished`` ({status: count} of the
-        runs not FINISHED, whether or not included), ``loaded_at``.
+        runs not FINISHED, whether or not included), ``stale`` ({how they differ: count} of the stale
+        runs, whether or not included), ``stale_included``, ``loaded_at``.
 
     Raises:
         StudyNotFoundError: No such study; the message lists the experiments at the URI.
@@ -117,6 +122,9 @@ def load_runs(
     unfinished = Counter(r.info.status for r in cells if r.info.status != "FINISHED")
     if not include_unfinished:
         cells = [r for r in cells if r.info.status == "FINISHED"]
+    stale = Counter(r.data.tags[record.TAG_STALE] for r in cells if record.TAG_STALE in r.data.tags)
+    if not include_stale:
+        cells = [r for r in cells if record.TAG_STALE not in r.data.tags]
 
     metas, params, metrics = [], [], []
     for run in cells:
@@ -158,6 +166,8 @@ def load_runs(
         params=param_names,
         metrics=metric_names,
         unfinished=dict(sorted(unfinished.items())),
+        stale=dict(sorted(stale.items())),
+        stale_included=include_stale,
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return frame

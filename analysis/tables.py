@@ -21,7 +21,7 @@ from analysis import data_audit, latency
 from analysis.labels import SELECTED_ON_TEST, backbone_state, dataset_name, is_selected_on_test
 from analysis.literature import SHORT_CITATION, load_literature
 from analysis.provenance import Provenance
-from analysis.replicates import as_grouped, is_grouped, require_metrics
+from analysis.replicates import as_grouped, is_grouped, param_columns, require_metrics
 from analysis.stats import DEFAULT_LEVEL
 from analysis.table_format import DASH, Column, Table
 from bnn.feature_sets import display_label, feature_set_sort_key
@@ -40,6 +40,29 @@ def _percent(grouped: pd.DataFrame, metric: str, name: str) -> pd.DataFrame:
         source = f"{metric}{suffix}"
         out[f"{name}{suffix}"] = grouped[source] * 100.0 if source in grouped else np.nan
     return out
+
+
+LABEL_COLUMNS = ("method", "model", "backbone", "features")
+
+
+def _distinct_methods(ours: pd.DataFrame, grouped: pd.DataFrame) -> pd.Series:
+    """The Method column with every row's label (Method, Model, Backbone, Features) made unique:
+    rows that would look the same name the params that differ between them (``epochs=4``), a
+    stale row (``analysis.runs.load_runs(include_stale=True)``) says so."""
+    method = ours["method"].copy()
+    if "stale" in grouped:
+        method = [f"{m} (stale: {s})" if isinstance(s, str) and s else m
+                  for m, s in zip(method, grouped["stale"], strict=True)]
+        method = pd.Series(method, index=ours.index)
+    labels = ours.assign(method=method)[list(LABEL_COLUMNS)].astype(str).agg(" | ".join, axis=1)
+    params = [c for c in param_columns(grouped) if c in grouped]
+    for label in labels[labels.duplicated(keep=False)].unique():
+        rows = labels.index[labels == label]
+        differing = [c for c in params if grouped.loc[rows, c].astype(str).nunique() > 1]
+        for i, row in enumerate(rows):
+            extra = ", ".join(f"{c}={grouped.at[row, c]}" for c in differing) or f"configuration {i + 1}"
+            method[row] = f"{method[row]} ({extra})"
+    return method
 
 
 def results_table(
@@ -101,6 +124,7 @@ def results_table(
         },
         index=grouped.index,
     )
+    ours["method"] = _distinct_methods(ours, grouped)
     ours = pd.concat(
         [ours, _percent(grouped, accuracy, "accuracy"), _percent(grouped, auc, "auc")], axis=1
     )

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="two metric columns to draw against each other with their Pareto front "
         "(objective_front.*; default: the study's first two objectives, if it has two)",
     )
+    render.add_argument("--include-stale", action="store_true",
+                        help="also show runs of an earlier version of the study file (labelled stale)")
     render.add_argument("--notebook", metavar="PATH", help="another parameterised notebook to run")
     render.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     render.add_argument(
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters = dict(args.param)
         if args.front:
             parameters["front_metrics"] = args.front
+        if args.include_stale:
+            parameters["include_stale"] = True
         _check_parameters(notebook, parameters)
         result = render(
             args.study,

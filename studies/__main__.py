@@ -83,7 +83,14 @@ def cmd_plan(args) -> int:
         console.print(f"  search: {study.spec.search.trials} {kind} trials over {list(study.spec.search.space)}")
         return 0
     console.print(status_tables.cell_table(study, states, f"{len(study.cells)} cells", with_ops=True))
+    _print_stale(status_tables, study)
     return 0
+
+
+def _print_stale(status_tables, study) -> None:
+    note = status_tables.stale_note(study)
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
 
 
 def cmd_status(args) -> int:
@@ -100,6 +107,7 @@ def cmd_status(args) -> int:
     pareto = status_tables.pareto_table(study, optuna_study)
     if pareto is not None:
         console.print(pareto)
+    _print_stale(status_tables, study)
     console.print(f"MLflow: {study.tracking_uri} (experiment '{study.name}'); "
                   f"browse with: python -m studies ui {args.file}")
     return 0
@@ -222,6 +230,7 @@ def _run(args, stop) -> int:
     pareto = status_tables.pareto_table(study, optuna_study)
     if pareto is not None:
         console.print(pareto)
+    _print_stale(status_tables, study)
     what = "trials" if study.is_search else "cells"
     console.print(f"this run: {len(summary.completed)} {what} finished ({len(summary.not_comparable)} not "
                   f"comparable), {len(summary.failed)} failed, {summary.skipped_done} already done before")

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.claim import ClaimLost, claim_trial, grace_seconds, heartbeat_seconds
-from studies.db_setup import open_shared, sqlite_path
+from studies.db_setup import bridge_server_restarts, open_shared, sqlite_path
 from studies.distill import Teacher
 from studies.spec import Cell, Study
 from studies.yaml_lines import StudyFileError
@@ -45,14 +45,18 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage | 
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:  # a server: replace connections a restart cut (db_setup.bridge_server_restarts)
+        engine_kwargs = {"pool_pre_ping": True}
     interval = heartbeat_seconds()
 
     def heartbeat_storage() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():  # Optuna marks heartbeats experimental; the claim protocol needs them
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace_seconds(interval)
             )
+        bridge_server_restarts(storage.engine)
+        return storage
 
     return open_shared(
         url,

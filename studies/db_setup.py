@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_TIMEOUT_SECONDS = 600
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the MLflow store of a study that names none
+# How long a new connection to a database server is retried (a restart, a fail-over) before the
+# error reaches the command: a PostgreSQL restart takes seconds.
+RECONNECT_SECONDS = 60
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -163,3 +166,35 @@ def study_lock(storage_url: str, engine, name: str) -> Iterator[None]:
         finally:
             conn.execute(text("select pg_advisory_unlock(:key)"), {"key": key})
             conn.commit()
+
+
+def bridge_server_restarts(engine, seconds: float = RECONNECT_SECONDS) -> None:
+    """Makes a SQLAlchemy engine of a database server outlive a restart: connections are checked
+    before use (``pool_pre_ping`` at creation; a connection the restart cut is replaced) and a new
+    connection that is refused is retried with a growing pause for at most ``seconds`` in all,
+    one warning per outage. SQLite engines are left as they are.
+
+    Args:
+        engine: A ``sqlalchemy.Engine`` (Optuna's ``RDBStorage.engine``).
+        seconds: The bound on retrying one connection.
+    """
+    from sqlalchemy import event, exc
+
+    if engine.dialect.name == "sqlite":
+        return
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, record, cargs, cparams):
+        deadline, pause, warned = time.monotonic() + seconds, 0.5, False
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as err:
+                if time.monotonic() + pause > deadline:
+                    raise exc.OperationalError("connect", {}, err) from err
+                if not warned:
+                    log.warning("database server %s refused a connection (%s); retrying for up to %.0f s",
+                                engine.url.render_as_string(hide_password=True), str(err).splitlines()[0], seconds)
+                    warned = True
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)

@@ -84,6 +84,9 @@ ROLE_CELL = "cell"
 TAG_STUDY = "bnn.study"  # parent: the study it records (found by it when the experiment is renamed)
 TAG_CELL_ID = "cell_id"  # public interface: the cell's content id
 TAG_CELL_STUDY = "study"  # child: the study name
+# child: set by `studies run` on cell runs that are no longer cells of the study file (it was edited);
+# the value names the differing keys ("epochs=4"). Reports leave such runs out by default.
+TAG_STALE = "bnn.stale"
 TAG_MODEL = "bnn.model"  # backbone display name, e.g. BNext-T
 TAG_FAMILY = "bnn.family"
 TAG_BINARY = "bnn.binary"  # "true" | "false"
@@ -178,6 +181,7 @@ TAG_COLUMNS = {
     TAG_SYNTHETIC: "synthetic",
     TAG_DATA_DIGEST: "data_digest",
     TAG_NOT_COMPARABLE: "not_comparable",
+    TAG_STALE: "stale",
     TAG_AUDIT_WARNINGS: "audit_warnings",
     TAG_AUDIT_DUPLICATES: "audit_duplicates",
     TAG_FAILURE: "failure",
@@ -203,6 +207,7 @@ RUN_COLUMNS = (
     "synthetic",
     "data_digest",
     "not_comparable",
+    "stale",
     "audit_warnings",
     "audit_duplicates",
     "failure",
@@ -342,6 +347,20 @@ def _bounded_http(tracking_uri: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def read_cell_runs(tracking_uri: str, study: str) -> list:
+    """Every active cell run of a study (for ``studies status``/``plan``); empty when there is no
+    such store (a SQLite file that does not exist is not created) or experiment."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return []
+    from mlflow import MlflowClient
+
+    with _bounded_http(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = client.get_experiment_by_name(study)
+        return [] if experiment is None else search_all(client, experiment.experiment_id, ROLE_CELL)
 
 
 def read_cell_metrics(tracking_uri: str, study: str, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:

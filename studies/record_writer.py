@@ -74,6 +74,7 @@ from studies.record import (
     TAG_ROLE,
     TAG_SELECTION_SPLIT,
     TAG_SOURCE_NAME,
+    TAG_STALE,
     TAG_STUDY,
     TAG_SYNTHETIC,
     TAG_VERSION_PREFIX,
@@ -116,6 +117,39 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)
     return flat
+
+
+def stale_reasons(study: Study, runs) -> dict[str, str]:
+    """run id -> the keys that differ (``"epochs=4"``) for each cell run of the study's experiment
+    that is not a cell of its file now (the file was edited since the run). A search study's
+    trials are drawn, not listed, so none of them is stale."""
+    if study.is_search:
+        return {}
+    current = {cell.cell_id for cell in study.cells}
+    values: dict[str, set[str]] = {}
+    for cell in study.cells:
+        for key, value in flatten(cell.config.model_dump(mode="json", exclude={"output_dir"})).items():
+            values.setdefault(key, set()).add(value[:PARAM_MAX_LENGTH])
+    out = {}
+    for run in runs:
+        cell_id = run.data.tags.get(TAG_CELL_ID)
+        if cell_id is None or cell_id in current:
+            continue
+        differs = [f"{k}={v}" for k, v in sorted(run.data.params.items()) if k in values and v not in values[k]]
+        out[run.info.run_id] = ", ".join(differs[:4]) + (", ..." if len(differs) > 4 else "") or \
+            "a configuration this file no longer lists"
+    return out
+
+
+def stale_summary(study: Study, runs) -> str | None:
+    """One line for ``status``/``plan``/``run`` about the runs ``stale_reasons`` finds, or None."""
+    reasons = stale_reasons(study, runs)
+    if not reasons:
+        return None
+    differing = sorted(set(reasons.values()))
+    shown = "; ".join(differing[:3]) + (f"; and {len(differing) - 3} more" if len(differing) > 3 else "")
+    return (f"{len(reasons)} run(s) in experiment '{study.name}' are not cells of this file (stale: it was edited "
+            f"since they ran; theirs: {shown}); `reports render` leaves them out (--include-stale shows them)")
 
 
 def artifact_location(tracking_uri: str, study: str) -> str | None:
@@ -201,6 +235,20 @@ class Tracker:
         self.parent_id = self._parent_run()
         objectives = json.dumps([objective.model_dump() for objective in self.study.spec.objectives])
         self.client.set_tag(self.parent_id, TAG_OBJECTIVES, objectives)  # the study file may have changed
+        self.mark_stale()
+
+    def mark_stale(self) -> None:
+        """Tags the experiment's cell runs that are not cells of the study file now ``TAG_STALE`` (with
+        the differing keys), and untags those that are again (an edit undone), so every reader of
+        the record (reports, the MLflow UI) can tell which runs the current file describes."""
+        runs = search_all(self.client, self.experiment_id, ROLE_CELL)
+        reasons = stale_reasons(self.study, runs)
+        for run in runs:
+            reason, tagged = reasons.get(run.info.run_id), run.data.tags.get(TAG_STALE)
+            if reason is not None and tagged != reason:
+                self.client.set_tag(run.info.run_id, TAG_STALE, reason[:TAG_MAX_LENGTH])
+            elif reason is None and tagged is not None:
+                self.client.delete_tag(run.info.run_id, TAG_STALE)
 
     def _experiment_tags(self) -> dict[str, str]:
         objective = self.study.spec.objectives[0]

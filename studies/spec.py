@@ -39,7 +39,7 @@ from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 BUNDLED_DIR = Path(__file__).resolve().parent
 # The most cells a study may expand to unless --max-cells raises it. The paper's ablation is 64
 # cells and the largest bundled study 96; expanding a cell (a FitConfig and its content hash) takes
-# about a millisecond, so the limit keeps validate/plan within seconds and memory in megabytes.
+# about 0.1 ms and `plan` of 10,000 cells 26 s on 2 cores (docs/safety.md), memory in megabytes.
 MAX_CELLS = 10_000
 # A study file sets at least one of these (else it would train one default cell nobody asked for).
 REQUIRED_ANY = ("dataset", "defaults", "grid", "search")

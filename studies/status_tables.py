@@ -15,8 +15,9 @@ from bnn.latency import METRIC_LATENCY
 from studies import record
 from studies.cell_queue import cell_states, is_finished, load_optuna_study
 from studies.record import ATTR_CELL_ID
+from studies.record_writer import stale_summary
 
-__all__ = ["cell_table", "cell_cost", "pareto_table", "study_states"]
+__all__ = ["cell_table", "cell_cost", "pareto_table", "stale_note", "study_states"]
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -79,6 +80,11 @@ def cell_cost(config) -> Cost:
     """Cost per image of a cell's detector at its resolution (meta device: no weights)."""
     return detector_cost(config.backbone, config.features, config.freeze_backbone,
                          (config.resolution, config.resolution))
+
+
+def stale_note(study) -> str | None:
+    """The line about runs of an earlier version of the study file (``record_writer.stale_summary``)."""
+    return stale_summary(study, record.read_cell_runs(study.tracking_uri, study.name))
 
 
 def study_states(study):

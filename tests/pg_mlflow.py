@@ -111,6 +111,13 @@ class PgCluster:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut, the server is back with the same
+        options (as when an administrator restarts it, or it restarts after a crash)."""
+        pg_ctl = pg_bin("pg_ctl") or "pg_ctl"
+        _run([*_as_postgres_user(), pg_ctl, "restart", "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "120",
+              "-l", str(self.root / "server.log")], "pg_ctl restart")
+
     def create_database(self, name: str) -> str:
         """Creates ``name`` (trust auth as ``postgres``); returns its URL."""
         _run([pg_bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
@@ -199,12 +206,14 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_tracking_server(backend_uri: str, timeout: float = START_TIMEOUT_SECONDS) -> Iterator[str]:
+def mlflow_tracking_server(backend_uri: str, timeout: float = START_TIMEOUT_SECONDS, port: int | None = None,
+                           root: Path | None = None) -> Iterator[str]:
     """``mlflow server`` on ``backend_uri`` with proxied artifacts in a temporary folder; yields
     ``http://127.0.0.1:PORT`` once ``/health`` answers; stops its process group and removes the
-    folder at the end."""
-    root = Path(tempfile.mkdtemp(prefix="bnn-mlflow-"))
-    port = free_port()
+    folder at the end. With ``port`` and ``root`` (kept), a later server continues an earlier one."""
+    keep = root is not None
+    root = root if root is not None else Path(tempfile.mkdtemp(prefix="bnn-mlflow-"))
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
@@ -230,7 +239,8 @@ def mlflow_tracking_server(backend_uri: str, timeout: float = START_TIMEOUT_SECO
     finally:
         if process is not None:
             stop_process_group(process, timeout=5)
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", name="postgres")

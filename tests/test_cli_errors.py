@@ -312,7 +312,7 @@ def test_studies_unreadable_file_is_one_line_and_exit_2(tmp_path, content, messa
 
 @pytest.mark.parametrize("param, message", [
     ("qualty_metric=test_auc", "--param qualty_metric: unknown notebook parameter; valid: cost_metric, "
-                               "quality_metric, literature, front_metrics"),
+                               "quality_metric, literature, front_metrics, include_stale"),
     ("study=other", "--param study: set by render itself (STUDY, --tracking-uri, --out)"),
 ])
 def test_reports_unknown_param_is_one_line_and_exit_2(tmp_path, param, message, capsys):

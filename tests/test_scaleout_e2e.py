@@ -25,7 +25,13 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from pg_mlflow import mlflow_server_fixture, postgres_fixture, stop_process_group  # noqa: F401
+from pg_mlflow import (  # noqa: F401
+    free_port,
+    mlflow_server_fixture,
+    mlflow_tracking_server,
+    postgres_fixture,
+    stop_process_group,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -59,10 +65,10 @@ def _start_worker(path: Path, log: Path) -> subprocess.Popen:
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _trials(storage_url: str) -> list[optuna.trial.FrozenTrial]:
+def _trials(storage_url: str, study: str = "scaleout_e2e") -> list[optuna.trial.FrozenTrial]:
     storage = optuna.storages.RDBStorage(storage_url)
     try:
-        return optuna.load_study(study_name="scaleout_e2e", storage=storage).get_trials()
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
     except KeyError:  # not created yet
         return []
     finally:
@@ -70,14 +76,14 @@ def _trials(storage_url: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _wait_mid_cell(worker: subprocess.Popen, log: Path, storage_url: str, client: MlflowClient,
-                   timeout: float = 240) -> optuna.trial.FrozenTrial:
+                   timeout: float = 240, study: str = "scaleout_e2e") -> optuna.trial.FrozenTrial:
     """The RUNNING trial of ``worker``'s current cell, once its run holds one finished epoch."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert worker.poll() is None, log.read_text()
         started = START.findall(log.read_text(errors="replace"))
         if started:
-            running = [t for t in _trials(storage_url) if t.state == TrialState.RUNNING
+            running = [t for t in _trials(storage_url, study) if t.state == TrialState.RUNNING
                        and t.user_attrs.get("cell_id") == started[-1] and "mlflow_run_id" in t.user_attrs]
             if running and client.get_metric_history(running[0].user_attrs["mlflow_run_id"], "epoch_val_accuracy"):
                 return running[0]
@@ -136,3 +142,68 @@ def test_three_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(tmp_
     assert retried.info.run_id == killed.user_attrs["mlflow_run_id"]  # the retry reused the cell's run
     assert retried.data.tags["bnn.attempts"] == "2"
     print(f"\nscale-out e2e: {CELLS} cells, 3 workers (one SIGKILLed and restarted) in {wall:.0f} s")
+
+
+def test_a_postgresql_restart_mid_cell_is_bridged_and_each_cell_finishes_once(tmp_path, postgres, mlflow_server):
+    """Optuna on PostgreSQL, MLflow's server on PostgreSQL: the server restarts while a cell trains;
+    the worker reconnects (SQLAlchemy's pool pre-ping, MLflow's HTTP retries) and every cell ends
+    FINISHED once, with each epoch logged once."""
+    storage_url = postgres.url("optuna")
+    path = tmp_path / "study.yaml"
+    study = STUDY.replace("name: scaleout_e2e", "name: pg_restart").replace(
+        "features: [rgb, rgb+fft, rgb+lbp, rgb+sobel]", "features: [rgb, rgb+fft]").replace("seeds: [0, 1, 2]", "seeds: [0]")
+    path.write_text(study.format(tracking=mlflow_server, storage=storage_url, root=tmp_path))
+    client = MlflowClient(mlflow_server)
+    log = tmp_path / "worker.log"
+    worker = _start_worker(path, log)
+    try:
+        trial = _wait_mid_cell(worker, log, storage_url, client, study="pg_restart")
+        postgres.restart()
+        assert worker.wait(timeout=600) == 0, log.read_text()
+    finally:
+        stop_process_group(worker, timeout=10)
+    trials = _trials(storage_url, "pg_restart")
+    complete = [t.user_attrs["cell_id"] for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(set(complete)) == 2 and trial.user_attrs["cell_id"] in complete
+    experiment = client.get_experiment_by_name("pg_restart")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("bnn.role") == "cell"]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
+        assert sorted(m.step for m in history) == list(range(EPOCHS))
+
+
+def test_an_mlflow_server_outage_mid_cell_is_bridged(tmp_path, postgres):
+    """The tracking server is stopped for 20 s while a cell trains, then started again on the same
+    port: MLflow's HTTP retries bridge the gap and the cells finish once each."""
+    backend = postgres.create_database("mlflow_outage")
+    port, root = free_port(), tmp_path / "server"
+    root.mkdir()
+    storage_url = postgres.create_database("optuna_outage")
+    path = tmp_path / "study.yaml"
+    study = STUDY.replace("name: scaleout_e2e", "name: outage").replace(
+        "features: [rgb, rgb+fft, rgb+lbp, rgb+sobel]", "features: [rgb, rgb+fft]").replace("seeds: [0, 1, 2]", "seeds: [0]")
+    url = f"http://127.0.0.1:{port}"
+    path.write_text(study.format(tracking=url, storage=storage_url, root=tmp_path))
+    log = tmp_path / "worker.log"
+    worker = None
+    try:
+        with mlflow_tracking_server(backend, port=port, root=root):
+            worker = _start_worker(path, log)
+            _wait_mid_cell(worker, log, storage_url, MlflowClient(url), study="outage")
+        time.sleep(20)  # the server is down
+        with mlflow_tracking_server(backend, port=port, root=root):
+            assert worker.wait(timeout=600) == 0, log.read_text()
+            client = MlflowClient(url)
+            experiment = client.get_experiment_by_name("outage")
+            children = [r for r in client.search_runs([experiment.experiment_id])
+                        if r.data.tags.get("bnn.role") == "cell"]
+            assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+            for run in children:
+                history = client.get_metric_history(run.info.run_id, "epoch_val_accuracy")
+                assert sorted(m.step for m in history) == list(range(EPOCHS))
+    finally:
+        if worker is not None:
+            stop_process_group(worker, timeout=10)
+    complete = [t.user_attrs["cell_id"] for t in _trials(storage_url, "outage") if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(set(complete)) == 2

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from bnn.backbones import BACKBONES
+from bnn.bounded_yaml import check_file, load_bounded
 from bnn.data import DATASETS, DatasetParamError, dataset_params
 from bnn.data.perturb import check_quality_range, check_sigma_range
 from bnn.data.transforms import AUGMENT_PRESETS, DEGRADATIONS
@@ -303,12 +304,18 @@ class FitConfig(BaseModel):
 
         Raises:
             FileNotFoundError: No such file.
-            ValueError: Not a text file, a YAML syntax error (with its line), not a mapping, or an
-                invalid key or value (one line naming it, see ``from_mapping``).
+            ValueError: Not a text file, a YAML syntax error (with its line), not a mapping, an
+                invalid key or value (one line naming it, see ``from_mapping``), or out of the
+                bounds of ``bnn.bounded_yaml`` (size, alias expansion).
         """
         path = Path(path)
+        check_file(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            loader = yaml.SafeLoader(path.read_text())
+            try:
+                data = load_bounded(loader, path) or {}
+            finally:
+                loader.dispose()
         except UnicodeDecodeError:
             raise ValueError(f"{path}: not a text (YAML) file") from None
         except yaml.YAMLError as err:

@@ -3,9 +3,8 @@
 ``load_with_lines(path)`` returns the plain data plus a map from key paths (tuples such as
 ``("grid", "features")``) to 1-based line numbers, so schema errors can name file, line and key.
 
-A study file is bounded before it is built: a regular file of at most ``MAX_FILE_BYTES``, whose
-document expands (aliases ``*name`` counted at every use) to at most ``MAX_NODES`` values, with no
-alias that contains itself; so a small file cannot expand into gigabytes ("billion laughs").
+A study file is bounded before it is built (``bnn.bounded_yaml``: size, regular file, alias
+expansion), so a small file cannot expand into gigabytes ("billion laughs").
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from typing import Any
 
 import yaml
 
-# Generous for any real study (the bundled ones are under 10 KB); bounds what reading one may cost.
-MAX_FILE_BYTES = 128 * 2**20
-MAX_NODES = 1_000_000
+from bnn.bounded_yaml import YamlBoundError, check_file, load_bounded
 
 
 class StudyFileError(ValueError):
@@ -66,50 +63,18 @@ def _collect(data: Any, registry: dict[int, dict], prefix: tuple, out: dict[tupl
             _collect(value, registry, (*prefix, str(i)), out)
 
 
-def _check_expansion(path: Path, root: yaml.Node | None) -> None:
-    """Counts the values of the composed document with every alias expanded (each node once, its
-    expanded size memoised), refusing more than ``MAX_NODES`` and aliases that contain themselves."""
-    if root is None:
-        return
-    size: dict[int, int] = {}
-    active: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if key in size:
-            continue
-        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
-                    else node.value if isinstance(node, yaml.SequenceNode) else [])
-        if children_done:
-            active.discard(key)
-            size[key] = min(1 + sum(size[id(c)] for c in children), MAX_NODES + 1)
-            if size[key] > MAX_NODES:
-                raise StudyFileError(path, node.start_mark.line + 1, None,
-                                     f"the document expands to more than {MAX_NODES:,} values through aliases "
-                                     "(*name); write the values out or shorten them")
-            continue
-        if key in active:
-            raise StudyFileError(path, node.start_mark.line + 1, None, "an alias (*name) refers to a value that "
-                                 "contains it; a study file cannot be recursive")
-        active.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in size)
-
-
 def load_with_lines(path: str | Path) -> tuple[Any, dict[tuple, int]]:
     """Parses ``path``; returns (data, {key path: line}). Syntax errors name the line.
 
     Raises:
-        StudyFileError: Not a regular text file, larger than ``MAX_FILE_BYTES``, invalid YAML,
-            a duplicate key, or a document that expands beyond ``MAX_NODES`` values.
+        StudyFileError: Not a regular text file, invalid YAML, a duplicate key, or out of the
+            bounds of ``bnn.bounded_yaml``.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir() and not path.is_file():
-        raise StudyFileError(path, None, None, "not a regular file (a pipe or device?); give a YAML study file")
-    if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
-        raise StudyFileError(path, None, None, f"{path.stat().st_size:,} bytes, more than a study file may have "
-                             f"({MAX_FILE_BYTES:,})")
+    try:
+        check_file(path)
+    except YamlBoundError as err:
+        raise StudyFileError(path, err.line, None, err.detail) from None
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -120,14 +85,12 @@ def load_with_lines(path: str | Path) -> tuple[Any, dict[tuple, int]]:
     loader.name = str(path)
     loader.key_lines = {}
     try:
-        node = loader.get_single_node()
-        _check_expansion(path, node)
-        data = loader.construct_document(node) if node is not None else None
+        data = load_bounded(loader, path)
+    except YamlBoundError as err:
+        raise StudyFileError(path, err.line, None, err.detail) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         raise StudyFileError(path, mark.line + 1 if mark else None, None, f"invalid YAML: {err.problem}") from None
-    except RecursionError:
-        raise StudyFileError(path, None, None, "values nested too deeply to be a study file") from None
     finally:
         loader.dispose()
     lines: dict[tuple, int] = {}

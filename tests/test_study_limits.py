@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bnn.bounded_yaml import MAX_FILE_BYTES, MAX_NODES
 from studies.__main__ import main as studies_main
 from studies.spec import MAX_CELLS, cell_count, load_study
-from studies.yaml_lines import MAX_FILE_BYTES, MAX_NODES, StudyFileError
+from studies.yaml_lines import StudyFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "dataset: synthetic\ndata_params: {count: 60, image_size: 36}\ndefaults: {backbone: bnext_micro, resolution: 32}\n"
@@ -120,7 +121,7 @@ def test_a_file_larger_than_the_bound_is_refused_before_it_is_read(tmp_path):
     with path.open("wb") as f:
         f.write(HEAD.encode())
         f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
-    with pytest.raises(StudyFileError, match="more than a study file may have"):
+    with pytest.raises(StudyFileError, match="more than a YAML input may have"):
         load_study(path)
 
 
@@ -131,6 +132,9 @@ def test_a_fifo_named_like_a_study_file_does_not_hang(tmp_path):
     result = subprocess.run([sys.executable, "-m", "studies", "validate", str(fifo)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and "not a regular file" in result.stderr
+    bnn_run = subprocess.run([sys.executable, "-m", "bnn", "train", str(fifo)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert bnn_run.returncode == 2 and "not a regular file" in bnn_run.stderr
 
 
 @pytest.mark.parametrize("name, where", [
@@ -146,3 +150,19 @@ def test_study_names_are_safe_folder_names(tmp_path, name, where):
     message = str(info.value)
     assert "name" in message and "\n" not in message
     assert not (tmp_path.parent / "escape").exists()
+
+
+def test_a_run_file_of_bnn_train_has_the_same_bounds(tmp_path, capsys):
+    from bnn.__main__ import main as bnn_main
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    run = tmp_path / "run.yaml"
+    run.write_text("backbone: bnext_micro\ndata_params:\n  " + "\n  ".join(levels) + "\n")
+    tracemalloc.start()
+    assert bnn_main(["train", str(run)]) == 2
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"more than {MAX_NODES:,} values through aliases" in err and str(run) in err
+    assert peak < 50 * 2**20

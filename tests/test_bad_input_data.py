@@ -384,14 +384,15 @@ def test_a_study_whose_training_images_are_all_unreadable_fails_its_cell(tmp_pat
     root = _tree(tmp_path / "tree", 0, 0, 5, 5, splits=("train",))
     _tree(root, 4, 4, splits=("val", "test"))
     (tmp_path / "s.yaml").write_text(f"name: unreadable\ndataset: folder\ndata_root: {root}\n"
-                                     "defaults: {backbone: bnext_micro, resolution: 32, epochs: 1, batch_size: 8}\n")
+                                     "defaults: {backbone: bnext_micro, resolution: 32, epochs: 1, batch_size: 8}\n"
+                                     f"tracking_uri: sqlite:///{tmp_path}/mlflow.db\nstorage: sqlite:///{tmp_path}/optuna.db\n")
     assert studies_main(["run", "s.yaml", "--quiet"]) == 1
     out = capsys.readouterr()
     assert "10 of 10 images could not be read" in " ".join((out.out + out.err).split())
     import mlflow
 
-    runs = mlflow.MlflowClient("sqlite:///mlflow.db").search_runs(
-        [mlflow.MlflowClient("sqlite:///mlflow.db").get_experiment_by_name("unreadable").experiment_id])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("unreadable").experiment_id])
     assert [r.info.status for r in runs if r.data.tags.get("cell_id")] == ["FAILED"]
 
 

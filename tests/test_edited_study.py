@@ -17,6 +17,8 @@ data_params: {count: 60, image_size: 36}
 defaults: {backbone: bnext_micro, features: rgb+fft+lbp, resolution: 32, epochs: EPOCHS, batch_size: 16}
 seeds: [0, 1]
 latency: {enabled: false}
+tracking_uri: sqlite:///ROOT/mlflow.db
+storage: sqlite:///ROOT/optuna.db
 """
 
 
@@ -30,11 +32,12 @@ def test_runs_of_an_earlier_version_are_stale_everywhere(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path / "cache"))
     study = tmp_path / "s.yaml"
-    study.write_text(STUDY.replace("EPOCHS", "2"))
+    template = STUDY.replace("ROOT", str(tmp_path))  # absolute: the process's earlier tests ran elsewhere
+    study.write_text(template.replace("EPOCHS", "2"))
     assert studies_main(["run", "s.yaml", "--quiet"]) == 0
     capsys.readouterr()
 
-    study.write_text(STUDY.replace("EPOCHS", "1"))  # a second user edits the file
+    study.write_text(template.replace("EPOCHS", "1"))  # a second user edits the file
     for command in ("status", "plan"):
         assert studies_main([command, "s.yaml"]) == 0
         text = _text(capsys)
@@ -53,7 +56,7 @@ def test_runs_of_an_earlier_version_are_stale_everywhere(tmp_path, monkeypatch, 
     labels = ours[list(tables.LABEL_COLUMNS)].astype(str).agg(" | ".join, axis=1)
     assert labels.is_unique and labels.str.contains("stale: epochs=2").sum() == 1
 
-    study.write_text(STUDY.replace("EPOCHS", "2"))  # the edit undone: the first runs are current again
+    study.write_text(template.replace("EPOCHS", "2"))  # the edit undone: the first runs are current again
     assert studies_main(["run", "s.yaml", "--quiet"]) == 0
     assert set(runs.load_runs("edited", uri)["epochs"]) == {2}
     import mlflow

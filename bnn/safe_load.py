@@ -128,7 +128,7 @@ def load_torch_file(path: str | os.PathLike, map_location: torch.device | str = 
             f"(a pickle can run code). Accepted: {_ALLOWED_SUMMARY}. If you trust the file, convert it "
             "once to .safetensors (see docs/safety.md)"
         ) from None
-    except OSError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         raise  # the path itself (missing, a folder, no permission): the caller's message
     except Exception as err:
         if isinstance(err, RuntimeError) and "deserialize" in str(err):

@@ -241,3 +241,15 @@ def test_bytes_that_are_not_a_torch_file_are_unreadable_not_unsafe(tmp_path, con
     path.write_bytes(content)
     with pytest.raises(UnreadableCheckpointError, match="is not a PyTorch file"):
         load_torch_file(path)
+
+
+def test_a_truncated_checkpoint_is_unreadable_at_every_cut(tmp_path):
+    """torch's zip reader raises OSError(EINVAL) at some cuts: still a one-line user error."""
+    whole = tmp_path / "whole.pt"
+    torch.save(_micro_checkpoint(), whole)
+    data = whole.read_bytes()
+    for cut in range(0, len(data), max(len(data) // 40, 1)):
+        path = tmp_path / f"cut{cut}.pt"
+        path.write_bytes(data[:cut])
+        with pytest.raises(UnreadableCheckpointError):
+            load_torch_file(path)

@@ -37,6 +37,9 @@ class Provenance:
         selected_on_test: Runs whose checkpoint was selected on the test split
             (``selection_split: test``).
         unfinished: {status: count} of the study's runs that did not finish (left out).
+        stale: {how they differ: count} of the runs of an earlier version of the study file
+            (``analysis.runs.load_runs``' ``stale`` attribute).
+        stale_included: Whether those runs are in the table (labelled) or left out.
         generated_at: UTC time the table or figure was made.
     """
 
@@ -49,6 +52,8 @@ class Provenance:
     synthetic: bool = False
     selected_on_test: int = 0
     unfinished: dict[str, int] = field(default_factory=dict)
+    stale: dict[str, int] = field(default_factory=dict)
+    stale_included: bool = False
     generated_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
     )
@@ -78,6 +83,8 @@ class Provenance:
             synthetic=synthetic,
             selected_on_test=_selected_on_test(frame),
             unfinished=dict(frame.attrs.get("unfinished", {})),
+            stale=dict(frame.attrs.get("stale", {})),
+            stale_included=bool(frame.attrs.get("stale_included", False)),
         )
 
     @property
@@ -90,6 +97,16 @@ class Provenance:
             return "none"
         return ", ".join(f"{n} {status}" for status, n in self.unfinished.items())
 
+    @property
+    def stale_text(self) -> str:
+        """One sentence on the runs of an earlier version of the study file (empty when none)."""
+        if not self.stale:
+            return ""
+        n = sum(self.stale.values())
+        how = "; ".join(f"{reason} ({count})" for reason, count in self.stale.items())
+        where = "included, labelled stale" if self.stale_included else "left out (reports render --include-stale shows them)"
+        return f"{n} run(s) of an earlier version of the study file, {where}: {how}"
+
     def lines(self) -> list[str]:
         """Full provenance, one fact per line (for table comments and footnotes)."""
         lines = [
@@ -98,6 +115,7 @@ class Provenance:
             f"not finished, left out: {self.unfinished_text}",
             f"git commit: {', '.join(self.git_commits) or 'unknown'}",
         ]
+        lines += [f"stale: {self.stale_text}"] if self.stale else []
         lines += [f"data: {d}" for d in self.data]
         if self.synthetic:
             lines.append("synthetic data: numbers are not comparable with published results")
@@ -124,6 +142,7 @@ class Provenance:
             f"not finished (left out): {self.unfinished_text}",
             f"- **Git commit**: {', '.join(f'`{c}`' for c in self.git_commits) or 'unknown'}",
         ]
+        items += [f"- **Stale runs**: {self.stale_text}."] if self.stale else []
         items += [f"- **Data**: {d}" for d in self.data]
         if self.synthetic:
             items.append(

@@ -28,6 +28,7 @@ from bnn.config import FitConfig
 from bnn.detector import Detector, create_detector
 from bnn.device import resolve_device
 from bnn.errors import STORAGE_ERRNOS, StorageError
+from bnn.pretrained import check_state_dict
 from bnn.safe_load import UnreadableCheckpointError, load_torch_file
 
 __all__ = [
@@ -82,12 +83,19 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
             ``UnsafeCheckpointError`` when it would run code (``bnn.safe_load``).
     """
     not_ours = f"'{path}' is not a checkpoint written by `python -m bnn train` (best.pt / last.pt)"
+    if Path(path).suffix == ".safetensors":
+        raise ValueError(f"{not_ours}: a .safetensors file holds weights only, not the configuration that "
+                         "rebuilds a detector (backbone weights go in a run file's `pretrained:`)")
     try:
         state = load_torch_file(path, map_location=device)
     except UnreadableCheckpointError as err:
         raise ValueError(f"{not_ours}: {err.detail}") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise ValueError(not_ours)
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"{not_ours}: its 'config' is a {type(state['config']).__name__}, not a mapping of FitConfig keys")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise ValueError(f"{not_ours}: its 'model' is not a state dict of tensors")
     return state
 
 
@@ -109,6 +117,9 @@ def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[
 
     Raises:
         FileNotFoundError, ValueError: As ``read_checkpoint``.
+        pydantic.ValidationError: The stored configuration is not a valid ``FitConfig``.
+        CheckpointMismatchError: The stored weights do not fit the model the configuration
+            describes (a ``ValueError``; the message lists keys and shapes).
     """
     device_ = resolve_device(device)
     state = read_checkpoint(checkpoint, device_)
@@ -116,5 +127,6 @@ def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[
     model = create_detector(
         config.backbone, config.features, config.freeze_backbone, compat=config.compat, head=config.head
     )
+    check_state_dict(model, state["model"], str(checkpoint))
     model.load_state_dict(state["model"])
     return model.to(device_).eval(), config

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from bnn.safe_load import load_torch_file
+from bnn.safe_load import UnreadableCheckpointError, load_torch_file
 
 if TYPE_CHECKING:  # the backbone package imports this module to load weights
     from bnn.backbones._registry import BackboneSpec
@@ -23,8 +24,9 @@ PRETRAINED_ENV = "BNN_PRETRAINED_DIR"
 DEFAULT_PRETRAINED_DIR = "pretrained"
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's keys or shapes do not match the model it is loaded into."""
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the model it is loaded into (a user's file, so a
+    ``ValueError``: the command lines print it as one error, exit 2)."""
 
 
 def pretrained_dir() -> Path:
@@ -66,10 +68,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     Accepts ``.safetensors`` files and torch files holding either a flat state dict or a dict with
     ``state_dict`` (official BNext ``*_checkpoint.pth.tar``, Lightning ``.ckpt``) or ``model``.
     A leading ``module.`` (DataParallel / the official ``ModuleDict``) is stripped from every key.
+
+    Raises:
+        UnreadableCheckpointError: The bytes are not a safetensors/torch file (header, truncation).
+        UnsafeCheckpointError: A torch file would run code (``bnn.safe_load``).
+        CheckpointMismatchError: The file holds no state dict of tensors.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:  # the safetensors header or size is wrong
+            raise UnreadableCheckpointError(path, str(err).splitlines()[0][:200], kind="safetensors") from None
     else:
         state = load_torch_file(path)
     for key in ("state_dict", "model"):
@@ -79,6 +89,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointMismatchError(f"'{path}' holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+_SHOWN = 5  # keys listed per kind of problem; the count says how many there are
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -95,7 +108,7 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], source: str
         problems = []
         for title, items in [("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)]:
             if items:
-                shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
+                shown = "\n    ".join(items[:_SHOWN]) + (f"\n    ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
                 problems.append(f"  {len(items)} {title}:\n    {shown}")
         raise CheckpointMismatchError(
             f"checkpoint '{source}' does not match {type(module).__name__}:\n" + "\n".join(problems)

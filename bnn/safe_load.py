@@ -13,8 +13,8 @@ The allow-list (``ALLOWED_GLOBALS``), and why each entry is there:
   ``scalar``, ``numpy.ndarray``, ``numpy.dtype`` and the numeric ``numpy.dtypes.*DType``, under
   both numpy 1's ``numpy.core`` and numpy 2's ``numpy._core`` names): the training lists of the
   official BNext scripts (hpi-xnor/BNext ``save_checkpoint``) and many accuracy values are
-  numpy arrays. These build arrays of numbers; an object array's items go through the same
-  restricted unpickler.
+  numpy arrays. These build arrays of numbers only: an object array (``numpy.dtypes.ObjectDType``)
+  could hold any Python object, so it is refused like any other type outside the list.
 * Lightning's ``AttributeDict`` (``lightning.fabric.utilities.data``, ``lightning_fabric...`` and
   ``pytorch_lightning.utilities.parsing``): a ``dict`` subclass that some Lightning versions store
   as ``hyper_parameters``; it is read as a plain ``dict`` (torch's unpickler fills only ``dict``
@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,15 +45,15 @@ class UnsafeCheckpointError(ValueError):
 
 
 class UnreadableCheckpointError(ValueError):
-    """A file is not a torch file at all (text, random bytes, empty or truncated).
+    """A file is not a torch (or safetensors) file at all (text, random bytes, empty or truncated).
 
     Attributes:
-        detail: torch's own first line about it (``PytorchStreamReader failed ...``).
+        detail: The reader's own first line about it (``PytorchStreamReader failed ...``).
     """
 
-    def __init__(self, path: str | os.PathLike, detail: str) -> None:
+    def __init__(self, path: str | os.PathLike, detail: str, kind: str = "PyTorch") -> None:
         self.detail = detail
-        super().__init__(f"'{path}' is not a PyTorch file ({detail})")
+        super().__init__(f"'{path}' is not a {kind} file ({detail})")
 
 
 def _numpy_globals() -> list[tuple[Any, str]]:
@@ -92,7 +93,9 @@ def _refused_globals(path: str | os.PathLike, err: BaseException) -> list[str]:
     except Exception:  # a legacy (non-zip) file: take the name from torch's own message
         names = []
     if not names:
-        match = re.search(r"GLOBAL ([\w.]+)", str(err))
+        # a legacy file names the global; a type reached by BUILD (an object array's ObjectDType)
+        # appears as "but got <class '...'>"
+        match = re.search(r"GLOBAL ([\w.]+)", str(err)) or re.search(r"but got <class '([\w.]+)'>", str(err))
         names = [match.group(1)] if match else []
     return names
 
@@ -115,7 +118,10 @@ def load_torch_file(path: str | os.PathLike, map_location: torch.device | str = 
         UnreadableCheckpointError: The file is not a torch file (text, random bytes, truncated).
     """
     try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        # torch warns about a pickle protocol it did not write before it refuses or reads the file;
+        # the outcome (data, or one error) is what the user needs, not the warning.
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
@@ -123,8 +129,10 @@ def load_torch_file(path: str | os.PathLike, map_location: torch.device | str = 
         names = _refused_globals(path, err)
         if not names:  # no Python type asked for: bytes that are not a pickle torch wrote
             raise UnreadableCheckpointError(path, _unpickler_reason(err)) from None
+        what = ", ".join(f"{n} (a numpy object array: its items can be any Python object)" if n.endswith("ObjectDType")
+                         else n for n in names)
         raise UnsafeCheckpointError(
-            f"'{path}' was refused: loading it would call {', '.join(names)}, which is not plain data "
+            f"'{path}' was refused: loading it would call {what}, which is not plain data "
             f"(a pickle can run code). Accepted: {_ALLOWED_SUMMARY}. If you trust the file, convert it "
             "once to .safetensors (see docs/safety.md)"
         ) from None
@@ -143,7 +151,10 @@ def _unpickler_reason(err: BaseException) -> str:
     advice to load with ``weights_only=False``, which this module never does)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     reasons = [line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation", "(1)", "(2)"))]
-    return (reasons[-1] if reasons else "refused by the restricted unpickler")[:200]
+    reason = (reasons[-1] if reasons else "refused by the restricted unpickler")[:200]
+    if reason.startswith("Unsupported operand"):  # a pickle opcode torch.save never writes
+        reason = f"a pickle that torch.save did not write: {reason} (pickle opcode)"
+    return reason
 
 
 def _first_line(err: BaseException) -> str:

@@ -184,13 +184,13 @@ class _Trainer:
         """Restores weights, optimiser, scaler and history from ``last.pt`` when it exists.
 
         Raises:
-            RuntimeError: ``last.pt`` belongs to another configuration.
+            ValueError: ``last.pt`` belongs to another configuration.
         """
         if not last_path.exists():
             return
         state = read_checkpoint(last_path, self.device)
         if state.get("content_id") != self.config.content_id():
-            raise RuntimeError(
+            raise ValueError(
                 f"'{last_path}' belongs to a different configuration ({state.get('content_id')} != "
                 f"{self.config.content_id()}); use another output_dir or delete it"
             )
@@ -318,7 +318,6 @@ def fit(
 
     prepared = prepare_splits(config)  # before anything is created: bad data leaves no output folder
     splits = prepared.datasets
-    out.mkdir(parents=True, exist_ok=True)
     data = {name: ds.describe() for name, ds in splits.items()}
     for name, text in data.items():
         log.info("data %s: %s", name, text)
@@ -330,9 +329,27 @@ def fit(
     counts = splits["train"].class_counts()
     pos_weight = counts["real"] / counts["fake"]
 
-    trainer = _build_trainer(config, device, pos_weight, should_stop)
+    # Seeded again: preparing the splits draws random numbers only when its caches are cold
+    # (generating data, auditing), and the weights must not depend on what was cached.
+    seed_everything(config.seed)
+    trainer = _build_trainer(config, device, pos_weight, should_stop)  # a bad `pretrained:` fails here
     last_path, best_path = out / "last.pt", out / "best.pt"
     trainer.resume(last_path)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_epochs(trainer, splits, out, data, prepared.audit, callbacks)
+    except BaseException:
+        if created and not any(out.iterdir()):  # failed before its first checkpoint: leave nothing
+            out.rmdir()
+        raise
+
+
+def _train_epochs(trainer: _Trainer, splits: dict[str, ImageDataset], out: Path, data: dict[str, str],
+                  audit: AuditReport, callbacks: Sequence[Callback]) -> FitResult:
+    """The epoch loop of ``fit`` (after ``trainer.resume``), then the final evaluation."""
+    config, device = trainer.config, trainer.device
+    last_path, best_path = out / "last.pt", out / "best.pt"
 
     val_loader = make_loader(splits["val"], config, device, shuffle=False)
     selection_loader = make_loader(splits["test"], config, device, shuffle=False) if config.selection_split == "test" else None
@@ -348,7 +365,7 @@ def fit(
         trainer.save(epoch, last_path)
         for callback in callbacks:
             callback(stats)
-    return _final_result(trainer, splits, val_loader, best_path, data, prepared.audit)
+    return _final_result(trainer, splits, val_loader, best_path, data, audit)
 
 
 def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoader, epoch: int,

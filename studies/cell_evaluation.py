@@ -33,7 +33,7 @@ from studies.record import (
     TAG_ROBUST_PREFIX,
 )
 from studies.record_writer import Tracker, protocol_tags
-from studies.schema import Latency
+from studies.schema import LATENCY_ENV, Latency
 from studies.spec import Cell, Study
 
 log = logging.getLogger(__name__)
@@ -71,17 +71,20 @@ def evaluate_cell_protocol(study: Study, cell: Cell, checkpoint: Path, val_thres
                              should_stop=should_stop)
 
 
+LATENCY_OFF = f"not timed: latency is off for this study (latency.enabled: false, or {LATENCY_ENV}=off)"
+
+
 def measure_cell_latency(settings: Latency, cell: Cell, checkpoint: Path) -> tuple[dict[str, float], dict[str, str]]:
     """Latency metrics (``bnn.latency``) of a cell's selected checkpoint on this host, and the tags
     saying where and how they were measured.
 
     Returns:
-        ``({}, {})`` when the study switched latency off; ``({}, {TAG_LATENCY_SKIPPED: why})`` when
-        the study times only other seeds (``latency.seeds``) or the engine is missing; else the
+        ``({}, {TAG_LATENCY_SKIPPED: why})`` when the study switched latency off (``LATENCY_OFF``),
+        times only other seeds (``latency.seeds``) or the engine is missing; else the
         metrics and the ``TAG_LATENCY_HOST``, ``TAG_LATENCY_THREADS``, ``TAG_LATENCY_ENGINE`` tags.
     """
     if not settings.enabled:
-        return {}, {}
+        return {}, {TAG_LATENCY_SKIPPED: LATENCY_OFF}
     if not settings.times(cell.config.seed):
         return {}, {TAG_LATENCY_SKIPPED: f"not timed: the study times only seeds {settings.seeds} (latency.seeds)"}
     model, config = load_detector(checkpoint, "cpu")

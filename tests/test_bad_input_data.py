@@ -376,7 +376,7 @@ def test_a_few_unreadable_images_are_still_skipped_and_counted(tmp_path):
     assert fit(_fit_config(tmp_path, root)).skipped_images == 1
 
 
-def test_a_study_whose_training_images_are_all_unreadable_fails_its_cell(tmp_path, monkeypatch, capsys):
+def test_a_study_whose_training_images_are_all_unreadable_fails_its_cell(tmp_path, monkeypatch, capsys, caplog):
     from studies.__main__ import main as studies_main
 
     monkeypatch.chdir(tmp_path)
@@ -386,9 +386,12 @@ def test_a_study_whose_training_images_are_all_unreadable_fails_its_cell(tmp_pat
     (tmp_path / "s.yaml").write_text(f"name: unreadable\ndataset: folder\ndata_root: {root}\n"
                                      "defaults: {backbone: bnext_micro, resolution: 32, epochs: 1, batch_size: 8}\n"
                                      f"tracking_uri: sqlite:///{tmp_path}/mlflow.db\nstorage: sqlite:///{tmp_path}/optuna.db\n")
-    assert studies_main(["run", "s.yaml", "--quiet"]) == 1
+    with caplog.at_level(logging.ERROR, logger="studies.runner"):
+        assert studies_main(["run", "s.yaml", "--quiet"]) == 1
     out = capsys.readouterr()
     assert "10 of 10 images could not be read" in " ".join((out.out + out.err).split())
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failed and all(r.exc_info is None for r in failed)  # the data's fault: one line, no traceback
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

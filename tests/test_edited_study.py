@@ -49,8 +49,14 @@ def test_runs_of_an_earlier_version_are_stale_everywhere(tmp_path, monkeypatch, 
     current = runs.load_runs("edited", uri)
     assert len(current) == 2 and set(current["epochs"]) == {1}
     assert current.attrs["stale"] == {"epochs=2": 2}
+    from analysis.provenance import Provenance
+
+    left_out = Provenance.from_runs(current)
+    assert "stale: 2 run(s) of an earlier version of the study file, left out" in "\n".join(left_out.lines())
+    assert "epochs=2 (2)" in left_out.markdown()
     everything = runs.load_runs("edited", uri, include_stale=True)
     assert len(everything) == 4 and sorted(everything["stale"].fillna("")) == ["", "", "epochs=2", "epochs=2"]
+    assert "included, labelled stale" in Provenance.from_runs(everything).stale_text
     table = tables.results_table(everything, literature=False).frame
     ours = table[table["block"] == "ours"]
     labels = ours[list(tables.LABEL_COLUMNS)].astype(str).agg(" | ".join, axis=1)

@@ -165,6 +165,17 @@ def test_a_missing_engine_is_recorded_and_measured_once_it_is_there(tmp_path, mo
     assert run.data.metrics["latency_ms"] > 0 and TAG_LATENCY_SKIPPED not in run.data.tags
 
 
+def test_a_study_with_latency_off_says_so_on_its_cells(tmp_path):
+    """Not 'recorded before latency existed': the report's reason for the missing columns is the
+    study's own setting."""
+    from studies.cell_evaluation import LATENCY_OFF, measure_cell_latency
+
+    study = load_study(_study(tmp_path, "latency: {enabled: false}\nobjective: {metric: val_auc}"))
+    cell = study.cells[0]
+    assert measure_cell_latency(study.spec.latency, cell, tmp_path / "never-read.pt") == ({}, {TAG_LATENCY_SKIPPED: LATENCY_OFF})
+    assert "latency.enabled: false" in LATENCY_OFF
+
+
 def test_latency_is_on_by_default_and_off_where_the_study_says(tmp_path, monkeypatch):
     monkeypatch.delenv("BNN_LATENCY", raising=False)
     assert load_study(_study(tmp_path, "", name="lat_on")).spec.latency.enabled

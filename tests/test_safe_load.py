@@ -253,3 +253,101 @@ def test_a_truncated_checkpoint_is_unreadable_at_every_cut(tmp_path):
         path.write_bytes(data[:cut])
         with pytest.raises(UnreadableCheckpointError):
             load_torch_file(path)
+
+
+def _detect_args(tmp_path: Path, checkpoint: Path) -> list[str]:
+    image = tmp_path / "img.png"
+    image.write_bytes(b"")
+    return ["detect", str(image), "--checkpoint", str(checkpoint), "--device", "cpu"]
+
+
+def _one_error_line(err: str) -> str:
+    """The error line of a command's stderr, after checking there is no traceback or warning."""
+    assert "Traceback" not in err and "Warning" not in err, err
+    first = err.strip().splitlines()[0]
+    assert first.startswith("error: "), err
+    return first
+
+
+def _misfit(state: dict, case: str) -> dict:
+    if case == "shapes":  # every tensor cut to one element: loads, fits no model
+        return {**state, "model": {k: v.flatten()[:1].clone() for k, v in state["model"].items()}}
+    if case == "extra key":
+        return {**state, "model": {**state["model"], "not_a_layer.weight": torch.zeros(1)}}
+    if case == "config a string":
+        return {**state, "config": "bnext_micro"}
+    if case == "config a list":
+        return {**state, "config": [1, 2]}
+    if case == "model a list":
+        return {**state, "model": [1, 2]}
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("command", ["detect", "evaluate", "export"])
+@pytest.mark.parametrize("case", ["shapes", "extra key", "config a string", "config a list", "model a list"])
+def test_a_checkpoint_that_loads_but_does_not_fit_is_one_error_and_exit_2(tmp_path, capsys, case, command):
+    path = tmp_path / "best.pt"
+    torch.save(_misfit(_micro_checkpoint(), case), path)
+    args = {"detect": _detect_args(tmp_path, path), "evaluate": ["evaluate", "--checkpoint", str(path)],
+            "export": ["export", str(path), "--out", str(tmp_path / "exported")]}[command]
+    assert bnn_main(args) == EXIT_INVALID
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(path) in line
+    assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_a_numpy_object_array_is_refused_as_an_object_array(tmp_path, legacy):
+    """Even a harmless object array: its items could be any Python object."""
+    items = np.empty(2, dtype=object)
+    items[:] = ["a", 1]
+    path = tmp_path / "acc.pt"
+    torch.save({**_micro_checkpoint(), "acc": items}, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError, match="ObjectDType .a numpy object array"):
+        load_torch_file(path)
+
+
+def test_a_plain_pickle_is_refused_without_torchs_protocol_warning(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "best.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"config": {}, "model": _RunsOsSystem(marker)}, f, protocol=4)
+    assert bnn_main(_detect_args(tmp_path, path)) == EXIT_INVALID
+    line = _one_error_line(capsys.readouterr().err)
+    assert "torch.save did not write" in line and not marker.exists()
+
+
+def test_a_safetensors_file_given_as_a_detector_says_what_it_is(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    assert bnn_main(_detect_args(tmp_path, path)) == EXIT_INVALID
+    assert "holds weights only" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("weights", ["garbage.safetensors", "misfit.safetensors", "misfit.pth", "evil.pth"])
+def test_train_with_a_bad_pretrained_file_is_one_error_and_leaves_no_output_folder(tmp_path, monkeypatch, capsys,
+                                                                                   weights):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / weights
+    if weights == "garbage.safetensors":
+        path.write_bytes(b"\xff" * 64)
+    elif weights == "misfit.safetensors":
+        save_file({"w": torch.zeros(2)}, str(path))
+    elif weights == "misfit.pth":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    else:
+        torch.save({"state_dict": _RunsOsSystem(tmp_path / "PWNED")}, path)
+    out = tmp_path / "run"
+    args = ["train", "--set", "backbone=bnext_micro", "--set", "features=rgb", "--set", "dataset=synthetic",
+            "--set", "data_params.count=32", "--set", "data_params.image_size=32", "--set", "resolution=32",
+            "--set", "epochs=1", "--set", f"pretrained={path}", "--set", f"output_dir={out}"]
+    assert bnn_main(args) == EXIT_INVALID
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(path) in line
+    assert not out.exists() and not (tmp_path / "PWNED").exists()

@@ -11,6 +11,7 @@ if __name__ == "__main__":  # `python -m studies`: hold signals before anything 
 # mlflow, optuna, the studies modules that import them) so that `python -m studies` starts fast.
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -19,6 +20,16 @@ from rich.console import Console
 from studies.db_setup import require_driver
 
 console = Console(stderr=False)
+# Where stdout is a log (a file, a pipe, `--workers` prefixes, a cluster job) rich would wrap at 80
+# columns and break cell ids and names across lines; there tables take their natural width.
+LOG_WIDTH = 1000
+
+
+def _fit_console_to_output() -> None:
+    """Tables and lines at their natural width when stdout is not a terminal (``COLUMNS`` wins)."""
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
+        console.soft_wrap = True
 
 EXAMPLES = {
     "run": """examples:
@@ -278,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    _fit_console_to_output()
     from bnn.data import DatasetLayoutError
     from bnn.errors import EXIT_INVALID, exit_status_help, quiet_storage_faults, run_cli
     from studies.spec import MAX_CELLS

@@ -563,3 +563,23 @@ def test_mlflow_telemetry_is_off_in_study_processes_unless_the_user_set_it(given
     code = "import os, studies.record; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == (given or "true")
+
+
+def test_plan_in_a_log_keeps_every_value_on_one_line(tmp_path):
+    """stdout a pipe (a log file, a cluster job): the table is not wrapped at 80 columns, so each
+    cell id and backbone name is whole on its cell's line."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    study = tmp_path / "wide.yaml"
+    study.write_text("name: wide\ndataset: synthetic\ndefaults: {resolution: 32, epochs: 1}\n"
+                     "grid:\n  backbone: [bnext_tiny, bnext_small, vit_base_patch32_224]\n"
+                     "  features: [rgb+fft+lbp+sobel]\n  freeze_backbone: [true, false]\n"
+                     f"tracking_uri: sqlite:///{tmp_path}/mlflow.db\nstorage: sqlite:///{tmp_path}/optuna.db\n")
+    result = subprocess.run([sys.executable, "-m", "studies", "plan", str(study)], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    cells = load_study(study).cells
+    lines = result.stdout.splitlines()
+    for cell in cells:
+        (line,) = [line for line in lines if cell.cell_id in line]
+        assert cell.config.backbone in line and "rgb+fft+lbp+sobel" in line
+    assert max(len(line) for line in lines) > 80

@@ -117,6 +117,8 @@ def load_torch_file(path: str | os.PathLike, map_location: torch.device | str = 
             nothing of it ran. The message names the file and the type(s).
         UnreadableCheckpointError: The file is not a torch file (text, random bytes, truncated).
     """
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise UnreadableCheckpointError(path, "the file is empty (0 bytes)")
     try:
         # torch warns about a pickle protocol it did not write before it refuses or reads the file;
         # the outcome (data, or one error) is what the user needs, not the warning.
@@ -158,5 +160,12 @@ def _unpickler_reason(err: BaseException) -> str:
 
 
 def _first_line(err: BaseException) -> str:
+    """The exception's first line, with its type where the text alone says nothing (``KeyError(101)``
+    from the unpickler on text bytes would read as just "101")."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    first = text.splitlines()[0]
+    if " " not in first:
+        return f"{type(err).__name__}: {first} (bytes that are neither a zip archive nor a pickle torch.save wrote)"
+    return first

@@ -351,3 +351,14 @@ def test_train_with_a_bad_pretrained_file_is_one_error_and_leaves_no_output_fold
     line = _one_error_line(capsys.readouterr().err)
     assert str(path) in line
     assert not out.exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_an_empty_or_text_file_says_what_it_is(tmp_path):
+    empty, text = tmp_path / "empty.pt", tmp_path / "text.pt"
+    empty.write_bytes(b"")
+    text.write_text("hello, this is text\n" * 20)
+    with pytest.raises(UnreadableCheckpointError, match=r"empty \(0 bytes\)"):
+        load_torch_file(empty)
+    with pytest.raises(UnreadableCheckpointError) as info:
+        load_torch_file(text)
+    assert ":" in info.value.detail and not info.value.detail.isdigit()

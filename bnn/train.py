@@ -333,8 +333,7 @@ def fit(
     # (generating data, auditing), and the weights must not depend on what was cached.
     seed_everything(config.seed)
     trainer = _build_trainer(config, device, pos_weight, should_stop)  # a bad `pretrained:` fails here
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    trainer.resume(last_path)
+    trainer.resume(out / "last.pt")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:

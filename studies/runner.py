@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 
 from bnn.backbones import weights_path
 from bnn.data import DatasetLayoutError
-from bnn.errors import format_message, storage_fault, user_error
+from bnn.errors import storage_fault, user_error
 from bnn.signals import FitInterrupted, StopRequest
 from bnn.splits import load_splits
 from bnn.train import EpochStats, fit
@@ -323,12 +323,11 @@ class Runner:
                 self._leave_taken_over(cell, run_id, summary)
                 return
             fault = storage_fault(err)
-            if fault is not None:  # the machine's storage, not this code: one line, no traceback
-                log.error("cell %s failed: %s", cell_id, fault)
-            elif user_error(err) is not None:  # the cell's data or settings (unreadable split, bad weights file)
-                log.error("cell %s failed: %s", cell_id, format_message(str(err)).removeprefix("error: "))
-            else:
+            mapped = user_error(err)  # the storage, or the cell's data or settings: one line, no traceback
+            if mapped is None:
                 log.exception("cell %s failed", cell_id)
+            else:
+                log.error("cell %s failed: %s", cell_id, fault or mapped[0])
             message = fault or f"{type(err).__name__}: {err}"
             self._record_failure(trial, run_id, message)
             summary.failed[self._label(trial, cell_id)] = message

@@ -113,7 +113,7 @@ class Latency(BaseModel):
 
 
 class StudyFile(BaseModel):
-    """The schema of a study file (see README, "Study files")."""
+    """The schema of a study file (see docs/studies.md)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, pattern=STUDY_NAME_PATTERN, max_length=MAX_NAME_LENGTH)

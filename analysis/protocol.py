@@ -24,12 +24,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.replicates import group_replicates, is_grouped
-from bnn.data.perturb import Perturbation
+from bnn.data.perturb import CHAIN, Perturbation, from_key, kind_order
 from bnn.metrics import expected_calibration_error, reliability_curve
 from bnn.protocol import EVAL_PREFIX, ROBUST_PREFIX, SOURCE_PREFIX
 
 OWN_TEST = "test"  # the cell's own test split, as a test-set name in the frames here
-KIND_ORDER = ("jpeg", "blur", "resize", "chain")
 # Calibration and operating points of a split (``bnn.metrics.Metrics``), in table order.
 CALIBRATION_METRICS = (
     "ece",
@@ -103,11 +102,12 @@ def sources(frame: pd.DataFrame, test_set: str = OWN_TEST) -> list[tuple[str, bo
 
 @dataclass(frozen=True)
 class RobustKey:
-    """One perturbation of the record (``robust_<key>_*``).
+    """One perturbation of the record (``robust_<key>_*``), read back from its key by
+    ``bnn.data.perturb.from_key`` (the kind that wrote the key parses it).
 
     Attributes:
         key: As in the metric names (``jpeg_75``, ``resize_0p5``, ``chain_social``).
-        kind: ``jpeg``, ``blur``, ``resize``, ``chain`` (or the key's first word if unknown).
+        kind: A ``bnn.data.perturb`` kind (or the key's first word if unknown).
         level: The kind's level (JPEG quality, blur sigma, resize scale); NaN for a chain.
         severity: ``bnn.data.perturb.Perturbation.severity`` (JPEG 100 - quality, blur sigma,
             resize 1 / scale); NaN for a chain or an unknown kind.
@@ -121,40 +121,35 @@ class RobustKey:
     @property
     def name(self) -> str:
         """A chain's name (``social``); else empty."""
-        return self.key.removeprefix("chain_") if self.kind == "chain" else ""
+        return self.key.removeprefix(f"{CHAIN}_") if self.kind == CHAIN else ""
+
+    def _perturbation(self) -> Perturbation | None:
+        return from_key(self.key)
 
     def tick(self) -> str:
-        """Short level: ``q75``, ``σ1``, ``×0.5``, the chain's name."""
-        if self.kind == "jpeg":
-            return f"q{self.level:g}"
-        if self.kind == "blur":
-            return f"σ{self.level:g}"
-        if self.kind == "resize":
-            return f"×{self.level:g}"
-        return self.name or self.key
+        """Short level: ``q75``, ``σ1``, ``×0.5``, the chain's name (the kind's ``tick``)."""
+        perturbation = self._perturbation()
+        return perturbation.tick() if perturbation is not None else (self.name or self.key)
 
     def label(self) -> str:
-        """``JPEG q75``, ``blur σ1``, ``resize ×0.5``, ``chain social``."""
-        if self.kind in ("jpeg", "blur", "resize"):
-            return f"{'JPEG' if self.kind == 'jpeg' else self.kind} {self.tick()}"
-        return f"chain {self.name}" if self.kind == "chain" else self.key
+        """``JPEG q75``, ``blur σ1``, ``resize ×0.5``, ``chain social`` (the kind's ``label``)."""
+        perturbation = self._perturbation()
+        if perturbation is not None:
+            return perturbation.label()
+        return f"{CHAIN} {self.name}" if self.kind == CHAIN else self.key
 
 
 def _robust_key(key: str) -> RobustKey:
-    kind, _, level_text = key.partition("_")
-    if kind == "chain":
-        return RobustKey(key, kind, math.nan, math.nan)
-    try:
-        level = float(level_text.replace("p", ".").replace("m", "-"))
-        severity = Perturbation(kind, int(level) if kind == "jpeg" else level).severity
-    except ValueError:
-        return RobustKey(key, kind, math.nan, math.nan)
-    return RobustKey(key, kind, level, severity)
+    perturbation = from_key(key)
+    if perturbation is None:
+        return RobustKey(key, key.partition("_")[0], math.nan, math.nan)
+    return RobustKey(key, perturbation.kind, float(perturbation.level), perturbation.severity)
 
 
 def robustness_keys(frame: pd.DataFrame) -> list[RobustKey]:
-    """The perturbations of the runs (a ``robust_<key>_auc`` or ``_accuracy`` present), ordered
-    JPEG, blur, resize, chains (others last), each by growing severity, then by key."""
+    """The perturbations of the runs (a ``robust_<key>_auc`` or ``_accuracy`` present), ordered by
+    kind (``bnn.data.perturb.kind_order``: JPEG, WebP, blur, resize, chains; unknown kinds last),
+    each by growing severity, then by key."""
     keys = set()
     for column in _metric_names(frame):
         if column.startswith(ROBUST_PREFIX) and _present(frame, column):
@@ -162,7 +157,7 @@ def robustness_keys(frame: pd.DataFrame) -> list[RobustKey]:
                 if column.endswith(metric):
                     keys.add(column[len(ROBUST_PREFIX) : -len(metric)])
     parsed = [_robust_key(k) for k in keys]
-    rank = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    rank = {kind: i for i, kind in enumerate(kind_order())}
 
     def order(item: RobustKey) -> tuple:
         severity = item.severity if not math.isnan(item.severity) else math.inf

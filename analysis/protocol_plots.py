@@ -18,6 +18,7 @@ from analysis import protocol
 from analysis.figstyle import _figure, _footer, quality_label, run_label
 from analysis.labels import dataset_name, setting_label
 from analysis.provenance import Provenance
+from bnn.data.perturb import PERTURBATION_KINDS
 from bnn.feature_sets import display_label, feature_set_sort_key
 
 _SETTING_SKIP = ("backbone", "features", "freeze_backbone", "dataset")
@@ -123,13 +124,6 @@ def cross_dataset_heatmap(
     return fig
 
 
-_KIND_AXES = {
-    "jpeg": ("JPEG", "severity: 100 − JPEG quality"),
-    "blur": ("Gaussian blur", "severity: blur σ (pixels)"),
-    "resize": ("resize and back", "severity: 1 / resize scale"),
-}
-
-
 def robustness_curves(
     frame: pd.DataFrame,
     metrics=("auc", "accuracy"),
@@ -155,8 +149,8 @@ def robustness_curves(
         raise ValueError("robustness_curves: the runs have no robust_<perturbation>_* metrics")
     provenance = provenance or Provenance.from_runs(frame)
     grouped, long = protocol.robustness(frame, metrics=metrics)
-    kinds = list(dict.fromkeys(k.kind for k in keys if k.kind in _KIND_AXES))
-    chains = [k for k in keys if k.kind not in _KIND_AXES]
+    kinds = list(dict.fromkeys(k.kind for k in keys if k.kind in PERTURBATION_KINDS))
+    chains = [k for k in keys if k.kind not in PERTURBATION_KINDS]
     panels = kinds + (["chain"] if chains else [])
     settings = _settings(grouped)
     colors = _feature_colors(grouped["features"])
@@ -210,8 +204,8 @@ def robustness_curves(
                 ax.set_xticks(
                     [0.0, *[k.severity for k in ordered]], ["clean", *[k.tick() for k in ordered]]
                 )
-                ax.set_xlabel(_KIND_AXES[panel][1], fontsize=8)
-                title = _KIND_AXES[panel][0]
+                ax.set_xlabel(PERTURBATION_KINDS.get(panel).axis, fontsize=8)
+                title = PERTURBATION_KINDS.get(panel).title
             if metric == "auc":
                 ax.axhline(50, color="0.6", lw=0.8, ls=":")
             ax.tick_params(labelsize=8)

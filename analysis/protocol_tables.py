@@ -15,6 +15,7 @@ from analysis.labels import backbone_state, dataset_name
 from analysis.provenance import Provenance
 from analysis.replicates import require_metrics
 from analysis.table_format import DASH, Column, Table, latex_escape
+from bnn.data.perturb import kind_note
 from bnn.feature_sets import display_label, feature_set_sort_key
 from bnn.protocol import ROBUST_PREFIX
 
@@ -270,14 +271,6 @@ def has_robustness(frame: pd.DataFrame) -> bool:
     return bool(protocol.robustness_keys(frame))
 
 
-ROBUSTNESS_NOTES = {
-    "jpeg": "JPEG qN: each test image re-encoded by Pillow at quality N",
-    "blur": "blur σs: Gaussian blur of standard deviation s pixels",
-    "resize": "resize ×s: down-scaled by s (bilinear) and back to its size",
-    "chain": "chain <name>: the study file's chain of these steps, applied in order",
-}
-
-
 def robustness_table(frame: pd.DataFrame, metric: str = "auc") -> Table:
     """The test split clean and under every test-time perturbation (``bnn.data.perturb``).
 
@@ -309,7 +302,7 @@ def robustness_table(frame: pd.DataFrame, metric: str = "auc") -> Table:
     kinds = list(dict.fromkeys(k.kind for k in keys))
     notes = [
         "Clean: the unperturbed test split. "
-        + "; ".join(ROBUSTNESS_NOTES[k] for k in kinds if k in ROBUSTNESS_NOTES)
+        + "; ".join(note for note in map(kind_note, kinds) if note)
         + ". Each perturbation is applied to the decoded image before the preprocessing.",
     ]
     return _protocol_table(

@@ -4,6 +4,7 @@ leave the draws of every preset and the content ids of existing configurations u
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 
@@ -16,14 +17,20 @@ from PIL import Image
 
 from bnn.config import AugmentConfig, FitConfig
 from bnn.data.perturb import (
+    PERTURBATION_KINDS,
     Perturbation,
     RandomBlur,
     RandomJPEG,
     blur,
     format_level,
+    from_key,
     jpeg,
+    kind_note,
+    kind_order,
+    parse_level,
     parse_robustness,
     resize_and_back,
+    step_kinds,
 )
 from bnn.data.transforms import AUGMENT_PRESETS, build_transform, resize_size
 from bnn.errors import KeyedValueError
@@ -338,3 +345,56 @@ def test_content_ids_of_existing_configurations_are_unchanged():
     assert len(ids) == 5
     assert FitConfig(augment={"degrade": True}).content_id() == FitConfig(
         augment={"blur_p": 0.5, "jpeg_p": 0.5}).content_id()
+
+
+# ------------------------------------------------------------------------------ every kind
+
+
+@pytest.mark.parametrize("kind", PERTURBATION_KINDS.names())
+def test_contract_every_registered_kind(kind):
+    """What analysis, the record and the study file rely on, for each registered kind."""
+    spec = PERTURBATION_KINDS.get(kind)
+    mild, strong = (Perturbation(kind, level) for level in spec.examples)
+    image = _smooth((37, 53))
+    for p in (mild, strong):
+        out = p(image)
+        assert out.mode == "RGB" and out.size == image.size
+        assert out.tobytes() == p(image.copy()).tobytes() != image.tobytes()
+        assert from_key(p.key) == p  # the key reads back to the same perturbation
+        assert p.key == f"{kind}_{format_level(p.level)}" and p.describe() and p.tick() in p.label()
+        assert p.label().startswith(spec.short)
+    damage = [np.abs(_pixels(p(image)) - _pixels(image)).mean() for p in (mild, strong)]
+    assert 0 < mild.severity < strong.severity and damage[0] < damage[1]
+    assert spec.level_error(True) and "booleans" in spec.level_error(True)
+    assert spec.level_error(spec.examples[0]) is None and spec.valid() in spec.level_error(-1)
+    assert kind_note(kind) == spec.note and kind in step_kinds() and kind in kind_order()
+    parsed = parse_robustness([{"kind": kind, "levels": list(spec.examples)},
+                               {"kind": "chain", "name": "c", "steps": [{"kind": kind, "level": spec.examples[1]}]}])
+    assert parsed == [mild, strong, Perturbation("chain", name="c", steps=(strong,))]
+    with pytest.raises(KeyedValueError) as error:
+        parse_robustness([{"kind": kind, "levels": []}])
+    assert spec.levels_noun in error.value.detail
+    assert pickle.loads(pickle.dumps(mild)) == mild
+
+
+def test_webp_is_pillows_lossy_webp_and_lossier_as_the_quality_drops():
+    image = _smooth()
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=60)
+    assert Perturbation("webp", 60)(image).tobytes() == Image.open(buffer).convert("RGB").tobytes()
+    errors = [np.abs(_pixels(Perturbation("webp", q)(image)) - _pixels(image)).mean() for q in (100, 75, 10)]
+    assert errors[0] < errors[1] < errors[2]
+    assert Perturbation("webp", 75.0).level == 75 and Perturbation("webp", 75).describe() == "WebP quality 75"
+    for bad in (0, 101, 50.5):
+        with pytest.raises(ValueError, match="WebP quality must be an integer in 1..100"):
+            Perturbation("webp", bad)
+
+
+def test_from_key_reads_only_what_a_kind_wrote():
+    assert from_key("resize_0p25") == Perturbation("resize", 0.25)
+    assert from_key("blur_1p5") == Perturbation("blur", 1.5)
+    for key in ("chain_social", "noise_3", "jpeg_150", "jpeg_", "jpeg_7e1", "resize_0.5"):
+        assert from_key(key) is None, key
+    with pytest.raises(ValueError):
+        parse_level("1e5")
+    assert [parse_level(format_level(x)) for x in (75, 0.5, 1e-5, -2.5)] == [75, 0.5, 1e-5, -2.5]

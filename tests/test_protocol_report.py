@@ -437,6 +437,23 @@ def test_protocol_tables_and_figures_with_seeds(tmp_path):
         assert np.asarray(Image.open(png).convert("L"), dtype=float).std() > 0, stem
 
 
+def test_a_new_perturbation_kind_reaches_the_table_and_curves_from_its_class(tmp_path):
+    """WebP is one class in ``bnn.data.perturb``: its order, tick, label, note and panel come from
+    there, with nothing about it in ``analysis``."""
+    extra = {"robust_webp_50_auc": 0.7, "robust_webp_90_auc": 0.8, "robust_jpeg_75_auc": 0.75,
+             "robust_webp_50_accuracy": 0.6, "robust_webp_90_accuracy": 0.7, "robust_jpeg_75_accuracy": 0.65}
+    frame = _frame([("rgb", 0, {**_protocol_metrics(0.8), **extra}), ("rgb+fft", 0, {**_protocol_metrics(0.9), **extra})])
+    keys = protocol.robustness_keys(frame)
+    assert [k.key for k in keys] == ["jpeg_75", "webp_90", "webp_50", "blur_0p5", "blur_2", "chain_social"]
+    assert [(k.kind, k.level, k.severity, k.tick(), k.label()) for k in keys[1:3]] == [
+        ("webp", 90.0, 10.0, "q90", "WebP q90"), ("webp", 50.0, 50.0, "q50", "WebP q50")]
+    table = protocol_tables.robustness_table(frame)
+    assert "WebP q50" in _header(table) and "WebP qN: each test image re-encoded" in table.to_markdown()
+    figure = protocol_plots.robustness_curves(frame)
+    assert "WebP" in [ax.get_title() for ax in figure.axes]
+    assert "severity: 100 − WebP quality" in [ax.get_xlabel() for ax in figure.axes]
+
+
 def _header(table: Table) -> list[str]:
     return [c.markdown for c in table.columns]
 

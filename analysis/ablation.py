@@ -21,6 +21,7 @@ from analysis.replicates import as_grouped, group_replicates, is_grouped, requir
 from analysis.stats import DEFAULT_LEVEL, bootstrap_diff_ci
 from analysis.table_format import Column, Table, latex_escape
 from bnn.feature_sets import display_label, feature_set_sort_key, parse_features
+from bnn.metric_table import spec_of
 
 
 def has_feature_ablation(frame: pd.DataFrame) -> bool:
@@ -236,14 +237,13 @@ def ablation_table(
 
     replicated = bool((table["n"] > 1).any())
     image_intervals = not replicated and bool(table["value_image_ci_low"].notna().any())
+    spec = spec_of(metric)
     name = metric.removeprefix("test_").removeprefix("val_").replace("_", " ")
-    header = (
-        "Accuracy (%)" if name == "accuracy" else f"{name.upper() if len(name) <= 3 else name} (%)"
-    )
+    header = f"{spec.title if spec else name} (%)"  # the ablation's values are shares, in per cent
     columns = [
         Column("setting", "Setting", "Setting"),
         Column("features", "Features", "Features"),
-        Column("value", header, latex_escape(header), 2, "higher", std="value_std"),
+        Column("value", header, latex_escape(header), 2, spec.better if spec else "higher", std="value_std"),
     ]
     if replicated:
         columns.append(

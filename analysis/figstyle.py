@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from analysis.labels import SELECTED_ON_TEST, is_selected_on_test
 from analysis.provenance import Provenance
 from bnn.feature_sets import display_label
+from bnn.metric_table import METRICS
 
 FAMILY_ORDER = ("BNext", "ResNet", "ViT", "VGG", "DenseNet", "Xception")
 MARKERS = {False: "o", True: "^"}  # trainable, frozen backbone
@@ -35,7 +36,6 @@ COST_LABELS = {
     "latency_network_224px_ms": "measured network latency at 224 px, batch 1 (ms)",
     "throughput_224px_ips": "measured throughput at 224 px, batch 32 (images/s)",
 }
-PERCENT_METRICS = ("accuracy", "auc", "ap", "eer", "accuracy_real", "accuracy_fake")
 FOOTER_HEIGHT = 0.07
 
 
@@ -132,13 +132,15 @@ def quality_label(metric: str) -> str:
     split, _, name = metric.partition("_")
     if split not in ("val", "test"):
         return metric.replace("_", " ")
-    pretty = {"auc": "AUC", "ap": "AP", "eer": "EER"}.get(name, name.replace("_", " "))
-    unit = " (%)" if name in PERCENT_METRICS else ""
+    spec = METRICS.get(name)
+    pretty = spec.label if spec else name.replace("_", " ")
+    unit = " (%)" if spec and spec.percent else ""
     return f"{'Validation' if split == 'val' else 'Test'} {pretty}{unit}"
 
 
 def _scale(metric: str) -> float:
-    return 100.0 if metric.partition("_")[2] in PERCENT_METRICS else 1.0
+    spec = METRICS.get(metric.partition("_")[2])
+    return 100.0 if spec and spec.percent else 1.0
 
 
 def run_label(row: pd.Series, seed: bool = False) -> str:

@@ -15,17 +15,22 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import latency
-from analysis.figstyle import COST_LABELS, PERCENT_METRICS, metric_label, run_label
+from analysis.figstyle import COST_LABELS, metric_label, run_label
 from analysis.fronts import front_figure
 from analysis.pareto import DIRECTIONS, pareto_set
 from analysis.provenance import Provenance
 from analysis.replicates import as_grouped, replicate_keys, require_metrics
 from analysis.table_format import DASH, Column, Table, latex_escape
 from bnn.feature_sets import display_label
+from bnn.metric_table import spec_of
 
 ARROWS = {"maximize": "↑", "minimize": "↓"}
 _SHOWN = ("backbone", "features", "freeze_backbone")  # in the Configuration column
-_MINIMIZED = ("eer", "loss", "ece", "brier")  # metric name endings where lower is better
+
+
+def _lower_is_better(metric: str) -> bool:
+    spec = spec_of(metric)
+    return spec is not None and spec.lower_is_better
 
 
 def study_objectives(frame: pd.DataFrame) -> list[dict[str, str]]:
@@ -45,13 +50,14 @@ def study_objectives(frame: pd.DataFrame) -> list[dict[str, str]]:
 
 def direction(metric: str, frame: pd.DataFrame | None = None) -> str:
     """``"maximize"`` or ``"minimize"``: the study's own where ``metric`` is an objective, else
-    minimise costs, latencies and error-like metrics (EER, loss, ECE, Brier), maximise the rest."""
+    minimise costs, latencies and the metrics ``bnn.metric_table`` says are lower-is-better (EER,
+    loss, ECE, Brier), maximise the rest."""
     for objective in study_objectives(frame) if frame is not None else []:
         if objective["metric"] == metric:
             return objective["direction"]
     if metric.startswith("throughput_"):
         return "maximize"
-    if metric in COST_LABELS or latency.is_latency(metric) or metric.endswith(_MINIMIZED):
+    if metric in COST_LABELS or latency.is_latency(metric) or _lower_is_better(metric):
         return "minimize"
     return "maximize"
 
@@ -117,10 +123,9 @@ def objectives_figure(
 
 def _display(metric: str) -> tuple[float, int, str]:
     """(scale, decimals, unit) a metric is shown with in a table."""
-    if metric.partition("_")[2] in PERCENT_METRICS or metric.endswith(
-        tuple(f"_{m}" for m in PERCENT_METRICS)
-    ):
-        return 100.0, 2, " (%)"
+    spec = spec_of(metric)
+    if spec is not None and spec.percent:
+        return 100.0, spec.decimals, " (%)"
     if metric in ("ops", "flops", "bops"):
         return 1e-9, 3, " (G)"
     if metric in ("params", "binary_params", "trainable_params"):

@@ -20,6 +20,7 @@ from analysis.labels import dataset_name, setting_label
 from analysis.provenance import Provenance
 from bnn.data.perturb import PERTURBATION_KINDS
 from bnn.feature_sets import display_label, feature_set_sort_key
+from bnn.metric_table import METRICS
 
 _SETTING_SKIP = ("backbone", "features", "freeze_backbone", "dataset")
 
@@ -93,7 +94,7 @@ def cross_dataset_heatmap(
     ax = fig.add_subplot()
     values = matrix.to_numpy()
     low = float(np.nanmin(values)) if np.isfinite(values).any() else 50.0
-    pretty = "AUC" if metric == "auc" else metric.replace("_", " ")
+    pretty = METRICS[metric].label if metric in METRICS else metric.replace("_", " ")
     sns.heatmap(
         matrix,
         ax=ax,

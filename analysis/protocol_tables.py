@@ -17,6 +17,7 @@ from analysis.replicates import require_metrics
 from analysis.table_format import DASH, Column, Table, latex_escape
 from bnn.data.perturb import kind_note
 from bnn.feature_sets import display_label, feature_set_sort_key
+from bnn.metric_table import METRICS
 from bnn.protocol import ROBUST_PREFIX
 
 
@@ -289,13 +290,14 @@ def robustness_table(frame: pd.DataFrame, metric: str = "auc") -> Table:
     if not keys:
         raise ValueError("robustness_table: the runs have no robust_<perturbation>_* metrics")
     grouped, _ = protocol.robustness(frame, metrics=(metric,))
-    pretty = "AUC" if metric == "auc" else metric.replace("_", " ")
-    values = [(f"test_{metric}", 100, Column(f"{metric}_clean", "Clean", "Clean", 2, "higher"))]
+    spec = METRICS[metric]
+    pretty = spec.label
+    values = [(f"test_{metric}", 100, Column(f"{metric}_clean", "Clean", "Clean", spec.decimals, spec.better))]
     values += [
         (
             f"{ROBUST_PREFIX}{k.key}_{metric}",
             100,
-            Column(f"{metric}_{k.key}", k.label(), latex_escape(k.label()), 2, "higher"),
+            Column(f"{metric}_{k.key}", k.label(), latex_escape(k.label()), spec.decimals, spec.better),
         )
         for k in keys
     ]
@@ -333,17 +335,11 @@ def calibration_table(frame: pd.DataFrame, split: str = "test") -> Table:
     """
     require_metrics(frame, [f"{split}_ece"], "calibration_table")
     grouped = protocol.calibration(frame, split)
-    spec = {
-        "ece": ("ECE (%)", r"ECE (\%)", 100, 2, "lower"),
-        "brier": ("Brier", "Brier", 1, 4, "lower"),
-        "accuracy": ("Acc. @0.5 (%)", r"Acc.\ @0.5 (\%)", 100, 2, "higher"),
-        "accuracy_valthr": ("Acc. @val. thr. (%)", r"Acc.\ @val.\ thr.\ (\%)", 100, 2, "higher"),
-        "tpr_at_fpr_1pct": ("TPR @FPR 1% (%)", r"TPR @FPR 1\% (\%)", 100, 2, "higher"),
-        "tpr_at_fpr_0p1pct": ("TPR @FPR 0.1% (%)", r"TPR @FPR 0.1\% (\%)", 100, 2, "higher"),
-    }
     values = [
-        (f"{split}_{m}", scale, Column(m, md, tex, decimals, better))
-        for m, (md, tex, scale, decimals, better) in spec.items()
+        (f"{split}_{m}", 100 if METRICS[m].percent else 1,
+         Column(m, METRICS[m].column_header(), METRICS[m].column_latex(), METRICS[m].decimals,
+                METRICS[m].better))
+        for m in protocol.CALIBRATION_METRICS
         if f"{split}_{m}" in grouped
     ]
     notes = [

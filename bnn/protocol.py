@@ -33,15 +33,15 @@ from bnn.data import SPLITS, ImageDataset, create_dataset
 from bnn.data.perturb import Perturbation
 from bnn.detector import Detector
 from bnn.evaluation import evaluate
+from bnn.metric_table import EVAL, ROBUST, metrics_on
 from bnn.metrics import Metrics, per_source_metrics
 from bnn.splits import make_loader
 
 log = logging.getLogger(__name__)
 
 # What an extra test set reports (``eval_<set>_<metric>``) and a perturbed test split (``robust_``).
-EVAL_METRICS = ("accuracy", "auc", "eer", "ap", "accuracy_real", "accuracy_fake", "ece", "brier",
-                "accuracy_valthr", "tpr_at_fpr_1pct", "tpr_at_fpr_0p1pct", "count")
-ROBUST_METRICS = ("accuracy", "auc", "eer", "ap", "accuracy_real", "accuracy_fake", "accuracy_valthr")
+EVAL_METRICS = metrics_on(EVAL)
+ROBUST_METRICS = metrics_on(ROBUST)
 EVAL_PREFIX, ROBUST_PREFIX, SOURCE_PREFIX = "eval_", "robust_", "source_"
 SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 ALL_SPLITS = "all"  # an extra test set's split: every image of the dataset (a folder of one generator's fakes)

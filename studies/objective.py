@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bnn.data.perturb import parse_robustness
+from bnn.metric_table import spec_of
 from bnn.protocol import TestSet, protocol_metric_names
 from bnn.train import scalar_names
 
@@ -70,8 +71,9 @@ def not_comparable_reason(metric: str, scalars: Mapping[str, float]) -> str:
     if split in ("val", "test") and count is not None:
         if count == 0:
             return f"objective {metric} is NaN: the {split} split has no images"
-        if metric.endswith(("auc", "eer", "ap")):
+        spec = spec_of(metric)
+        if spec is not None and spec.two_class:
             images = f"{int(count)} image{'s' if count != 1 else ''}"
             return (f"objective {metric} is NaN: the {split} split has one class "
-                    f"({images}); AUC/EER/AP need real and fake images")
+                    f"({images}); {spec.label} needs real and fake images")
     return f"objective {metric} is NaN"

@@ -46,6 +46,7 @@ def frame(record) -> pd.DataFrame:
 # --- runs -------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_load_runs_one_row_per_finished_run(record, frame):
     assert len(frame) == len(record.finished) == 13
     assert sorted(frame["run_id"]) == sorted(r["run_id"] for r in record.finished)
@@ -466,6 +467,7 @@ def _assert_image(path: Path, min_size=(600, 400)) -> None:
     assert image.std() > 10  # not blank
 
 
+@pytest.mark.integration
 def test_figure1_files(frame, tmp_path):
     fig = fronts.figure1(frame)
     paths = save_figure(fig, tmp_path, "figure1")
@@ -492,6 +494,7 @@ def test_figure1_literature_points(frame, tmp_path):
         fronts.figure1(frame, quality="test_nonexistent")
 
 
+@pytest.mark.integration
 def test_learning_curves_and_roc(record, frame, tmp_path):
     history = runs.load_epoch_history(frame["run_id"], record.tracking_uri)
     fig = plots.learning_curves(history, frame)

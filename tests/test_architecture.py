@@ -143,6 +143,7 @@ FRESH_IMPORTS = textwrap.dedent(
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.integration
 def test_every_module_imports_in_a_fresh_interpreter():
     names = sorted(ALL_MODULES)
     done = subprocess.run(

@@ -152,6 +152,7 @@ def _synthetic(**kw) -> FitConfig:
                      features="rgb", resolution=16, batch_size=16, epochs=3, recipe="scratch", amp=False, **kw)
 
 
+@pytest.mark.integration
 def test_selection_on_test_selects_on_test_and_is_its_own_configuration(tmp_path):
     config = _synthetic(selection_split="test", output_dir=str(tmp_path / "run"))
     assert config.content_id() != _synthetic().content_id()
@@ -166,6 +167,7 @@ def test_selection_on_test_selects_on_test_and_is_its_own_configuration(tmp_path
     assert all(h.selection_accuracy is None for h in default.history)
 
 
+@pytest.mark.integration
 def test_a_study_with_selection_on_test_is_tagged(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -204,6 +206,7 @@ def _cifake_tree(root: Path, n: int = 24) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_the_cpu_cifake_study_validates_and_its_first_cell_runs(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

@@ -40,6 +40,7 @@ def _official_state(model, nested: bool):
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "state_dict"])
+@pytest.mark.integration
 def test_official_checkpoint_round_trip(tmp_path, nested):
     source = create_backbone("bnext_tiny")
     with torch.no_grad():  # non-trivial BN statistics and biases, so a wrong mapping would show
@@ -80,6 +81,7 @@ def test_missing_official_weights_say_what_to_download_and_where(tmp_path, monke
     assert str(tmp_path / "weights") in message and PRETRAINED_ENV in message
 
 
+@pytest.mark.integration
 def test_pretrained_true_reads_the_pretrained_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path))
     source = create_backbone("bnext_tiny")

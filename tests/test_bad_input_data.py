@@ -353,6 +353,7 @@ def _fit_config(tmp_path: Path, root: Path):
     (20, 0, 0, 3, "3 of 23 images could not be read (13%, no fake image at all"),
     (40, 0, 0, 2, "2 of 42 images could not be read (5%, no fake image at all"),
 ])
+@pytest.mark.integration
 def test_a_split_with_too_many_unreadable_images_fails_with_counts_and_examples(
         tmp_path, real, fake, broken_real, broken_fake, expected):
     from bnn.data import MAX_UNREADABLE_FRACTION, UnreadableSplitError
@@ -376,6 +377,7 @@ def test_a_few_unreadable_images_are_still_skipped_and_counted(tmp_path):
     assert fit(_fit_config(tmp_path, root)).skipped_images == 1
 
 
+@pytest.mark.integration
 def test_a_study_whose_training_images_are_all_unreadable_fails_its_cell(tmp_path, monkeypatch, capsys, caplog):
     from studies.__main__ import main as studies_main
 

@@ -52,6 +52,7 @@ def setup(tmp_path_factory, bench):
     return tmp, paths, detector, images
 
 
+@pytest.mark.integration
 def test_write_jpegs_gives_decodable_photo_crops(setup):
     _, paths, _, _ = setup
     assert [p.name for p in paths] == [f"img{i:04d}.jpg" for i in range(5)]
@@ -61,6 +62,7 @@ def test_write_jpegs_gives_decodable_photo_crops(setup):
     assert len({p.read_bytes() for p in paths}) == 5  # different crops
 
 
+@pytest.mark.integration
 def test_calibrated_random_detector_gives_distinct_logits(setup):
     _, _, detector, images = setup
     with torch.no_grad():

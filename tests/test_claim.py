@@ -97,6 +97,7 @@ def test_a_busy_database_is_retried_until_the_claim_goes_through(tmp_path):
     db.close()
 
 
+@pytest.mark.integration
 def test_a_database_that_stays_busy_leaves_the_trial_waiting_after_a_bounded_number_of_tries(tmp_path):
     storage = _storage(tmp_path, timeout=0.05)
     trial_id = _waiting_trial(storage)

@@ -73,6 +73,7 @@ def test_c08_data_params_typo_is_invalid_in_every_studies_command(tmp_path, comm
     _nothing_created(tmp_path)
 
 
+@pytest.mark.integration
 def test_c08_validate_as_a_subprocess_prints_one_line_and_exits_2(tmp_path):
     (tmp_path / "base").mkdir()
     _write(tmp_path, C08)
@@ -200,6 +201,7 @@ def test_bnn_train_bad_run_file_is_one_line_and_exit_2(tmp_path, content, messag
     assert _one_error_line(capsys.readouterr().err).startswith(message)
 
 
+@pytest.mark.integration
 def test_bnn_train_data_params_typo_as_a_subprocess(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bnn", "train", "--set", "data_params={cout: 3}"], cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)

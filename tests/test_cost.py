@@ -50,6 +50,7 @@ def test_batch_size_does_not_change_per_image_cost():
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.integration
 def test_adapter_and_head_add_their_macs(k):
     features = ["rgb", "sobel", "fft", "lbp"][: k + 1]
     backbone = cost.count(_on_meta(create_backbone, "bnext_tiny", num_classes=0), (1, 3, 64, 64))
@@ -67,6 +68,7 @@ def test_frozen_backbone_changes_trainable_params_only():
     assert frozen.trainable_params == 3 * 5 * 9 + 3 + 1024 + 1
 
 
+@pytest.mark.integration
 def test_paper_flops_column_is_ops_in_units_of_1e8():
     # Lanzino et al. Table 1: "FLOPs (G)" 0.89 / 1.91 / 3.39 for BNext-T/S/M (RGB + FFT + LBP).
     for name, published in [("bnext_tiny", 0.89), ("bnext_small", 1.91), ("bnext_middle", 3.39)]:
@@ -97,6 +99,7 @@ def test_unknown_module_with_parameters_is_refused():
 
 
 @pytest.mark.parametrize("fmt", ["text", "markdown", "latex", "csv"])
+@pytest.mark.integration
 def test_cost_cli_formats(fmt, capsys):
     assert main(["cost", "--backbones", "bnext_tiny", "resnet50", "--format", fmt]) == 0
     out = capsys.readouterr().out

@@ -282,6 +282,7 @@ CLUTTER = ["appledouble", "macosx", "ds_store", "hidden_folder", "thumbs_db", "d
 
 
 @pytest.mark.parametrize("kind", CLUTTER)
+@pytest.mark.integration
 def test_folder_clutter_is_never_listed(tmp_path: Path, kind: str, caplog):
     clean = c06_tree(tmp_path / "clean")
     shipped = c06_tree(tmp_path / "shipped")
@@ -641,6 +642,7 @@ def _logistic_regression(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np
         return (b @ w + bias > 0).long().numpy()
 
 
+@pytest.mark.integration
 def test_synthetic_channel_statistics_carry_no_label(tmp_path: Path):
     folder = generate_synthetic(tmp_path, seed=0, count=600, resolution=32, difficulty=0.0)
     features = {}

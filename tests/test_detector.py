@@ -83,8 +83,16 @@ def test_display_label_is_the_papers_name(features, full, added):
     assert display_label(features) == full and display_label(features, added=True) == added
 
 
-@pytest.mark.parametrize("features", FEATURE_SETS)
-@pytest.mark.parametrize("backbone", list_backbones())
+def _grid():
+    """Every backbone with no extra channel and with all of them in the default tier; the other
+    feature sets (the same adapter with fewer inputs) in the integration tier."""
+    for backbone in list_backbones():
+        for features in FEATURE_SETS:
+            marks = () if features in (FEATURE_SETS[0], FEATURE_SETS[-1]) else (pytest.mark.integration,)
+            yield pytest.param(backbone, features, marks=marks, id=f"{backbone}-{features}")
+
+
+@pytest.mark.parametrize(("backbone", "features"), list(_grid()))
 def test_contract_forward_backward(backbone, features):
     # 64 px, batch 2: the deepest stage is 2x2, so training-mode BatchNorm sees 8 values per
     # channel. (At 1x1 it would see 2, and its gradients can explode by construction.)

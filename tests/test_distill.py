@@ -138,6 +138,7 @@ def _teacher_file(path: Path, backbone: str = "resnet18") -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_command_line_distils_from_a_checkpoint_and_names_a_bad_one(tmp_path, capsys):
     teacher = _teacher_file(tmp_path / "teacher.pt")
     common = ["train", "--set", "backbone=bnext_micro", "--set", "resolution=32", "--set", "epochs=1",
@@ -256,6 +257,7 @@ log_checkpoint: false
 """
 
 
+@pytest.mark.integration
 def test_a_bnn_student_distils_from_a_teacher_cell_of_another_study(tmp_path, store):
     (tmp_path / "teachers.yaml").write_text(TEACHERS.format(data=DATA, root=tmp_path))
     (tmp_path / "students.yaml").write_text(STUDENTS.format(data=DATA, root=tmp_path))
@@ -322,6 +324,7 @@ def test_a_failed_teacher_fails_its_student_with_the_reason(tmp_path, store):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_workers_run_the_teacher_before_its_student_each_cell_once(tmp_path, store):
     path, (teacher, student) = _pair(tmp_path)
     workers = [

@@ -28,6 +28,7 @@ def _text(capsys) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_runs_of_an_earlier_version_are_stale_everywhere(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BNN_CACHE_DIR", str(tmp_path / "cache"))

@@ -62,6 +62,7 @@ def test_pack_bits_is_lsb_first():
     ("c_in", "c_out", "kernel", "stride"),
     [(8, 7, 3, 1), (16, 5, 3, 2), (8, 8, 1, 1), (24, 9, 1, 2), (5, 7, 3, 1), (5, 7, 1, 2)],
 )
+@pytest.mark.integration
 def test_binary_conv_is_exact(c_in, c_out, kernel, stride):
     conv = BinaryConv2d(c_in, c_out, kernel, stride)
     with torch.no_grad():
@@ -86,6 +87,7 @@ def test_binary_conv_is_exact(c_in, c_out, kernel, stride):
         assert np.all(got == np.round(got))
 
 
+@pytest.mark.integration
 def test_detector_round_trip(tmp_path):
     torch.manual_seed(1)
     detector = _randomise(create_detector("bnext_micro", "rgb+fft+lbp"))
@@ -112,6 +114,7 @@ def test_detector_round_trip(tmp_path):
     torch.testing.assert_close(single, detector.predict_proba(images[:1]), atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 def test_export_from_checkpoint(tmp_path):
     from bnn.config import FitConfig
 
@@ -127,6 +130,7 @@ def test_export_from_checkpoint(tmp_path):
         export(tmp_path / "best.pt", tmp_path / "x", fmt="onnx")
 
 
+@pytest.mark.integration
 def test_export_and_detect_cli_with_each_engine(tmp_path, monkeypatch, capsys):
     import json
 

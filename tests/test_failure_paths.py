@@ -98,6 +98,7 @@ def test_metric_families_added_by_later_features_become_valid_objectives(tmp_pat
     assert load_study(path).spec.objective.metric == "energy_mj"
 
 
+@pytest.mark.integration
 def test_scalar_names_are_the_names_a_finished_run_logs(tmp_path):
     """Every name known before a run is logged; the others are per-source names, which depend on
     the data (the synthetic benchmark's generator kinds)."""
@@ -112,6 +113,7 @@ def test_scalar_names_are_the_names_a_finished_run_logs(tmp_path):
 # --- C01: a NaN objective finishes the cell once, as "not comparable" --------------------------
 
 
+@pytest.mark.integration
 def test_nan_objective_finishes_the_cell_once_as_not_comparable(tmp_path, capsys):
     """C01's kind: test_auc of a one-class test split (one test image) is NaN."""
     path = _study(tmp_path, "  max_test_samples: 1\nobjective: {metric: test_auc}")
@@ -185,6 +187,7 @@ def test_fit_refuses_an_empty_validation_split_before_training(tmp_path):
 # --- C02: every attempt counts ----------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_search_whose_trials_fail_stops_at_its_budget(tmp_path, capsys):
     """C02's kind: each trial's values make training fail (here an empty val split); the search
     starts ``trials`` trials, exits 1 and lists the failures."""
@@ -204,6 +207,7 @@ def test_a_search_whose_trials_fail_stops_at_its_budget(tmp_path, capsys):
     assert len(_trials(tmp_path)) == 4
 
 
+@pytest.mark.integration
 def test_a_cell_whose_worker_keeps_dying_is_started_at_most_max_attempts_times(tmp_path):
     """A cell whose worker dies (OOM-killed, SIGKILL) leaves a trial with no recorded failure; it
     is retried, but not more than ``MAX_ATTEMPTS`` times in one invocation."""
@@ -228,6 +232,7 @@ def test_a_cell_whose_worker_keeps_dying_is_started_at_most_max_attempts_times(t
 # --- C03: signals, and stores created whole ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_fit_stops_between_batches_and_resumes(tmp_path):
     config = FitConfig(backbone="bnext_micro", features="rgb", dataset="synthetic", resolution=16, epochs=2,
                        batch_size=8, data_params={"count": 60, "image_size": 20}, output_dir=str(tmp_path / "r"))
@@ -257,6 +262,7 @@ def test_a_signal_only_sets_the_stop_flag():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.integration
 def test_an_interrupted_creation_leaves_no_file(tmp_path):
     path = tmp_path / "mlflow.db"
 
@@ -274,6 +280,7 @@ def test_an_interrupted_creation_leaves_no_file(tmp_path):
 
 @pytest.mark.parametrize("damage", ["drop table alembic_version", "delete from alembic_version",
                                     "create table _alembic_tmp_params (key text)"])
+@pytest.mark.integration
 def test_a_half_created_store_of_an_older_version_is_rebuilt(tmp_path, caplog, damage):
     """C03's broken state: the tables exist but the migrations never recorded their version (every
     later open fails, "table ... already exists"). Holding no runs, it is moved aside and rebuilt."""
@@ -300,6 +307,7 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float =
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_while_the_stores_are_created_then_the_rerun_works(tmp_path, delay=0.3):
     """Case C03: SIGINT while the first run creates its stores (0.3 s after MLflow's "Creating
     initial MLflow database tables"). The first run ends with 130, prints no traceback, and the
@@ -333,6 +341,7 @@ def test_ctrl_c_while_the_stores_are_created_then_the_rerun_works(tmp_path, dela
     ("bnext_micro", 16, 11),  # the bn_linear head's BatchNorm1d alone
     ("resnet18", 32, 33),  # a timm baseline: 1x1 before its pooling too
 ])
+@pytest.mark.integration
 def test_a_final_training_batch_of_one_image_is_left_out(tmp_path, backbone, resolution, batch_size, monkeypatch):
     """C07's kind: train size = k * batch_size + 1 (34 train images; k = 3 or 1). A batch of one
     would reach train-mode BatchNorm with one value per channel. The training loop leaves it out
@@ -348,6 +357,7 @@ def test_a_final_training_batch_of_one_image_is_left_out(tmp_path, backbone, res
 
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.5, 2.0])
+@pytest.mark.integration
 def test_ctrl_c_during_start_up_imports_is_never_swallowed(tmp_path, delay):
     """C03's second face: a Ctrl-C while `studies run` still imports torch/MLflow/Optuna used to be
     raised inside library code and lost (the study ran to the end, exit 0). It is now recorded

@@ -200,6 +200,7 @@ def test_lbp_codes_are_bit_counts():
 
 
 @pytest.mark.slow  # 86 images of 2**20 x 6 pixels, ours and skimage's (about 100 s on 2 busy cores)
+@pytest.mark.integration
 def test_lbp_ties_match_skimage_on_every_row_below_the_exact_bound(monkeypatch):
     """``_lbp``'s integer path counts equal samples and centre as bit 1; skimage agrees on every
     row below ``_LBP_EXACT_ROWS`` for all 256 levels (its float64 ``(1 - d) a + d a`` is never
@@ -292,6 +293,7 @@ def test_kernels_do_not_depend_on_the_thread_count():
     assert all(torch.equal(result, results[0]) for result in results)
 
 
+@pytest.mark.integration
 def test_forked_child_runs_the_serial_kernels():
     """GNU OpenMP is not fork-safe: Numba kills a forked child that starts a parallel region
     after its parent did (and torch's own parallel ops hang there, which is why DataLoader

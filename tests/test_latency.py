@@ -66,6 +66,7 @@ def _cell_runs(tmp_path: Path, name: str = "lat") -> list:
 # ---- bnn.latency.measure ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_measure_names_units_and_network_within_end_to_end():
     detector = create_detector("bnext_micro", ("rgb", "fft", "lbp")).eval()
     threads_before = torch.get_num_threads()
@@ -82,6 +83,7 @@ def test_measure_names_units_and_network_within_end_to_end():
     assert torch.get_num_threads() == threads_before
 
 
+@pytest.mark.integration
 def test_a_full_precision_backbone_runs_on_the_fp32_engine():
     detector = create_detector("resnet18", ("rgb",)).eval()
     result = measure(detector, 32, threads=1, repeats=2, warmup=1, batch=2)
@@ -104,6 +106,7 @@ def test_measure_refuses_non_positive_settings(kwargs):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_every_cell_logs_latency_and_host_and_resumes_on_changed_settings(tmp_path, caplog):
     path = _study(tmp_path, "grid:\n  features: [rgb, rgb+fft]\nlatency: {enabled: true, threads: 1, repeats: 3}")
     assert Runner(load_study(path)).run().completed
@@ -141,6 +144,7 @@ def test_every_cell_logs_latency_and_host_and_resumes_on_changed_settings(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_latency_seeds_times_only_those_seeds_and_says_so_on_the_others(tmp_path):
     path = _study(tmp_path, "grid:\n  features: [rgb]\nseeds: [0, 1]\nlatency: {enabled: true, repeats: 2, seeds: [0]}")
     assert len(Runner(load_study(path)).run().completed) == 2
@@ -151,6 +155,7 @@ def test_latency_seeds_times_only_those_seeds_and_says_so_on_the_others(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_missing_engine_is_recorded_and_measured_once_it_is_there(tmp_path, monkeypatch):
     path = _study(tmp_path, "grid:\n  features: [rgb]\nlatency: {enabled: true, repeats: 2}")
     monkeypatch.setitem(sys.modules, "openvino", None)
@@ -230,6 +235,7 @@ objective:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_two_objective_search_reports_its_pareto_set(tmp_path, capsys):
     path = _study(tmp_path, SEARCH, name="mo")
     assert main(["run", str(path)]) == 0

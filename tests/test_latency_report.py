@@ -186,6 +186,7 @@ def _legend(fig) -> dict[str, object]:
     }
 
 
+@pytest.mark.integration
 def test_figure1_latency_one_host(tmp_path):
     fig = fronts.figure1_latency(_runs(ONE_HOST))
     ax = fig.axes[0]

@@ -229,6 +229,7 @@ def metrics_cells(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_study_logs_protocol_metrics_and_adds_new_entries_without_retraining(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("BNN_TEST_UNSET_ROOT", raising=False)
     unset = "  - {name: elsewhere, dataset: cifake, data_root: \"${BNN_TEST_UNSET_ROOT}\"}\n"

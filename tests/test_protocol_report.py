@@ -108,6 +108,7 @@ def test_names_are_bnn_protocols():
 
 
 @pytest.mark.slow  # the studies: about 20 s on 2 cores; the render (below): about 35 s
+@pytest.mark.integration
 def test_real_record_is_read(studies):
     frame = runs.load_runs(PROTOCOL_STUDY, studies["uri"])
     assert protocol.extra_test_sets(frame) == ["heldout"]
@@ -134,6 +135,7 @@ def test_real_record_is_read(studies):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_render_writes_the_protocol_files(rendered):
     names = {p.name for p in rendered.iterdir()}
     expected = {f"{stem}.{ext}" for stem in FIGURES for ext in ("png", "pdf", "svg")}
@@ -281,6 +283,7 @@ def _predictions(labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     )
 
 
+@pytest.mark.integration
 def test_ablation_marks_significant_rows_pairing_seeds():
     rng = np.random.default_rng(0)
     labels = np.tile([0, 1], 150)
@@ -388,6 +391,7 @@ def _protocol_metrics(auc: float) -> dict:
     }
 
 
+@pytest.mark.integration
 def test_protocol_tables_and_figures_with_seeds(tmp_path):
     frame = _frame(
         [

@@ -146,6 +146,7 @@ def test_bn_head_starts_at_logit_zero_and_linear_head_does_not():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["bn_linear"])
+@pytest.mark.integration
 def test_first_steps_from_scratch_keep_the_loss_bounded(tmp_path_factory, monkeypatch, head):
     """The cause the diagnosis confirmed: BNext-T from scratch with the authors' linear head blows
     its logits up within 3 AdamW steps (std ~30, batch loss 7-18 at lr 3e-4 on the quickstart's
@@ -246,6 +247,7 @@ def test_checkpoints_of_older_versions_load_as_they_were_trained(tmp_path):
     assert torch.equal(loaded(images), model(images))
 
 
+@pytest.mark.integration
 def test_a_training_batch_of_one_image_is_left_out(tmp_path, monkeypatch):
     """Case C07's kind: train size = k * batch_size + 1 (34 images, batch 33). Train-mode BatchNorm
     cannot normalise one value per channel; the batch is left out and the epoch finishes."""

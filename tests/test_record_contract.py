@@ -186,6 +186,7 @@ def test_status_reads_mlflow_once_and_briefly_when_the_server_is_down(monkeypatc
 
 @pytest.mark.usefixtures("written")
 class TestRecordContract:
+    @pytest.mark.integration
     def test_the_run_itself(self, written):
         assert written.exit_code == 1  # one cell failed
         print(f"{written.store}: study written in {written.seconds:.1f} s")
@@ -227,6 +228,7 @@ class TestRecordContract:
             assert params[R.PARAM_DATASET] == "synthetic" and params[R.PARAM_SEED] == "0"
             assert params[R.PARAM_AXES] == cell.axes_label() and params["data_params.count"] == "60"
 
+    @pytest.mark.integration
     def test_finished_cells_metrics_and_data(self, written):
         for run in written.of_kind("finished") + written.of_kind("not_comparable"):
             tags, metrics = run.data.tags, run.data.metrics
@@ -287,6 +289,7 @@ class TestRecordContract:
         finished = load_runs("contract", written.tracking_uri)
         assert len(finished) == 3 and set(finished["status"]) == {"FINISHED"}
 
+    @pytest.mark.integration
     def test_status_reads_results_from_mlflow_not_optuna(self, written):
         trials = optuna.load_study(study_name="contract", storage=written.storage).get_trials()
         allowed = {R.ATTR_CELL_ID, R.ATTR_RUN_ID, R.ATTR_AXES, R.ATTR_FAILURE, R.ATTR_NOT_COMPARABLE}

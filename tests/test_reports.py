@@ -101,6 +101,7 @@ def rendered(records, no_python3_kernel, tmp_path_factory):
     return result, cwd / "reports" / "out" / "demo"
 
 
+@pytest.mark.integration
 def test_render_writes_every_file(rendered):
     result, out = rendered
     assert result.returncode == 0, result.stderr
@@ -120,6 +121,7 @@ PROTOCOL_STEMS = (
 )
 
 
+@pytest.mark.integration
 def test_render_without_protocol_data_has_no_protocol_sections(rendered):
     """The demo record has no extra test sets, perturbations, per-source or calibration metrics
     and no predictions: none of those files, and no empty section."""
@@ -188,6 +190,7 @@ def test_render_latency_and_objectives(rendered):
 
 
 @pytest.mark.slow  # a second render (about 30 s on 2 cores)
+@pytest.mark.integration
 def test_render_without_latency_or_objectives(records, tmp_path):
     """A study recorded before latency and objectives: no latency figure, no objectives section;
     the report says latency was not measured, and why; the tables show dashes."""
@@ -221,6 +224,7 @@ def test_render_logs_report_to_parent_run(rendered, records):
     assert [Path(a.path).name for a in study_file] == ["demo.yaml"]
 
 
+@pytest.mark.integration
 def test_failing_notebook_exits_nonzero_with_the_error(records, tmp_path):
     result = _render(
         "broken",

@@ -101,6 +101,7 @@ LOADERS = ["read_checkpoint", "load_detector", "saved_val_threshold", "load_auth
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
 @pytest.mark.parametrize("payload", list(PAYLOADS))
 @pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.integration
 def test_every_loader_refuses_a_pickle_that_would_run_code(tmp_path, monkeypatch, loader, payload, legacy):
     layout, load = _loaders(tmp_path, monkeypatch)[loader]
     marker = tmp_path / "PWNED"
@@ -133,6 +134,7 @@ def test_commands_refuse_a_crafted_checkpoint_with_one_line_and_exit_2(tmp_path,
     assert not (tmp_path / "exported").exists()
 
 
+@pytest.mark.integration
 def test_the_projects_own_checkpoints_need_no_allow_list(tmp_path, monkeypatch):
     from bnn.train import fit
 
@@ -158,6 +160,7 @@ def _numpy1_names(path: Path) -> None:
 
 
 @pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
+@pytest.mark.integration
 def test_the_official_bnext_layout_loads_with_its_training_lists(tmp_path, numpy_names):
     """hpi-xnor/BNext ``save_checkpoint``: epoch, the ``ModuleDict({'module': ...})`` state dict,
     best accuracy, AdamW state, scheduler state and the per-epoch accuracy lists (numpy arrays)."""
@@ -285,6 +288,7 @@ def _misfit(state: dict, case: str) -> dict:
 
 @pytest.mark.parametrize("command", ["detect", "evaluate", "export"])
 @pytest.mark.parametrize("case", ["shapes", "extra key", "config a string", "config a list", "model a list"])
+@pytest.mark.integration
 def test_a_checkpoint_that_loads_but_does_not_fit_is_one_error_and_exit_2(tmp_path, capsys, case, command):
     path = tmp_path / "best.pt"
     torch.save(_misfit(_micro_checkpoint(), case), path)
@@ -329,6 +333,7 @@ def test_a_safetensors_file_given_as_a_detector_says_what_it_is(tmp_path, capsys
 
 
 @pytest.mark.parametrize("weights", ["garbage.safetensors", "misfit.safetensors", "misfit.pth", "evil.pth"])
+@pytest.mark.integration
 def test_train_with_a_bad_pretrained_file_is_one_error_and_leaves_no_output_folder(tmp_path, monkeypatch, capsys,
                                                                                    weights):
     from safetensors.torch import save_file

@@ -91,6 +91,7 @@ def _wait_mid_cell(worker: subprocess.Popen, log: Path, storage_url: str, client
     raise AssertionError(f"worker did not get into a cell in {timeout:.0f} s:\n{log.read_text()}")
 
 
+@pytest.mark.integration
 def test_three_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(tmp_path, postgres, mlflow_server):
     started = time.monotonic()
     storage_url = postgres.url("optuna")
@@ -144,6 +145,7 @@ def test_three_workers_on_postgresql_and_an_mlflow_server_survive_a_sigkill(tmp_
     print(f"\nscale-out e2e: {CELLS} cells, 3 workers (one SIGKILLed and restarted) in {wall:.0f} s")
 
 
+@pytest.mark.integration
 def test_a_postgresql_restart_mid_cell_is_bridged_and_each_cell_finishes_once(tmp_path, postgres, mlflow_server):
     """Optuna on PostgreSQL, MLflow's server on PostgreSQL: the server restarts while a cell trains;
     the worker reconnects (SQLAlchemy's pool pre-ping, MLflow's HTTP retries) and every cell ends
@@ -173,6 +175,7 @@ def test_a_postgresql_restart_mid_cell_is_bridged_and_each_cell_finishes_once(tm
         assert sorted(m.step for m in history) == list(range(EPOCHS))
 
 
+@pytest.mark.integration
 def test_an_mlflow_server_outage_mid_cell_is_bridged(tmp_path, postgres):
     """The tracking server is stopped for 20 s while a cell trains, then started again on the same
     port: MLflow's HTTP retries bridge the gap and the cells finish once each."""

@@ -52,6 +52,7 @@ def test_paired_auc_identical_scores():
     assert paired_auc_test(labels, perfect, perfect.copy()) == 1.0
 
 
+@pytest.mark.integration
 def test_paired_auc_perfect_against_random_scorer():
     labels, perfect, random = _perfect_and_random()
     p = paired_auc_test(labels, perfect, random)
@@ -75,6 +76,7 @@ def test_paired_auc_one_class_is_nan():
         paired_auc_test([0, 1], [0.1, 0.9], [0.2])
 
 
+@pytest.mark.integration
 def test_holm_hand_computed():
     # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> running max
     # 0.02, 0.03, 0.06, 0.06. At 0.05 the first two (0.005, 0.01) are rejected.
@@ -83,6 +85,7 @@ def test_holm_hand_computed():
     assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
 
 
+@pytest.mark.integration
 def test_holm_nan_passthrough():
     reject, adjusted = holm([0.01, float("nan"), 0.04, 0.03, 0.005])
     assert reject == [True, False, False, False, True]

@@ -34,6 +34,7 @@ def _env(tmp_path: Path) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "BNN_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.integration
 def test_a_checkpoint_write_over_the_file_size_limit_is_one_storage_error_and_leaves_no_temp_file(tmp_path):
     """RLIMIT_FSIZE makes the kernel refuse the write (EFBIG), as a full disk refuses it (ENOSPC)."""
     script = textwrap.dedent(f"""
@@ -116,6 +117,7 @@ def _run(folder: Path, tmp_path: Path, timeout: int = 600) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_runs_dir_on_a_full_disk_fails_the_cell_in_one_line_and_a_rerun_resumes(tmp_path, tmpfs):
     small = tmpfs("small", "3M")
     (tmp_path / "s.yaml").write_text(STUDY.replace("EPOCHS", "4") + f"runs_dir: {small}\n")
@@ -132,6 +134,7 @@ def test_runs_dir_on_a_full_disk_fails_the_cell_in_one_line_and_a_rerun_resumes(
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_full_sqlite_store_ends_in_one_line_and_a_rerun_finishes_the_cells(tmp_path, tmpfs):
     folder = tmpfs("study", "60M")
     (folder / "s.yaml").write_text(STUDY.replace("EPOCHS", "8") + f"runs_dir: {tmp_path / 'runs'}\n")

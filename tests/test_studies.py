@@ -159,6 +159,7 @@ def test_set_overrides_and_unknown_override(tmp_path):
 
 
 @pytest.mark.parametrize("name", BUNDLED)
+@pytest.mark.integration
 def test_shipped_studies_validate_and_plan(name, capsys):
     assert main(["validate", name]) == 0
     assert main(["plan", name]) == 0
@@ -203,6 +204,7 @@ def _assert_each_cell_once(tmp_path, n_cells=4):
     assert all(r.info.status == "FINISHED" for r in children)
 
 
+@pytest.mark.integration
 def test_study_end_to_end_mlflow_record_and_rerun(tmp_path, capsys):
     path = _tiny(tmp_path, checkpoint="true")
     assert main(["run", str(path), "--quiet"]) == 0
@@ -271,6 +273,7 @@ def _wait_for_running_trial(tmp_path, process, timeout=120, after_epochs=0) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sigkilled_worker_is_detected_and_its_cell_rerun_once(tmp_path):
     path = _tiny(tmp_path, count=300, epochs=3)
     worker = _worker(path)
@@ -289,6 +292,7 @@ def test_sigkilled_worker_is_detected_and_its_cell_rerun_once(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sigterm_ends_the_cell_cleanly_and_the_rerun_finishes(tmp_path):
     path = _tiny(tmp_path, count=300, epochs=4)
     worker = _worker(path)
@@ -306,6 +310,7 @@ def test_sigterm_ends_the_cell_cleanly_and_the_rerun_finishes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_workers_share_a_grid_with_each_cell_once(tmp_path):
     path = _tiny(tmp_path, count=120, epochs=2)
     workers = [_worker(path), _worker(path)]
@@ -316,6 +321,7 @@ def test_two_workers_share_a_grid_with_each_cell_once(tmp_path):
     assert sum(finished_by) == 4
 
 
+@pytest.mark.integration
 def test_waiting_trials_of_another_study_version_are_left_alone(tmp_path):
     path = _tiny(tmp_path)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
@@ -339,6 +345,7 @@ open_storage(storage).get_all_studies()
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_workers_creating_the_stores_together_leave_them_usable(tmp_path):
     """Unserialised, concurrent MLflow migrations on one SQLite file break it for good."""
     tracking, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
@@ -352,6 +359,7 @@ def test_workers_creating_the_stores_together_leave_them_usable(tmp_path):
     assert MlflowClient(tracking).create_experiment("after") is not None
 
 
+@pytest.mark.integration
 def test_a_worker_whose_trial_was_failed_as_stale_leaves_the_cell(tmp_path):
     """Another worker failing our trial (as ``fail_stale_trials`` does) must stop us at the epoch end."""
     study = load_study(_tiny(tmp_path, epochs=2))
@@ -414,6 +422,7 @@ def test_a_postgresql_url_without_its_driver_is_one_line_naming_the_extra(tmp_pa
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.integration
 def test_a_worker_taken_over_before_its_first_epoch_writes_nothing_more_into_the_run(tmp_path):
     """The claim is checked before each write: a stalled worker whose trial was failed as stale
     (here: before its cell trained) logs no epoch, no result and no end into the run, which now
@@ -462,6 +471,7 @@ class _Killed(BaseException):
     """Stands for a SIGKILL right after ``fit`` wrote an epoch's checkpoint, before it was logged."""
 
 
+@pytest.mark.integration
 def test_an_epoch_checkpointed_but_not_logged_by_a_killed_attempt_is_logged_by_the_retry(tmp_path):
     path = _micro(tmp_path, epochs=3, grid="")
     runner = Runner(load_study(path))
@@ -511,6 +521,7 @@ def _processes_running(path: Path) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_workers_option_runs_each_cell_once_with_single_threaded_workers(tmp_path):
     path = _micro(tmp_path, epochs=2)
     parent = _workers_parent(path, 2)
@@ -524,6 +535,7 @@ def test_workers_option_runs_each_cell_once_with_single_threaded_workers(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sigint_to_the_workers_parent_stops_every_worker_with_130(tmp_path):
     path = _micro(tmp_path, count=400, epochs=4)
     parent = _workers_parent(path, 2)
@@ -550,6 +562,7 @@ def test_sigint_to_the_workers_parent_stops_every_worker_with_130(tmp_path):
 
 
 @pytest.mark.parametrize("given", [None, "false"])
+@pytest.mark.integration
 def test_mlflow_telemetry_is_off_in_study_processes_unless_the_user_set_it(given):
     """MLflow's telemetry thread removes its session id from os.environ while requests iterate it
     (KeyError: '_MLFLOW_TELEMETRY_SESSION_ID' in a log_batch with 8 workers): studies turn it off."""
@@ -565,6 +578,7 @@ def test_mlflow_telemetry_is_off_in_study_processes_unless_the_user_set_it(given
     assert out.strip() == (given or "true")
 
 
+@pytest.mark.integration
 def test_plan_in_a_log_keeps_every_value_on_one_line(tmp_path):
     """stdout a pipe (a log file, a cluster job): the table is not wrapped at 80 columns, so each
     cell id and backbone name is whole on its cell's line."""

@@ -126,6 +126,7 @@ def test_a_file_larger_than_the_bound_is_refused_before_it_is_read(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+@pytest.mark.integration
 def test_a_fifo_named_like_a_study_file_does_not_hang(tmp_path):
     fifo = tmp_path / "s.yaml"
     os.mkfifo(fifo)

@@ -41,6 +41,7 @@ def _synthetic_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_detector_learns_the_synthetic_benchmark(tmp_path):
     config = _config(
         tmp_path, "learn", resolution=64, epochs=5,
@@ -55,6 +56,7 @@ def test_detector_learns_the_synthetic_benchmark(tmp_path):
     assert "synthetic benchmark (generated locally" in result.data["train"]
 
 
+@pytest.mark.integration
 def test_callbacks_lr_schedule_and_result_fields(tmp_path):
     config = _config(tmp_path, "fields", epochs=3, lr_decay_epochs=2)
     seen: list[EpochStats] = []
@@ -74,6 +76,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.integration
 def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
     reference = fit(_config(tmp_path, "straight", epochs=3))
 
@@ -95,12 +98,14 @@ def test_interrupted_fit_resumes_to_the_same_result(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.integration
 def test_resume_refuses_a_different_configuration(tmp_path):
     fit(_config(tmp_path, "run", epochs=1))
     with pytest.raises(ValueError, match="different configuration"):
         fit(_config(tmp_path, "run", epochs=1, lr=5e-4))
 
 
+@pytest.mark.integration
 def test_frozen_backbone_stays_fixed_through_fit(tmp_path):
     config = _config(tmp_path, "frozen", epochs=1, freeze_backbone=True)
     result = fit(config)
@@ -130,6 +135,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     assert "folder" in result.data["train"]
 
 
+@pytest.mark.integration
 def test_train_evaluate_detect_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     run = tmp_path / "run.yaml"
@@ -164,6 +170,7 @@ def test_train_cli_reports_bad_keys(tmp_path, capsys):
     assert str(run) in err and "epochs" in err and "learning_rate" in err
 
 
+@pytest.mark.integration
 def test_the_weights_do_not_depend_on_what_was_cached(tmp_path, monkeypatch):
     """Generating or auditing the data draws random numbers only when the cache is cold: a first
     run and a re-run of one configuration train the same network (found as an order-dependent

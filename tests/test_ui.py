@@ -240,6 +240,7 @@ def _assert_all_gone(tree: list[int], groups: list[int], port: int) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc (Linux)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.integration
 def test_a_signal_stops_every_process_and_frees_the_port(tmp_path, sig):
     port = _free_port()
     ui = UI(_tiny(tmp_path), port)  # no record yet: the link is the experiments list
@@ -321,6 +322,7 @@ return JSON.stringify(out);
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc (Linux)")
+@pytest.mark.integration
 def test_browser_sees_each_cell_with_its_objective(tmp_path, capsys):
     browser, driver_path = _chromium()
     from mlflow import MlflowClient

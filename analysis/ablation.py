@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import latency, paired
+from analysis import latency_frames, paired
 from analysis.labels import setting_label
 from analysis.literature import SHORT_CITATION, load_literature
 from analysis.provenance import Provenance
@@ -124,9 +124,9 @@ def ablation_table(
         raise ValueError(
             "ablation_table needs the runs of load_runs (not grouped): it resamples seeds"
         )
-    timed = [m for m in (latency.LATENCY, latency.THROUGHPUT) if m in frame]
+    timed = [m for m in (latency_frames.LATENCY, latency_frames.THROUGHPUT) if m in frame]
     grouped = group_replicates(frame, metrics=[metric, *timed], level=level, seed=seed)
-    grouped = latency.with_spread(grouped, frame)
+    grouped = latency_frames.with_spread(grouped, frame)
     keys = [k for k in grouped.attrs["grouped_by"] if k != "features"]
     varying = [k for k in keys if grouped[k].astype(str).nunique() > 1]
     indexed = frame.set_index("run_id") if "run_id" in frame else None
@@ -191,8 +191,8 @@ def ablation_table(
                     "delta": np.nan if is_base else row[metric] * 100 - base_value,
                     "delta_ci_low": low * 100,
                     "delta_ci_high": high * 100,
-                    **{c: row.get(c, np.nan) for c in latency.TABLE_KEYS},
-                    "latency_host": row.get(latency.HOSTS),
+                    **{c: row.get(c, np.nan) for c in latency_frames.TABLE_KEYS},
+                    "latency_host": row.get(latency_frames.HOSTS),
                     "n": row["n"],
                     "seeds": row["seeds"],
                     "run_ids": row["run_ids"],
@@ -287,10 +287,10 @@ def ablation_table(
             )
         )
         columns.append(Column("n", "n", "$n$", 0))
-    timed_on, latency_notes = latency.table_text(frame) if latency.has_latency(frame) else ("", [])
+    timed_on, latency_notes = latency_frames.table_text(frame) if latency_frames.has_latency(frame) else ("", [])
     if latency_notes:  # measured: latency and throughput before n, as in the results tables
         at = len(columns) - 1 if replicated else len(columns)
-        columns[at:at] = latency.table_columns(single_host=len(latency.hosts(frame)) <= 1)
+        columns[at:at] = latency_frames.table_columns(single_host=len(latency_frames.hosts(frame)) <= 1)
 
     provenance = Provenance.from_runs(frame)
     caption = (

@@ -3,7 +3,7 @@
 All three are one drawing (``front_figure``): one point per configuration, colour = architecture
 family, marker = trainable (circle) or frozen (triangle) backbone, marker area ~ parameters, error
 bars = std over seeds, the Pareto front as a staircase and its points labelled. Points timed on
-different hosts (``analysis.latency``) keep their host: a fill style per host (filled, hollow,
+different hosts (``analysis.latency_frames``) keep their host: a fill style per host (filled, hollow,
 half-filled, ...) with a legend entry and a front per host.
 """
 
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
 
-from analysis import data_audit, latency
+from analysis import data_audit, latency_frames
 from analysis.figstyle import (
     COST_LABELS,
     MARKERS,
@@ -133,7 +133,7 @@ def front_figure(
         if "freeze_backbone" in points
         else pd.Series(False, points.index)
     )
-    host = points.get(latency.HOST, pd.Series(None, index=points.index, dtype=object))
+    host = points.get(latency_frames.HOST, pd.Series(None, index=points.index, dtype=object))
     hosts = list(dict.fromkeys(h for h in host if isinstance(h, str)))
     style = {h: i for i, h in enumerate(hosts)}
     ys = points[y]
@@ -209,7 +209,7 @@ def front_figure(
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
         # OPs as 88M, 1.2G; times and rates in their axis label's unit (0.5 ms, not 500m).
-        plain = latency.is_latency(x)
+        plain = latency_frames.is_latency(x)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}") if plain else EngFormatter(sep=""))
         ax.xaxis.set_minor_formatter(NullFormatter())
     _limits(ax, xs, log_x)
@@ -319,7 +319,7 @@ def figure1(
         KeyError: ``cost`` or ``quality`` is not a column of the runs (the message lists metrics).
         ValueError: No run has both.
     """
-    if latency.is_latency(cost):
+    if latency_frames.is_latency(cost):
         return figure1_latency(frame, cost, quality, provenance, title, annotate)
     require_metrics(frame, [cost, quality])
     grouped = as_grouped(frame)
@@ -337,7 +337,7 @@ def figure1(
         else ""
     )
     return front_figure(
-        points.drop(columns=[latency.HOST], errors="ignore"),
+        points.drop(columns=[latency_frames.HOST], errors="ignore"),
         cost,
         quality,
         published=published,
@@ -352,7 +352,7 @@ def figure1(
 
 def figure1_latency(
     frame: pd.DataFrame,
-    metric: str = latency.LATENCY,
+    metric: str = latency_frames.LATENCY,
     quality: str = "test_accuracy",
     provenance: Provenance | None = None,
     title: str | None = None,
@@ -381,22 +381,22 @@ def figure1_latency(
     require_metrics(frame, [quality])
     if metric not in frame:
         raise KeyError(
-            f"the runs have no {metric!r}: {latency.describe(frame, metric) or 'not measured'}"
+            f"the runs have no {metric!r}: {latency_frames.describe(frame, metric) or 'not measured'}"
         )
-    grouped = latency.group_by_host(frame)
+    grouped = latency_frames.group_by_host(frame)
     provenance = provenance or Provenance.from_runs(grouped)
     points = grouped.dropna(subset=[metric, quality]).reset_index(drop=True)
     if points.empty:
         raise ValueError(
-            f"no run has both {metric!r} and {quality!r}: {latency.describe(frame, metric)}"
+            f"no run has both {metric!r} and {quality!r}: {latency_frames.describe(frame, metric)}"
         )
-    if latency.HOST not in points:
-        points[latency.HOST] = points.get(latency.HOSTS)
-    timed = int(latency.measured(frame, metric).sum())
+    if latency_frames.HOST not in points:
+        points[latency_frames.HOST] = points.get(latency_frames.HOSTS)
+    timed = int(latency_frames.measured(frame, metric).sum())
     subset = (f"Points: the {timed} of {len(frame)} runs with a latency (accuracy averaged over those)."
               if 0 < timed < len(frame) else "")
     note = " ".join(
-        t for t in (latency.describe_hosts(frame, metric), subset, NO_PUBLISHED_LATENCY + ".") if t
+        t for t in (latency_frames.describe_hosts(frame, metric), subset, NO_PUBLISHED_LATENCY + ".") if t
     )
     return front_figure(
         points,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import latency
+from analysis import latency_frames
 from analysis.figstyle import COST_LABELS, metric_label, run_label
 from analysis.fronts import front_figure
 from analysis.pareto import DIRECTIONS, pareto_set
@@ -57,7 +57,7 @@ def direction(metric: str, frame: pd.DataFrame | None = None) -> str:
             return objective["direction"]
     if metric.startswith("throughput_"):
         return "maximize"
-    if metric in COST_LABELS or latency.is_latency(metric) or _lower_is_better(metric):
+    if metric in COST_LABELS or latency_frames.is_latency(metric) or _lower_is_better(metric):
         return "minimize"
     return "maximize"
 
@@ -72,8 +72,8 @@ def default_front_metrics(frame: pd.DataFrame) -> list[str] | None:
 
 def _points(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Configuration rows (per host where a metric is a measured speed), means over seeds."""
-    if any(latency.is_latency(m) for m in metrics):
-        return latency.group_by_host(frame)
+    if any(latency_frames.is_latency(m) for m in metrics):
+        return latency_frames.group_by_host(frame)
     return as_grouped(frame)
 
 
@@ -104,9 +104,9 @@ def objectives_figure(
     if points.empty:
         raise ValueError(f"no run has both {x!r} and {y!r}")
     provenance = provenance or Provenance.from_runs(frame)
-    log_x = (x in COST_LABELS or latency.is_latency(x)) and bool((points[x] > 0).all())
+    log_x = (x in COST_LABELS or latency_frames.is_latency(x)) and bool((points[x] > 0).all())
     names = [f"{metric_label(m).split(' (')[0]} {ARROWS[directions[m]]}" for m in (x, y)]
-    note = latency.describe_hosts(frame) if latency.HOST in points else ""
+    note = latency_frames.describe_hosts(frame) if latency_frames.HOST in points else ""
     return front_figure(
         points,
         x,
@@ -132,7 +132,7 @@ def _display(metric: str) -> tuple[float, int, str]:
         return 1e-6, 2, " (M)"
     if metric.startswith("throughput_"):
         return 1.0, 1, " (img/s)"
-    if latency.is_latency(metric):
+    if latency_frames.is_latency(metric):
         return 1.0, 2, " (ms)"
     return 1.0, 4, ""
 
@@ -169,8 +169,8 @@ def pareto_set_table(frame: pd.DataFrame, objectives: list | None = None) -> Tab
     if bad:
         raise ValueError(f"objective direction {bad[0]!r}; valid: {', '.join(DIRECTIONS)}")
     grouped = _points(frame, metrics).reset_index(drop=True)
-    per_host = latency.HOST in grouped and grouped[latency.HOST].notna().any()
-    hosts = grouped[latency.HOST] if per_host else pd.Series("", index=grouped.index)
+    per_host = latency_frames.HOST in grouped and grouped[latency_frames.HOST].notna().any()
+    hosts = grouped[latency_frames.HOST] if per_host else pd.Series("", index=grouped.index)
     in_set = pd.Series(False, index=grouped.index)
     for _, part in grouped.groupby(hosts.fillna(""), sort=False):
         found = pareto_set(part, pairs)
@@ -184,7 +184,7 @@ def pareto_set_table(frame: pd.DataFrame, objectives: list | None = None) -> Tab
     varying = [
         k
         for k in keys
-        if k not in _SHOWN and k != latency.HOST and grouped[k].astype(str).nunique() > 1
+        if k not in _SHOWN and k != latency_frames.HOST and grouped[k].astype(str).nunique() > 1
     ]
     table = pd.DataFrame(
         {
@@ -206,7 +206,7 @@ def pareto_set_table(frame: pd.DataFrame, objectives: list | None = None) -> Tab
         header = f"{ARROWS[goal]} {metric}{unit}"
         columns.append(Column(metric, header, latex_escape(header), decimals, std=f"{metric}_std"))
     if per_host:
-        table["host"] = chosen[latency.HOST]
+        table["host"] = chosen[latency_frames.HOST]
         columns.append(Column("host", "Host", "Host"))
     for column in ("n", "seeds", "run_ids", "cell_ids"):
         table[column] = chosen.get(column)
@@ -225,7 +225,7 @@ def pareto_set_table(frame: pd.DataFrame, objectives: list | None = None) -> Tab
     if incomplete:
         notes.append(f"{incomplete} configuration(s) lack an objective's value and are left out.")
     if per_host:
-        notes.append(f"{latency.describe_hosts(frame)} The set is computed within each host.")
+        notes.append(f"{latency_frames.describe_hosts(frame)} The set is computed within each host.")
     provenance = Provenance.from_runs(frame)
     return Table(
         table.reset_index(drop=True), columns, caption, "tab:pareto-set", notes, provenance

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 
 from analysis.figstyle import _figure, _footer, run_label
 from analysis.provenance import Provenance
-from bnn.roc_figure import draw_roc
+from studies.roc_figure import draw_roc
 
 
 def learning_curves(

@@ -1,4 +1,4 @@
-"""The evaluation protocol's figures (``analysis.protocol``): the cross-dataset heat map, robustness
+"""The evaluation protocol's figures (``analysis.protocol_frames``): the cross-dataset heat map, robustness
 curves against perturbation severity and reliability diagrams of the test predictions.
 
 Drawn and footed like every figure of ``analysis`` (``analysis.figstyle``); configurations are named
@@ -14,7 +14,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis import protocol
+from analysis import protocol_frames
 from analysis.figstyle import _figure, _footer, quality_label, run_label
 from analysis.labels import dataset_name, setting_label
 from analysis.provenance import Provenance
@@ -65,23 +65,23 @@ def cross_dataset_heatmap(
     Raises:
         ValueError: The runs have no extra test set.
     """
-    if not protocol.extra_test_sets(frame):
+    if not protocol_frames.extra_test_sets(frame):
         raise ValueError("cross_dataset_heatmap: the runs have no extra test set (eval_<set>_*)")
     provenance = provenance or Provenance.from_runs(frame)
-    grouped, long = protocol.cross_dataset(frame, metrics=(metric,))
+    grouped, long = protocol_frames.cross_dataset(frame, metrics=(metric,))
     order = sorted(
         grouped.index,
         key=lambda i: (_settings(grouped)[i], feature_set_sort_key(grouped.at[i, "features"])),
     )
     varying = grouped.attrs.get("varying", [])
-    sets = protocol.evaluated_sets(frame)
+    sets = protocol_frames.evaluated_sets(frame)
     datasets = sorted(grouped["dataset"].dropna().unique()) if "dataset" in grouped else []
     own = (
         f"own test\n({dataset_name(datasets[0], article=False)})"
         if len(datasets) == 1
         else "own test"
     )
-    names = {s: own if s == protocol.OWN_TEST else s for s in sets}
+    names = {s: own if s == protocol_frames.OWN_TEST else s for s in sets}
     matrix = long.pivot(index="config", columns="test_set", values="value").reindex(
         index=order, columns=sets
     )
@@ -145,11 +145,11 @@ def robustness_curves(
     Raises:
         ValueError: The runs have no robustness metrics.
     """
-    keys = protocol.robustness_keys(frame)
+    keys = protocol_frames.robustness_keys(frame)
     if not keys:
         raise ValueError("robustness_curves: the runs have no robust_<perturbation>_* metrics")
     provenance = provenance or Provenance.from_runs(frame)
-    grouped, long = protocol.robustness(frame, metrics=metrics)
+    grouped, long = protocol_frames.robustness(frame, metrics=metrics)
     kinds = list(dict.fromkeys(k.kind for k in keys if k.kind in PERTURBATION_KINDS))
     chains = [k for k in keys if k.kind not in PERTURBATION_KINDS]
     panels = kinds + (["chain"] if chains else [])
@@ -234,7 +234,7 @@ def reliability_diagram(
     frame: pd.DataFrame,
     predictions: dict[str, pd.DataFrame],
     provenance: Provenance | None = None,
-    n_bins: int = protocol.RELIABILITY_BINS,
+    n_bins: int = protocol_frames.RELIABILITY_BINS,
 ) -> Figure:
     """Reliability diagrams of the test predictions: share of fakes against the mean predicted
     fake probability in ``n_bins`` equal-width bins (``bnn.metrics.reliability_curve``), one
@@ -250,7 +250,7 @@ def reliability_diagram(
     Raises:
         ValueError: No configuration has predictions.
     """
-    grouped, points = protocol.reliability(frame, predictions, n_bins)
+    grouped, points = protocol_frames.reliability(frame, predictions, n_bins)
     if grouped.empty:
         raise ValueError("reliability_diagram: no run has test predictions")
     provenance = provenance or Provenance.from_runs(frame)

@@ -1,4 +1,4 @@
-"""The evaluation protocol's tables (``analysis.protocol``) from a study's runs, one row per
+"""The evaluation protocol's tables (``analysis.protocol_frames``) from a study's runs, one row per
 configuration (named as in the results tables, in the ablation's order), exported by
 ``analysis.table_format``: ``cross_dataset_table`` (own test split and extra test sets),
 ``per_source_table`` (each generator and real source), ``robustness_table`` (test split under
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import protocol
+from analysis import protocol_frames
 from analysis.labels import backbone_state, dataset_name
 from analysis.provenance import Provenance
 from analysis.replicates import require_metrics
@@ -115,7 +115,7 @@ def _protocol_table(
 
 
 def _set_header(test_set: str) -> str:
-    return "Own test" if test_set == protocol.OWN_TEST else test_set
+    return "Own test" if test_set == protocol_frames.OWN_TEST else test_set
 
 
 def _count_text(values: pd.Series) -> str:
@@ -128,7 +128,7 @@ def _count_text(values: pd.Series) -> str:
 
 def has_cross_dataset(frame: pd.DataFrame) -> bool:
     """Whether the runs were evaluated on extra test sets (a study's ``evaluate:``)."""
-    return bool(protocol.extra_test_sets(frame))
+    return bool(protocol_frames.extra_test_sets(frame))
 
 
 def cross_dataset_table(frame: pd.DataFrame) -> Table:
@@ -145,17 +145,17 @@ def cross_dataset_table(frame: pd.DataFrame) -> Table:
     Raises:
         ValueError: The runs have no extra test set.
     """
-    sets = protocol.evaluated_sets(frame)
-    if not protocol.extra_test_sets(frame):
+    sets = protocol_frames.evaluated_sets(frame)
+    if not protocol_frames.extra_test_sets(frame):
         raise ValueError("cross_dataset_table: the runs have no extra test set (eval_<set>_*)")
-    grouped, _ = protocol.cross_dataset(frame)
+    grouped, _ = protocol_frames.cross_dataset(frame)
     values = []
     for test_set in sets:
         header = _set_header(test_set)
         for metric, name in (("accuracy", "Acc."), ("auc", "AUC")):
             values.append(
                 (
-                    protocol.metric_column(test_set, metric),
+                    protocol_frames.metric_column(test_set, metric),
                     100,
                     Column(
                         f"{metric}_{test_set}",
@@ -167,23 +167,23 @@ def cross_dataset_table(frame: pd.DataFrame) -> Table:
                 )
             )
     counts = {
-        s: grouped[protocol.metric_column(s, "count")]
+        s: grouped[protocol_frames.metric_column(s, "count")]
         for s in sets
-        if protocol.metric_column(s, "count") in grouped
+        if protocol_frames.metric_column(s, "count") in grouped
     }
     datasets = sorted(grouped["dataset"].dropna().unique()) if "dataset" in grouped else []
     trained = ", ".join(dataset_name(d) for d in datasets) or "the study's data"
     notes = [
         f"Own test: the test split of the data each cell was trained on ({trained}); "
-        f"{_count_text(counts[protocol.OWN_TEST])} images."
-        if protocol.OWN_TEST in counts
+        f"{_count_text(counts[protocol_frames.OWN_TEST])} images."
+        if protocol_frames.OWN_TEST in counts
         else f"Own test: the test split of the data each cell was trained on ({trained}).",
         "Extra test sets (the study file's evaluate: list), never seen in training or checkpoint "
         "selection: "
         + "; ".join(
             f"{s} ({_count_text(counts[s])} images)" if s in counts else s
             for s in sets
-            if s != protocol.OWN_TEST
+            if s != protocol_frames.OWN_TEST
         )
         + ".",
         "Accuracy at threshold 0.5 on the fake probability; AUC ranks fakes against reals.",
@@ -202,12 +202,12 @@ def cross_dataset_table(frame: pd.DataFrame) -> Table:
     return table
 
 
-def per_source_table(frame: pd.DataFrame, test_set: str = protocol.OWN_TEST) -> Table:
+def per_source_table(frame: pd.DataFrame, test_set: str = protocol_frames.OWN_TEST) -> Table:
     """Per-source results on one test split: accuracy of every source and AUC of every generator.
 
     Args:
         frame: Runs of ``load_runs``.
-        test_set: ``analysis.protocol.OWN_TEST`` (the cell's own test split, ``source_*``) or an
+        test_set: ``analysis.protocol_frames.OWN_TEST`` (the cell's own test split, ``source_*``) or an
             extra test set (``eval_<set>_source_*``).
 
     Returns:
@@ -218,10 +218,10 @@ def per_source_table(frame: pd.DataFrame, test_set: str = protocol.OWN_TEST) -> 
     Raises:
         ValueError: The runs have no per-source metrics for that split.
     """
-    found = protocol.sources(frame, test_set)
+    found = protocol_frames.sources(frame, test_set)
     if not found:
         raise ValueError(f"per_source_table: no per-source metrics for test set {test_set!r}")
-    grouped, _ = protocol.per_source(frame, test_set)
+    grouped, _ = protocol_frames.per_source(frame, test_set)
     values = []
     for source, fake in found:
         metrics = (("accuracy", "Acc."), ("auc", "AUC")) if fake else (("accuracy", "Acc."),)
@@ -229,17 +229,17 @@ def per_source_table(frame: pd.DataFrame, test_set: str = protocol.OWN_TEST) -> 
             text = f"{source} {name} (%)"
             values.append(
                 (
-                    protocol.source_column(test_set, source, metric),
+                    protocol_frames.source_column(test_set, source, metric),
                     100,
                     Column(f"{metric}_{source}", text, latex_escape(text), 2, "higher"),
                 )
             )
     where = (
         "the own test split"
-        if test_set == protocol.OWN_TEST
+        if test_set == protocol_frames.OWN_TEST
         else f"the extra test set {test_set}"
     )
-    counts = {s: grouped.get(protocol.source_column(test_set, s, "count")) for s, _ in found}
+    counts = {s: grouped.get(protocol_frames.source_column(test_set, s, "count")) for s, _ in found}
     reals = [s for s, fake in found if not fake]
     notes = [
         "Images per source: "
@@ -269,7 +269,7 @@ def per_source_table(frame: pd.DataFrame, test_set: str = protocol.OWN_TEST) -> 
 
 def has_robustness(frame: pd.DataFrame) -> bool:
     """Whether the runs were evaluated under test-time perturbations (a study's ``robustness:``)."""
-    return bool(protocol.robustness_keys(frame))
+    return bool(protocol_frames.robustness_keys(frame))
 
 
 def robustness_table(frame: pd.DataFrame, metric: str = "auc") -> Table:
@@ -286,10 +286,10 @@ def robustness_table(frame: pd.DataFrame, metric: str = "auc") -> Table:
     Raises:
         ValueError: The runs have no robustness metrics.
     """
-    keys = protocol.robustness_keys(frame)
+    keys = protocol_frames.robustness_keys(frame)
     if not keys:
         raise ValueError("robustness_table: the runs have no robust_<perturbation>_* metrics")
-    grouped, _ = protocol.robustness(frame, metrics=(metric,))
+    grouped, _ = protocol_frames.robustness(frame, metrics=(metric,))
     spec = METRICS[metric]
     pretty = spec.label
     values = [(f"test_{metric}", 100, Column(f"{metric}_clean", "Clean", "Clean", spec.decimals, spec.better))]
@@ -334,12 +334,12 @@ def calibration_table(frame: pd.DataFrame, split: str = "test") -> Table:
         KeyError: The runs lack ``<split>_ece``.
     """
     require_metrics(frame, [f"{split}_ece"], "calibration_table")
-    grouped = protocol.calibration(frame, split)
+    grouped = protocol_frames.calibration(frame, split)
     values = [
         (f"{split}_{m}", 100 if METRICS[m].percent else 1,
          Column(m, METRICS[m].column_header(), METRICS[m].column_latex(), METRICS[m].decimals,
                 METRICS[m].better))
-        for m in protocol.CALIBRATION_METRICS
+        for m in protocol_frames.CALIBRATION_METRICS
         if f"{split}_{m}" in grouped
     ]
     notes = [

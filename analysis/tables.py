@@ -3,7 +3,7 @@ Markdown, LaTeX (booktabs) and CSV (``analysis.table_format``).
 
 ``results_table`` is shaped like the paper's: model, frozen or trainable backbone, feature set,
 accuracy and AUC in percent, parameters (M) and OPs, measured latency and throughput
-(``analysis.latency``), with the published rows as a separate, cited block. Values are test
+(``analysis.latency_frames``), with the published rows as a separate, cited block. Values are test
 metrics of the checkpoint selected on validation (what the runner logs); where seeds replicate a
 configuration, mean ± std and a seeded bootstrap confidence interval. Best and second best are
 marked as in the paper: bold and underline (``**x**`` and ``_x_`` in Markdown).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import data_audit, latency
+from analysis import data_audit, latency_frames
 from analysis.labels import SELECTED_ON_TEST, backbone_state, dataset_name, is_selected_on_test
 from analysis.literature import SHORT_CITATION, load_literature
 from analysis.provenance import Provenance
@@ -90,7 +90,7 @@ def results_table(
     """
     accuracy, auc = f"{split}_accuracy", f"{split}_auc"
     require_metrics(frame, [accuracy, auc, "params", "ops"], "results_table")
-    grouped = latency.with_spread(as_grouped(frame), frame)
+    grouped = latency_frames.with_spread(as_grouped(frame), frame)
     datasets = sorted(grouped["dataset"].dropna().unique()) if "dataset" in grouped else []
     if dataset is None:
         if len(datasets) > 1:
@@ -131,7 +131,7 @@ def results_table(
     ours["params_m"] = grouped["params"] / 1e6
     ours["ops_g"] = grouped["ops"] / 1e9
     ours["paper_flops_g"] = grouped["ops"] / 1e8
-    ours = pd.concat([ours, latency.table_values(grouped)], axis=1)
+    ours = pd.concat([ours, latency_frames.table_values(grouped)], axis=1)
     ours["n"] = grouped["n"]
     ours["seeds"] = grouped["seeds"]
     ours["run_ids"] = grouped["run_ids"]
@@ -208,8 +208,8 @@ def results_table(
     runs = frame
     if dataset is not None and "dataset" in frame and not is_grouped(frame):
         runs = frame[frame["dataset"] == dataset]
-    timed_on, latency_notes = latency.table_text(runs)
-    columns += latency.table_columns(single_host=len(latency.hosts(runs)) <= 1)
+    timed_on, latency_notes = latency_frames.table_text(runs)
+    columns += latency_frames.table_columns(single_host=len(latency_frames.hosts(runs)) <= 1)
     if replicated:
         columns.append(Column("n", "n", "$n$", 0))
 

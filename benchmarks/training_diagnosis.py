@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bnn.config import FitConfig
-from bnn.detector import create_detector
+from bnn.config import FitConfig, create_detector_from_config
 from bnn.device import seed_everything
 from bnn.optim import parameter_groups
 from bnn.splits import load_splits, make_loader
@@ -92,7 +91,7 @@ def run(name: str, out_file: Path, seed: int) -> dict:
 def lr_range(head: str, batches: int = 18, low: float = 1e-6, high: float = 1e-1) -> None:
     config = FitConfig(**{**STANDARD, "head": head})
     seed_everything(0)
-    model = create_detector(config.backbone, config.features, head=config.head).train()
+    model = create_detector_from_config(config).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=low)
     loader = make_loader(load_splits(config)["train"], config, torch.device("cpu"), shuffle=True)
     print(f"LR range test, head {head}: batch, lr, loss")

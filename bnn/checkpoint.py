@@ -10,8 +10,9 @@ Two files per run folder, both ``torch.save`` dictionaries written atomically (t
   the run has finished, ``VAL_THRESHOLD_KEY`` (the validation equal-error-rate threshold, used by
   ``bnn evaluate`` for ``accuracy_valthr``).
 
-``load_detector`` rebuilds the detector of either file; training, export, the CLI, the study runner
-and distillation (teachers) all load through it.
+``save_last`` and ``save_best`` assemble and write them; ``load_detector`` rebuilds the detector of
+either file (through ``bnn.config.create_detector_from_config``); training, export, the CLI, the
+study runner and distillation (teachers) all load through it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 import torch
 
-from bnn.config import FitConfig
-from bnn.detector import Detector, create_detector
+from bnn.config import FitConfig, create_detector_from_config
+from bnn.detector import Detector
 from bnn.device import resolve_device
 from bnn.errors import STORAGE_ERRNOS, StorageError
 from bnn.pretrained import check_state_dict
@@ -37,6 +38,8 @@ __all__ = [
     "load_detector",
     "read_checkpoint",
     "save_atomic",
+    "save_best",
+    "save_last",
     "saved_val_threshold",
 ]
 
@@ -72,6 +75,40 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_last(path: Path, config: FitConfig, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler, history: list[dict[str, Any]], best: dict[str, Any],
+              skipped_images: int) -> None:
+    """Writes ``last.pt``, the resume state after ``epoch`` (keys in the module docstring)."""
+    save_atomic(
+        {
+            "version": CHECKPOINT_VERSION,
+            "content_id": config.content_id(),
+            "config": config.model_dump(mode="json"),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "history": history,
+            "best": best,
+            "skipped_images": skipped_images,
+        },
+        path,
+    )
+
+
+def save_best(path: Path, config: FitConfig, epoch: int, model: torch.nn.Module) -> None:
+    """Writes ``best.pt``: the weights selected at ``epoch``, without a threshold yet
+    (``set_val_threshold`` adds it once the run has finished)."""
+    save_atomic({"model": model.state_dict(), "config": config.model_dump(mode="json"), "epoch": epoch}, path)
+
+
+def set_val_threshold(path: Path, selected: dict[str, Any], threshold: float) -> None:
+    """Stores the validation threshold in ``best.pt`` (``selected``: its contents as read), unless
+    it holds that threshold already (a resumed, finished run rewrites nothing)."""
+    if selected.get(VAL_THRESHOLD_KEY) != threshold:
+        save_atomic({**selected, VAL_THRESHOLD_KEY: threshold}, path)
 
 
 def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -124,9 +161,7 @@ def load_detector(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[
     device_ = resolve_device(device)
     state = read_checkpoint(checkpoint, device_)
     config = FitConfig.from_saved(state["config"])
-    model = create_detector(
-        config.backbone, config.features, config.freeze_backbone, compat=config.compat, head=config.head
-    )
+    model = create_detector_from_config(config)
     check_state_dict(model, state["model"], str(checkpoint))
     model.load_state_dict(state["model"])
     return model.to(device_).eval(), config

@@ -30,10 +30,12 @@ from pydantic import (
 )
 
 from bnn.backbones import BACKBONES
+from bnn.backbones.quantizers import DEFAULT_QUANTIZER, QUANTIZERS
 from bnn.bounded_yaml import check_file, load_bounded
 from bnn.data import DATASETS, DatasetParamError, dataset_params
 from bnn.data.perturb import check_quality_range, check_sigma_range
 from bnn.data.transforms import AUGMENT_PRESETS, DEGRADATIONS
+from bnn.detector import Detector, create_detector
 from bnn.errors import validation_message, yaml_message
 from bnn.feature_sets import feature_set_label, parse_features
 
@@ -122,7 +124,7 @@ class DistillConfig(BaseModel):
     Attributes:
         teacher: The teacher's checkpoint, a ``best.pt`` written by ``fit`` for a full-precision
             backbone. A study file may name a cell instead (``{cell: {backbone: resnet18}}``, see
-            ``studies.distill``); the study fills in that cell's ``best.pt`` and ``teacher_id``.
+            ``studies.teachers``); the study fills in that cell's ``best.pt`` and ``teacher_id``.
         teacher_id: Content id of the teacher's cell, set by the study. When set, the student's
             content id hashes it instead of ``teacher`` (a path on one machine).
         temperature: T, the softening of both probabilities.
@@ -154,6 +156,8 @@ class FitConfig(BaseModel):
     pretrained: str | bool | None = None
     compat: Literal["exact", "authors"] = "exact"
     head: Literal["linear", "bn_linear"] = "bn_linear"
+    # The gradient surrogate of binary activations (bnn.backbones.quantizers); binary backbones only.
+    input_quantizer: str = DEFAULT_QUANTIZER
     recipe: Literal["paper", "scratch"] | None = None
     # data
     dataset: str = "synthetic"
@@ -227,6 +231,19 @@ class FitConfig(BaseModel):
             return BACKBONES.canonical(value)
         except KeyError as err:
             raise ValueError(err.args[0]) from None
+
+    @field_validator("input_quantizer")
+    @classmethod
+    def _known_quantizer(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            value = QUANTIZERS.canonical(value)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        backbone = info.data.get("backbone")
+        if value != DEFAULT_QUANTIZER and backbone in BACKBONES and not BACKBONES.get(backbone).binary:
+            raise ValueError(f"{backbone} has no binary activations; input_quantizer applies to binary "
+                             f"backbones ({', '.join(n for n in BACKBONES.names() if BACKBONES.get(n).binary)})")
+        return value
 
     @field_validator("dataset")
     @classmethod
@@ -325,6 +342,21 @@ class FitConfig(BaseModel):
         return cls.from_mapping({**data, **(overrides or {})}, str(path))
 
 
+def create_detector_from_config(config: FitConfig, pretrained: str | bool | None = None) -> Detector:
+    """The detector ``config`` describes (backbone, channels, frozen or not, grey levels, head and,
+    for binary backbones, the input quantiser), freshly initialised.
+
+    Args:
+        config: The configuration.
+        pretrained: Backbone ImageNet weights as in ``bnn.detector.create_detector`` (training
+            passes ``config.pretrained``; a checkpoint's weights replace them anyway).
+    """
+    binary = BACKBONES.get(config.backbone).binary
+    kwargs = {"input_quantizer": config.input_quantizer} if binary else {}
+    return create_detector(config.backbone, config.features, config.freeze_backbone, pretrained=pretrained,
+                           compat=config.compat, head=config.head, **kwargs)
+
+
 # Validation context of a config read back from a checkpoint (``from_saved``).
 SAVED = "saved"
 
@@ -347,6 +379,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "weight_temperature_decay": 0.9,
     "distill": None,
     "selection_split": "val",
+    "input_quantizer": DEFAULT_QUANTIZER,
     # Hashed only when off: on a dataset without cross-split duplicates (every study recorded before
     # it existed) dedupe changes nothing, and the split digests (bnn.data_digest) record what a run read.
     "dedupe": True,

@@ -27,7 +27,7 @@ from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import Tensor, nn
 
 from bnn.backbones import BACKBONES
-from bnn.backbones.binary import BinaryConv2d
+from bnn.backbones.binary import BinaryLayer, binary_layers
 from bnn.backbones.bnext import BinaryUnit, LearnableBias
 from bnn.detector import Detector, create_detector
 from bnn.feature_sets import feature_set_label, parse_features
@@ -84,7 +84,7 @@ class Cost:
         return asdict(self)
 
 
-def _conv_macs(module: nn.Conv2d | BinaryConv2d, output: Tensor) -> int:
+def _conv_macs(module: nn.Conv2d, output: Tensor) -> int:
     groups = getattr(module, "groups", 1)
     k = module.kernel_size
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -110,8 +110,8 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
     totals = {"bops": 0, "flops": 0}
 
     def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if isinstance(module, BinaryConv2d):
-            totals["bops"] += _conv_macs(module, output)
+        if isinstance(module, BinaryLayer):
+            totals["bops"] += module.binary_macs(output)
         elif isinstance(module, nn.Conv2d):
             totals["flops"] += _conv_macs(module, output)
         elif isinstance(module, nn.Linear):
@@ -141,7 +141,9 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
             handle.remove()
         model.train(was_training)
 
-    binary_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
+    latent = [(m.latent_weight(), m.precision) for m in binary_layers(model)]
+    binary_params = sum(w.numel() for w, _ in latent if w is not None)
+    binary_bits = sum(w.numel() * bits for w, bits in latent if w is not None)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     feature_flops = 0
@@ -154,7 +156,7 @@ def count(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 3, 224, 
         params=params,
         binary_params=binary_params,
         trainable_params=trainable,
-        storage_bytes=math.ceil(binary_params / 8) + 4 * (params - binary_params),
+        storage_bytes=math.ceil(binary_bits / 8) + 4 * (params - binary_params),
         feature_flops=feature_flops,
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from bnn.backbones.binary import BinaryConv2d
+from bnn.backbones.binary import binary_layers
 from bnn.config import FitConfig
 from bnn.detector import Detector
 
@@ -48,7 +48,7 @@ def parameter_groups(model: Detector, config: FitConfig) -> list[dict]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     if config.binary_weight_decay is None:
         return [{"params": trainable, "weight_decay": config.weight_decay}]
-    binary = {id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d)}
+    binary = {id(w) for w in (m.latent_weight() for m in binary_layers(model)) if w is not None}
     return [
         {"params": [p for p in trainable if id(p) not in binary], "weight_decay": config.weight_decay},
         {"params": [p for p in trainable if id(p) in binary], "weight_decay": config.binary_weight_decay},

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bnn.backbones.binary import set_weight_temperature
-from bnn.checkpoint import CHECKPOINT_VERSION, VAL_THRESHOLD_KEY, read_checkpoint, save_atomic
-from bnn.config import FitConfig
+from bnn.checkpoint import read_checkpoint, save_best, save_last, set_val_threshold
+from bnn.config import FitConfig, create_detector_from_config
 from bnn.cost import Cost, count
 from bnn.data import ImageDataset, check_readable
 from bnn.data.audit import AUDIT_METRICS, AuditReport
-from bnn.detector import Detector, create_detector
+from bnn.detector import Detector
 from bnn.device import amp_context, resolve_device, seed_everything
 from bnn.distill import load_teacher, mix_distillation, teacher_logits
 from bnn.evaluation import evaluate
@@ -261,30 +261,14 @@ class _Trainer:
 
     def save(self, epoch: int, last_path: Path) -> None:
         """Writes ``last.pt`` (the resume state after ``epoch``)."""
-        save_atomic(
-            {
-                "version": CHECKPOINT_VERSION,
-                "content_id": self.config.content_id(),
-                "config": self.config.model_dump(mode="json"),
-                "epoch": epoch,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "history": [asdict(h) for h in self.history],
-                "best": asdict(self.best),
-                "skipped_images": self.skipped_total,
-            },
-            last_path,
-        )
+        save_last(last_path, self.config, epoch, self.model, self.optimizer, self.scaler,
+                  [asdict(h) for h in self.history], asdict(self.best), self.skipped_total)
 
 
 def _build_trainer(
     config: FitConfig, device: torch.device, pos_weight: float, should_stop: Callable[[], bool] | None
 ) -> _Trainer:
-    model = create_detector(
-        config.backbone, config.features, config.freeze_backbone, pretrained=config.pretrained, compat=config.compat,
-        head=config.head,
-    ).to(device)
+    model = create_detector_from_config(config, pretrained=config.pretrained).to(device)
     teacher = load_teacher(config, device) if config.distill else None  # frozen, eval mode
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=config.betas)
     use_scaler = config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -359,8 +343,7 @@ def _train_epochs(trainer: _Trainer, splits: dict[str, ImageDataset], out: Path,
         trainer.history.append(stats)
         if _better(stats, trainer.best):
             trainer.best = stats
-            save_atomic({"model": trainer.model.state_dict(), "config": config.model_dump(mode="json"),
-                         "epoch": epoch}, best_path)
+            save_best(best_path, config, epoch, trainer.model)
         trainer.save(epoch, last_path)
         for callback in callbacks:
             callback(stats)
@@ -420,8 +403,7 @@ def _final_result(
     model.load_state_dict(selected["model"])
     val = evaluate(model, val_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "val",
                    trainer.should_stop)
-    if selected.get(VAL_THRESHOLD_KEY) != val.metrics.eer_threshold:  # for `bnn evaluate`'s accuracy_valthr
-        save_atomic({**selected, VAL_THRESHOLD_KEY: val.metrics.eer_threshold}, best_path)
+    set_val_threshold(best_path, selected, val.metrics.eer_threshold)  # for `bnn evaluate`'s accuracy_valthr
     test_loader = make_loader(splits["test"], config, device, shuffle=False)
     test = evaluate(
         model, test_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "test",

@@ -4,7 +4,7 @@ The claim protocol that decides which worker runs a cell is ``studies.claim``'s;
 enqueues the cells, fails stale trials, decides which waiting trial a worker may claim and reads
 the cell states that ``python -m studies status`` shows.
 
-Distillation (``studies.distill``): a student cell is claimed only once its teacher cell has a
+Distillation (``studies.teachers``): a student cell is claimed only once its teacher cell has a
 COMPLETE trial, in this study or in the teacher's own study on the same storage. Until then the
 worker runs other cells, and waits while the teacher is waiting or running here, or running in its
 own study (a stale teacher there is failed like a stale trial here, so the wait is bounded). When
@@ -21,10 +21,10 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from studies.claim import ClaimLost, claim_trial, grace_seconds, heartbeat_seconds
+from studies.claim import ClaimLost, TrialIds, claim_trial, grace_seconds, heartbeat_seconds
 from studies.db_setup import bridge_server_restarts, open_shared, sqlite_path
-from studies.distill import Teacher
 from studies.spec import Cell, Study
+from studies.teachers import Teacher
 from studies.yaml_lines import StudyFileError
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class CellQueue:
         self.study = study
         self.optuna_study = optuna_study
         self.storage = storage
+        self.trial_id = TrialIds(storage, optuna_study.study_name)
         self.cells = cells
         self.started = started
         self.waiting_for_teacher = False
@@ -275,10 +276,11 @@ class CellQueue:
                 continue  # a cell of another version of this study file (other --set values)
             if verdicts.get(cell_id) == WAIT:
                 continue  # its teacher is not done yet
-            if claim_trial(self.storage, frozen._trial_id):
+            trial_id = self.trial_id(frozen)
+            if claim_trial(self.storage, trial_id):
                 if cell_id in verdicts:
-                    self.unrunnable[frozen._trial_id] = verdicts[cell_id]
-                return optuna.Trial(self.optuna_study, frozen._trial_id)
+                    self.unrunnable[trial_id] = verdicts[cell_id]
+                return optuna.Trial(self.optuna_study, trial_id)
         return None
 
     def is_duplicate(self, trial: optuna.Trial, cell_id: str) -> bool:
@@ -297,14 +299,14 @@ class CellQueue:
         stale and runs its cell. Called right before each write into the cell's MLflow run (the
         stores have no conditional write, so a stall of a whole grace period between this check
         and the write is the one case it cannot exclude)."""
-        if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        if self.storage.get_trial(self.trial_id(trial)).state != TrialState.RUNNING:
             raise ClaimLost(trial.user_attrs.get("cell_id", ""))
 
     def holds_claim(self, trial: optuna.Trial) -> bool:
         """Whether ``trial`` is still this worker's (True when the storage cannot say: the caller
         then records its failure as before)."""
         try:
-            return self.storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+            return self.storage.get_trial(self.trial_id(trial)).state == TrialState.RUNNING
         except Exception:
             return True
 

@@ -48,6 +48,28 @@ class ClaimLost(Exception):
     """This worker's trial was failed as stale (heartbeat expired) while its cell still ran."""
 
 
+class TrialIds:
+    """The storage id of each trial of one study, through Optuna's public storage API.
+
+    ``optuna.storages.BaseStorage`` addresses a trial by its storage-wide id, which ``Trial`` and
+    ``FrozenTrial`` keep private (``_trial_id``); their public ``number`` counts within the study.
+    ``get_trial_id_from_study_id_trial_number`` maps one to the other; an id never changes, so
+    each is asked once.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str) -> None:
+        self._storage = storage
+        self._study_id = storage.get_study_id_from_name(study_name)
+        self._ids: dict[int, int] = {}
+
+    def __call__(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+        """The storage id of ``trial`` (a trial of this study)."""
+        if trial.number not in self._ids:
+            self._ids[trial.number] = self._storage.get_trial_id_from_study_id_trial_number(
+                self._study_id, trial.number)
+        return self._ids[trial.number]
+
+
 def heartbeat_seconds() -> int:
     return int(os.environ.get(HEARTBEAT_ENV, "10"))
 

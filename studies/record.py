@@ -19,7 +19,8 @@ The record:
   name says what it is (``BNext-T rgb+fft trainable seed 1``, see ``run_name``). Tags ``TAG_CELL_ID``,
   ``TAG_CELL_STUDY``, ``TAG_MODEL``, ``TAG_FAMILY``, ``TAG_BINARY``, ``TAG_SYNTHETIC``,
   ``TAG_ATTEMPTS`` (a retried cell reuses its run), ``TAG_GIT_COMMIT``, ``version.<package>``; once
-  finished ``TAG_DATA``, ``TAG_DATA_DIGEST``, ``TAG_DEVICE`` and one MLflow dataset input per split
+  finished ``TAG_DATA``, ``TAG_DATA_DIGEST``, ``TAG_DEVICE``, ``TAG_TRAIN_HOST``,
+  ``TAG_TRAIN_THREADS`` and one MLflow dataset input per split
   (name = the ``dataset`` param, digest = the split's file-list digest, source = its description,
   input tag ``mlflow.data.context`` = the split); when it failed ``TAG_FAILURE``; when its objective
   is NaN ``TAG_NOT_COMPARABLE`` (the reason; the run is FINISHED); ``TAG_SELECTION_SPLIT`` (where
@@ -95,6 +96,10 @@ TAG_ATTEMPTS = "bnn.attempts"  # starts of the cell's run, as a decimal string
 TAG_DATA = "bnn.data"  # description of the training split
 TAG_DATA_DIGEST = "bnn.data_digest"  # "train:<digest>,val:<digest>,test:<digest>"
 TAG_DEVICE = "bnn.device"
+# Where the cell trained: a cell's numbers repeat exactly only on the same CPU model (kernel choice)
+# with the same intra-op thread count (reduction order); docs/reports.md#what-repeats.
+TAG_TRAIN_HOST = "bnn.train.host"  # CPU model
+TAG_TRAIN_THREADS = "bnn.train.threads"  # torch intra-op threads, decimal string
 TAG_FAILURE = "bnn.failure"  # why a run is FAILED or KILLED
 TAG_NOT_COMPARABLE = "bnn.not_comparable"  # why a FINISHED run's objective is NaN
 TAG_SELECTION_SPLIT = "bnn.selection_split"  # "val" | "test": where the checkpoint was selected (also a param)
@@ -156,6 +161,10 @@ EPOCH_FIELDS = {
     "train_images_per_second": "epoch_images_per_second",
 }
 EPOCH_METRICS = tuple(EPOCH_FIELDS.values())
+# The epoch metrics that measure wall time: no two runs share them (nor latency_*/throughput_*,
+# ``bnn.latency``). Every other metric of a cell repeats exactly under the conditions of
+# docs/reports.md#what-repeats.
+WALL_CLOCK_EPOCH_METRICS = (EPOCH_FIELDS["epoch_seconds"], EPOCH_FIELDS["train_images_per_second"])
 
 # --- artifacts and dataset inputs -------------------------------------------------------------
 ARTIFACT_STUDY_DIR = "study"

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from bnn.backbones import BACKBONES
-from bnn.roc_figure import agg_figure, draw_roc
+from bnn.host import cpu_model
 from studies.db_setup import retry_on_race, sqlite_path
 from studies.record import (
     ARTIFACT_AUDIT,
@@ -77,10 +78,13 @@ from studies.record import (
     TAG_STALE,
     TAG_STUDY,
     TAG_SYNTHETIC,
+    TAG_TRAIN_HOST,
+    TAG_TRAIN_THREADS,
     TAG_VERSION_PREFIX,
     filter_role,
     search_all,
 )
+from studies.roc_figure import agg_figure, draw_roc
 
 if TYPE_CHECKING:
     from bnn.train import EpochStats, FitResult
@@ -342,6 +346,8 @@ class Tracker:
             RunTag(TAG_DATA, result.data["train"][:TAG_MAX_LENGTH]),
             RunTag(TAG_DATA_DIGEST, ",".join(f"{k}:{v}" for k, v in result.data_digest.items())),
             RunTag(TAG_DEVICE, result.device),
+            RunTag(TAG_TRAIN_HOST, cpu_model()[:TAG_MAX_LENGTH]),
+            RunTag(TAG_TRAIN_THREADS, str(torch.get_num_threads())),
         ]
         if result.audit is not None:
             tags += [RunTag(TAG_AUDIT_WARNINGS, " | ".join(result.audit.warnings)[:TAG_MAX_LENGTH]),
@@ -398,7 +404,7 @@ class Tracker:
         self.client.log_artifact(run_id, str(tmp / roc.name), artifact_path=roc.parent.as_posix())
 
     def _log_plots(self, run_id: str, result: FitResult, tmp: Path) -> None:
-        """``ARTIFACT_PLOTS``: the test ROC curve (``bnn.roc_figure``) and confusion matrix at 0.5,
+        """``ARTIFACT_PLOTS``: the test ROC curve (``studies.roc_figure``) and confusion matrix at 0.5,
         side by side. One figure with a fixed layout (no ``tight_layout``): it is drawn for every
         cell, and each ``savefig`` costs about 0.15 s on a 2-core CPU (``benchmarks/scaleout.py``)."""
         fig = agg_figure(7.6, 3.6)

@@ -189,7 +189,7 @@ class Runner:
 
     def _run_trial(self, trial: optuna.Trial, summary: RunSummary) -> None:
         cell_id = trial.user_attrs["cell_id"]
-        reason = self.queue.unrunnable.pop(trial._trial_id, None)
+        reason = self.queue.unrunnable.pop(self.queue.trial_id(trial), None)
         if self.queue.is_duplicate(trial, cell_id):
             trial.set_user_attr("duplicate", True)
             self.optuna_study.tell(trial, state=TrialState.PRUNED)
@@ -250,7 +250,7 @@ class Runner:
             self.cells[cell.cell_id] = cell
             trial.set_user_attr("cell_id", cell.cell_id)
             self._execute(trial, cell, summary)
-            if self.storage.get_trial(trial._trial_id).state == TrialState.FAIL:
+            if self.storage.get_trial(self.queue.trial_id(trial)).state == TrialState.FAIL:
                 self._failed_here += 1
 
     def _execute(self, trial: optuna.Trial, cell: Cell, summary: RunSummary) -> None:
@@ -280,7 +280,7 @@ class Runner:
             lambda s: self.on_event("epoch", {"cell": cell, "stats": s}),
         ]
         try:
-            with Heartbeat(self.storage, trial._trial_id) as heartbeat:
+            with Heartbeat(self.storage, self.queue.trial_id(trial)) as heartbeat:
                 self._check_signal()
                 try:
                     fit_started = time.perf_counter()

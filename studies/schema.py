@@ -1,6 +1,6 @@
 """The schema of a study file: its sections as pydantic models (``StudyFile``), and FitConfig keys.
 
-``studies.spec`` reads a file into these models and expands it into cells; ``studies.distill``
+``studies.spec`` reads a file into these models and expands it into cells; ``studies.teachers``
 reads the teacher references of a ``StudyFile``. Unknown keys are errors (``extra="forbid"``).
 """
 

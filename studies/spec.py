@@ -23,7 +23,6 @@ from bnn.data.perturb import Perturbation, parse_robustness
 from bnn.errors import KeyedValueError, validation_errors
 from bnn.protocol import ALL_SPLITS, SET_NAME, TestSet
 from studies.db_setup import sqlite_path
-from studies.distill import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.objective import objective_metric_names, unknown_metric_message
 from studies.schema import (
     FIT_KEYS,
@@ -34,6 +33,7 @@ from studies.schema import (
     set_dotted,
 )
 from studies.spec_errors import config_error, schema_error, suggest, unknown_key_error
+from studies.teachers import Pending, Teacher, axis_label, pop_reference, resolve_teachers
 from studies.yaml_lines import StudyFileError, line_of, load_with_lines
 
 BUNDLED_DIR = Path(__file__).resolve().parent
@@ -207,7 +207,7 @@ def load_study(name: str | os.PathLike, overrides: dict[str, Any] | None = None,
         name: A path, or a bare file name of a bundled study (``quickstart.yaml``).
         overrides: ``--set`` values: ``key=value`` with study keys (``tracking_uri``, ``seeds``) or
             FitConfig keys (applied to ``defaults``; dotted keys like ``data_params.count``).
-        resolve: Resolve distillation teachers named by cell (``studies.distill``); without it,
+        resolve: Resolve distillation teachers named by cell (``studies.teachers``); without it,
             students keep a placeholder teacher (used to read another study's teacher cells).
         max_cells: Refuse a grid that expands to more cells (``MAX_CELLS``; ``--max-cells``),
             counted from the axis sizes before any cell is built.

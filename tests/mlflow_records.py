@@ -52,7 +52,7 @@ DEFAULT_CELLS = [
     ("resnet50", "rgb", False, [0.950]),
 ]
 EPOCHS = 3
-# Measured latency (analysis.latency): ms at batch 1 of the network per backbone; each extra input
+# Measured latency (analysis.latency_frames): ms at batch 1 of the network per backbone; each extra input
 # channel adds 0.5 ms end to end and each seed 0.1 ms. Two hosts; ResNet-50 skipped with a reason,
 # BNext-T RGB+Mag.+LBP recorded as before latency was measured (no metric, no tag).
 NETWORK_MS = {"bnext_tiny": 2.0, "bnext_small": 4.0, "bnext_middle": 6.0}

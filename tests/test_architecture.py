@@ -153,3 +153,28 @@ def test_every_module_imports_in_a_fresh_interpreter():
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert done.stdout.strip().endswith("FAILED:"), done.stdout
+
+
+def _private_reads(path: Path) -> list[str]:
+    """``file:line expression`` for each read of another object's private attribute (``x._name``,
+    not ``self``/``cls``): a library's private state that its next release may rename."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            where = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
+            found.append(f"{where}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_studies_use_only_the_public_api_of_optuna_and_mlflow():
+    """``studies`` drives Optuna and MLflow through their public API (trial ids via
+    ``studies.claim.TrialIds``, not ``trial._trial_id``)."""
+    reads = [hit for name, path in ALL_MODULES.items() if name.startswith("studies") for hit in _private_reads(path)]
+    assert not reads, "use the library's public API instead:\n" + "\n".join(reads)
+
+
+def test_the_private_read_check_finds_one(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(trial, self):\n    return trial._trial_id, self._x, trial.number\n")
+    assert _private_reads(module) == ["m.py:2 trial._trial_id"]

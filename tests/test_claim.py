@@ -13,7 +13,7 @@ from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
-from studies.claim import CLAIM_TRIES, claim_trial, is_busy
+from studies.claim import CLAIM_TRIES, TrialIds, claim_trial, is_busy
 
 
 def _storage(tmp_path: Path, timeout: float = 120) -> optuna.storages.RDBStorage:
@@ -24,7 +24,7 @@ def _storage(tmp_path: Path, timeout: float = 120) -> optuna.storages.RDBStorage
 def _waiting_trial(storage: optuna.storages.RDBStorage) -> int:
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({}, user_attrs={"cell_id": "c"})
-    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]._trial_id
+    return TrialIds(storage, "s")(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0])
 
 
 class _Calls:

@@ -222,7 +222,7 @@ def test_a_cell_whose_worker_keeps_dying_is_started_at_most_max_attempts_times(t
             break
         assert [t.user_attrs["cell_id"] for t in waiting] == [cell_id]
         trial = runner.queue.claim()
-        runner.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # died: no failure attr
+        runner.storage.set_trial_state_values(runner.queue.trial_id(trial), state=TrialState.FAIL)  # died: no failure attr
     assert len(runner.optuna_study.get_trials()) == MAX_ATTEMPTS
     runner.queue.started = time.time() + 1  # a later invocation tries again
     runner.queue.enqueue(only_stale=True)

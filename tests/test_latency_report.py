@@ -1,4 +1,4 @@
-"""Measured latency and several objectives in the report (analysis.latency, analysis.objectives,
+"""Measured latency and several objectives in the report (analysis.latency_frames, analysis.objectives,
 analysis.fronts, the latency columns of analysis.tables) on hand-made runs.
 
 The frames are shaped as ``analysis.runs.load_runs`` returns them (``attrs`` with params, metrics,
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import ablation, fronts, latency, objectives, pareto, tables
+from analysis import ablation, fronts, latency_frames, objectives, pareto, tables
 from analysis.figstyle import save_figure
 from analysis.table_format import DASH
 from reports.__main__ import main
@@ -58,7 +58,7 @@ def _runs(rows: list[tuple], objectives_: list | None = None) -> pd.DataFrame:
     frame.attrs.update(
         study="timed",
         params=[*PARAMS, "dataset"],
-        metrics=["test_accuracy", "test_auc", "params", "ops", *latency.METRICS[:3]],
+        metrics=["test_accuracy", "test_auc", "params", "ops", *latency_frames.METRICS[:3]],
         objectives=objectives_ or [],
     )
     return frame
@@ -148,27 +148,27 @@ def test_group_by_host_keeps_hosts_apart_and_gives_the_std_over_seeds():
             ("bnext_tiny", "rgb", False, 2, 0.91, 1.0, B, None),
         ]
     )
-    grouped = latency.group_by_host(runs)
+    grouped = latency_frames.group_by_host(runs)
     assert grouped["host"].tolist() == ["CPU A, 2 threads", "CPU B, 8 threads"]
     assert grouped["n"].tolist() == [2, 1]
     assert grouped["latency_ms"].tolist() == pytest.approx([2.1, 1.0])
     assert grouped["latency_ms_std"].iloc[0] == pytest.approx(np.std([2.0, 2.2], ddof=1))
     assert np.isnan(grouped["latency_ms_std"].iloc[1])
-    assert latency.hosts(runs) == ["CPU A, 2 threads", "CPU B, 8 threads"]
-    text = latency.describe(runs)
+    assert latency_frames.hosts(runs) == ["CPU A, 2 threads", "CPU B, 8 threads"]
+    text = latency_frames.describe(runs)
     assert text.startswith("Latency measured on 2 hosts; compare within a host")
 
 
 def test_describe_old_and_skipped_runs():
     runs = _runs(ONE_HOST)
-    assert latency.describe(runs) == (
+    assert latency_frames.describe(runs) == (
         "Latency measured on one host: CPU A, 2 threads (openvino 2026.0.0 binary). "
         "Latency was not measured for 2 of 7 runs: no exported engine (test) (1 run); "
-        f"{latency.NOT_RECORDED} (1 run)."
+        f"{latency_frames.NOT_RECORDED} (1 run)."
     )
     old = runs.drop(columns=[c for c in runs if c.startswith(("latency", "throughput"))])
-    assert not latency.has_latency(old) and latency.hosts(old) == []
-    assert latency.describe(old) == f"Latency was not measured: {latency.NOT_RECORDED} (7 runs)."
+    assert not latency_frames.has_latency(old) and latency_frames.hosts(old) == []
+    assert latency_frames.describe(old) == f"Latency was not measured: {latency_frames.NOT_RECORDED} (7 runs)."
 
 
 # --- Figure 1's latency twin ------------------------------------------------------------------

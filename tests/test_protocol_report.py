@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import ablation, paired, protocol, protocol_plots, protocol_tables, runs
+from analysis import ablation, paired, protocol_frames, protocol_plots, protocol_tables, runs
 from analysis.figstyle import save_figure
 from analysis.table_format import Table
 
@@ -88,7 +88,7 @@ def _read_md_header(path) -> list[str]:
 
 
 def test_names_are_bnn_protocols():
-    """The metrics analysis.protocol reads (with bnn.protocol's prefixes) are those bnn logs."""
+    """The metrics analysis.protocol_frames reads (with bnn.protocol's prefixes) are those bnn logs."""
     from bnn import protocol as bnn_protocol
     from bnn.metrics import per_source_metrics
 
@@ -111,13 +111,13 @@ def test_names_are_bnn_protocols():
 @pytest.mark.integration
 def test_real_record_is_read(studies):
     frame = runs.load_runs(PROTOCOL_STUDY, studies["uri"])
-    assert protocol.extra_test_sets(frame) == ["heldout"]
-    assert protocol.evaluated_sets(frame) == [protocol.OWN_TEST, "heldout"]
-    own = dict(protocol.sources(frame))
+    assert protocol_frames.extra_test_sets(frame) == ["heldout"]
+    assert protocol_frames.evaluated_sets(frame) == [protocol_frames.OWN_TEST, "heldout"]
+    own = dict(protocol_frames.sources(frame))
     assert own["real"] is False and {"tconv4_x2", "tconv3_x4", "tconv4_x4"} <= set(own)
     assert all(own[s] for s in ("tconv4_x2", "tconv3_x4", "tconv4_x4"))
-    assert protocol.sources(frame, "heldout") == [("real", False), ("nearest_x2", True)]
-    keys = protocol.robustness_keys(frame)
+    assert protocol_frames.sources(frame, "heldout") == [("real", False), ("nearest_x2", True)]
+    keys = protocol_frames.robustness_keys(frame)
     assert [k.key for k in keys] == KEYS
     assert [k.severity for k in keys][:4] == [25.0, 50.0, 1.0, 2.0]
     assert math.isnan(keys[-1].severity) and keys[-1].kind == "chain"
@@ -129,9 +129,9 @@ def test_real_record_is_read(studies):
         assert len(table) == count
 
     plain = runs.load_runs(PLAIN_STUDY, studies["uri"])
-    assert protocol.extra_test_sets(plain) == [] and protocol.robustness_keys(plain) == []
+    assert protocol_frames.extra_test_sets(plain) == [] and protocol_frames.robustness_keys(plain) == []
     assert not protocol_tables.has_cross_dataset(plain) and not protocol_tables.has_robustness(plain)
-    assert protocol.sources(plain) and protocol.has_calibration(plain)  # every cell has these
+    assert protocol_frames.sources(plain) and protocol_frames.has_calibration(plain)  # every cell has these
 
 
 @pytest.mark.slow
@@ -400,15 +400,15 @@ def test_protocol_tables_and_figures_with_seeds(tmp_path):
             ("rgb+fft", 0, _protocol_metrics(0.95)),
         ]
     )
-    assert protocol.extra_test_sets(frame) == ["other"]  # not "other_source_sd_1_5"
-    assert protocol.sources(frame, "other") == [("real", False), ("sd_1_5", True)]
-    assert [k.key for k in protocol.robustness_keys(frame)] == [
+    assert protocol_frames.extra_test_sets(frame) == ["other"]  # not "other_source_sd_1_5"
+    assert protocol_frames.sources(frame, "other") == [("real", False), ("sd_1_5", True)]
+    assert [k.key for k in protocol_frames.robustness_keys(frame)] == [
         "blur_0p5",
         "blur_2",
         "chain_social",
     ]
 
-    _, long = protocol.robustness(frame)
+    _, long = protocol_frames.robustness(frame)
     rgb_blur = long[(long["key"] == "blur_2") & (long["metric"] == "auc") & (long["n"] == 2)]
     assert rgb_blur["value"].iloc[0] == pytest.approx(0.65)
     assert rgb_blur["std"].iloc[0] == pytest.approx(np.std([0.6, 0.7], ddof=1))
@@ -429,7 +429,7 @@ def test_protocol_tables_and_figures_with_seeds(tmp_path):
         "run1": _predictions(labels, np.where(labels == 1, 0.9, 0.2)),
         "run2": _predictions(labels, np.full(labels.size, 0.5)),
     }
-    configurations, points = protocol.reliability(frame, predictions)
+    configurations, points = protocol_frames.reliability(frame, predictions)
     assert list(configurations["runs_used"]) == [2, 1]  # RGB's two seeds pooled
     assert points.groupby("config")["count"].sum().tolist() == [200, 100]
     for stem, figure in (
@@ -447,7 +447,7 @@ def test_a_new_perturbation_kind_reaches_the_table_and_curves_from_its_class(tmp
     extra = {"robust_webp_50_auc": 0.7, "robust_webp_90_auc": 0.8, "robust_jpeg_75_auc": 0.75,
              "robust_webp_50_accuracy": 0.6, "robust_webp_90_accuracy": 0.7, "robust_jpeg_75_accuracy": 0.65}
     frame = _frame([("rgb", 0, {**_protocol_metrics(0.8), **extra}), ("rgb+fft", 0, {**_protocol_metrics(0.9), **extra})])
-    keys = protocol.robustness_keys(frame)
+    keys = protocol_frames.robustness_keys(frame)
     assert [k.key for k in keys] == ["jpeg_75", "webp_90", "webp_50", "blur_0p5", "blur_2", "chain_social"]
     assert [(k.kind, k.level, k.severity, k.tick(), k.label()) for k in keys[1:3]] == [
         ("webp", 90.0, 10.0, "q90", "WebP q90"), ("webp", 50.0, 50.0, "q50", "WebP q50")]
@@ -465,7 +465,7 @@ def _header(table: Table) -> list[str]:
 def test_no_protocol_data_no_protocol_tables():
     frame = _frame([("rgb", 0, {"test_accuracy": 0.7, "test_auc": 0.8})])
     assert not protocol_tables.has_cross_dataset(frame) and not protocol_tables.has_robustness(frame)
-    assert protocol.sources(frame) == [] and not protocol.has_calibration(frame)
+    assert protocol_frames.sources(frame) == [] and not protocol_frames.has_calibration(frame)
     with pytest.raises(ValueError, match="no extra test set"):
         protocol_tables.cross_dataset_table(frame)
     with pytest.raises(ValueError, match="robust_"):

@@ -116,9 +116,10 @@ def test_new_settings_change_the_content_id():
     base = FitConfig(backbone="bnext_micro", recipe="paper")
     ids = {base.content_id()}
     for change in ({"head": "bn_linear"}, {"augment": {"preset": "standard"}}, {"lr_schedule": "cosine"},
-                   {"warmup_epochs": 1.0}, {"binary_weight_decay": 0.0}, {"weight_temperature": 1.0}):
+                   {"warmup_epochs": 1.0}, {"binary_weight_decay": 0.0}, {"weight_temperature": 1.0},
+                   {"input_quantizer": "approx_sign"}):
         ids.add(FitConfig(**{**base.model_dump(), **change}).content_id())
-    assert len(ids) == 7
+    assert len(ids) == 8
     assert set(LEGACY_VALUES) <= set(FitConfig.model_fields)
 
 

@@ -25,11 +25,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 from pg_mlflow import mlflow_server_fixture, postgres_fixture  # noqa: F401
 
 from analysis.runs import load_runs
 from bnn.backbones import BACKBONES
+from bnn.host import cpu_model
 from studies import record as R
 from studies import runner as runner_module
 from studies.__main__ import main
@@ -240,6 +242,7 @@ class TestRecordContract:
             digests = dict(part.split(":") for part in tags[R.TAG_DATA_DIGEST].split(","))
             assert set(digests) == {"train", "val", "test"} and "synthetic" in tags[R.TAG_DATA]
             assert tags[R.TAG_DEVICE] == "cpu"
+            assert tags[R.TAG_TRAIN_HOST] == cpu_model() and int(tags[R.TAG_TRAIN_THREADS]) == torch.get_num_threads()
             inputs = R.read_datasets(written.client.get_run(run.info.run_id))
             assert {split: d["digest"] for split, d in inputs.items()} == digests
             assert all(d["name"] == "synthetic" and d["source_type"] == R.DATASET_SOURCE_TYPE for d in inputs.values())

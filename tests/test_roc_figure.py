@@ -1,11 +1,11 @@
-"""``bnn.roc_figure``: the one ROC drawing, on matplotlib's object API (no pyplot, no backend switch)."""
+"""``studies.roc_figure``: the one ROC drawing, on matplotlib's object API (no pyplot, no backend switch)."""
 
 from __future__ import annotations
 
 import matplotlib
 import pytest
 
-from bnn.roc_figure import agg_figure, draw_roc
+from studies.roc_figure import agg_figure, draw_roc
 
 
 def test_draw_roc_labels_each_curve_with_its_auc_and_adds_the_chance_diagonal(tmp_path):

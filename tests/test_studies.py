@@ -369,7 +369,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_leaves_the_cell(tmp_path):
     def steal_first_cell(kind, info):
         if kind == "epoch" and not stolen:
             running = runner.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            runner.storage.set_trial_state_values(running[0]._trial_id, state=TrialState.FAIL)
+            runner.storage.set_trial_state_values(runner.queue.trial_id(running[0]), state=TrialState.FAIL)
             stolen.append((info["cell"].cell_id, info["stats"].epoch))
 
     runner.on_event = steal_first_cell
@@ -436,7 +436,7 @@ def test_a_worker_taken_over_before_its_first_epoch_writes_nothing_more_into_the
     def on_event(kind, info):
         if kind == "cell_start" and not stolen:
             trial = runner.optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))[0]
-            runner.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            runner.storage.set_trial_state_values(runner.queue.trial_id(trial), state=TrialState.FAIL)
             stolen.append(info["cell"].cell_id)
             window.append("open")
         elif kind == "cell_end" and info["status"] == "TAKEN OVER":
@@ -491,7 +491,7 @@ def test_an_epoch_checkpointed_but_not_logged_by_a_killed_attempt_is_logged_by_t
         runner.run()
     (trial,) = _trials(tmp_path)
     assert trial.state == TrialState.RUNNING
-    runner.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # as fail_stale_trials does
+    runner.storage.set_trial_state_values(runner.queue.trial_id(trial), state=TrialState.FAIL)  # as fail_stale_trials does
     summary = Runner(load_study(path)).run()
     assert len(summary.completed) == 1 and not summary.failed
     _assert_each_cell_once(tmp_path, n_cells=1)

@@ -2,8 +2,9 @@
 Binary Neural Network Ticket", arXiv 2211.12933), as used by Lanzino et al., CVPRW 2024.
 
 Forward values are exactly -1 or +1 with sign(0) = +1 (equation 2 of the deepfake paper). Gradients
-are straight-through: activations pass the gradient of clamp(x, -1.5, 1.5); latent weights pass it
-unchanged. The ``temperature`` buffers of the official code are kept so official checkpoints load;
+are straight-through: activations pass the gradient of clamp(x, -1.5, 1.5) by default (or another
+registered quantiser's surrogate, ``bnn.backbones.quantizers``); latent weights pass it unchanged.
+Every binary layer implements ``BinaryLayer``, the interface the rest of the package asks. The ``temperature`` buffers of the official code are kept so official checkpoints load;
 the released checkpoints end with temperature ~ 0, i.e. pure sign, which is what inference always
 computes. Training may binarise weights softly first, as BNext's training code does
 (``set_weight_temperature``): forward ``clamp(w / T, -1, 1)`` in training mode while T >= 1e-7,
@@ -16,47 +17,90 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ACTIVATION_CLIP = 1.5
+from bnn.backbones.quantizers import DEFAULT_QUANTIZER, QUANTIZERS, STE_SIGN, SteSign
+
+ACTIVATION_CLIP = STE_SIGN.clip  # BNext's activation clip
 WEIGHT_CLIP = 1.5
 HARD_TEMPERATURE = 1e-7  # BNext's threshold: below it the weights are binarised with sign
 
 
-class _SignSTE(torch.autograd.Function):
-    """sign with sign(0) = +1; backward passes ``grad * 1[|x| <= clip]`` (clip = inf: identity)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, clip: float) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(x)
-        ctx.clip = clip
-        one = torch.ones((), dtype=x.dtype, device=x.device)
-        return torch.where(x >= 0, one, -one)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # noqa: D102
-        (x,) = ctx.saved_tensors
-        if ctx.clip == float("inf"):
-            return grad_output, None
-        inside = (x >= -ctx.clip) & (x <= ctx.clip)
-        return grad_output * inside.to(grad_output.dtype), None
+_IDENTITY_STE = SteSign("identity_ste", float("inf"), "BNext: latent weights pass the gradient unchanged")
 
 
 def binary_sign(x: Tensor, clip: float = ACTIVATION_CLIP) -> Tensor:
     """Exact +-1 sign of ``x`` with a straight-through gradient clipped to [-clip, clip]."""
-    return _SignSTE.apply(x, clip)
+    if clip == float("inf"):
+        return _IDENTITY_STE(x)
+    return (STE_SIGN if clip == STE_SIGN.clip else SteSign(f"ste_sign_{clip}", clip, ""))(x)
 
 
-class BinaryActivation(nn.Module):
-    """Binarises activations: forward sign(x) in {-1, +1}, backward grad of clamp(x, -1.5, 1.5)."""
+class BinaryLayer:
+    """What the cost count, the inference form, the optimiser groups and the export ask of a binary
+    layer (``bnn.cost``, ``bnn.inference``, ``bnn.optim``, ``bnn.export``), so a new binary layer
+    is one class that implements it.
 
-    def __init__(self) -> None:
+    Attributes:
+        precision: Bits of the binarised operand (1).
+    """
+
+    precision: int = 1
+
+    def latent_weight(self) -> nn.Parameter | None:
+        """The real-valued weight training updates and that is binarised (``None``: no weight)."""
+        return None
+
+    def binarized_weight(self) -> Tensor | None:
+        """The +-1 weight the forward pass uses (``None``: no weight)."""
+        return None
+
+    def binary_macs(self, output: Tensor) -> int:
+        """Binary multiply-accumulates (BOPs) for one image producing ``output`` (B, ...)."""
+        return 0
+
+    def frozen(self) -> nn.Module:
+        """The inference form: same outputs in eval mode, no autograd function, no latent weight."""
+        raise NotImplementedError
+
+
+class InferenceSign(nn.Module, BinaryLayer):
+    """sign with sign(0) = +1 as ``where(x >= 0, 1, -1)`` (no autograd function)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    def frozen(self) -> nn.Module:
+        return self
+
+
+class BinaryActivation(nn.Module, BinaryLayer):
+    """Binarises activations: forward sign(x) in {-1, +1}; backward the ``quantizer``'s surrogate
+    (``bnn.backbones.quantizers``; default ``ste_sign``: grad of clamp(x, -1.5, 1.5), BNext's).
+
+    Args:
+        quantizer: A name in ``QUANTIZERS``.
+    """
+
+    def __init__(self, quantizer: str = DEFAULT_QUANTIZER) -> None:
         super().__init__()
+        self.quantizer = QUANTIZERS.get(quantizer)
         self.register_buffer("temperature", torch.ones(1))  # kept for checkpoint compatibility
 
     def forward(self, x: Tensor) -> Tensor:
-        return binary_sign(x, ACTIVATION_CLIP)
+        return self.quantizer(x)
+
+    def frozen(self) -> nn.Module:
+        return InferenceSign()
+
+    def extra_repr(self) -> str:
+        return f"quantizer={self.quantizer.name}"
 
 
-class BinaryConv2d(nn.Module):
+def _binary_conv_macs(layer: BinaryConv2d | FrozenBinaryConv2d, output: Tensor) -> int:
+    """C_out * H_out * W_out outputs of one image, each C_in * k * k binary MACs."""
+    return output[0].numel() * layer.in_channels * layer.kernel_size * layer.kernel_size
+
+
+class BinaryConv2d(nn.Module, BinaryLayer):
     """Convolution with binarised weights sign(w) in {-1, +1} on (binary) inputs, zero padding k//2.
 
     The latent real weight is initialised N(0, 1) * 1e-3 and clamped in place to [-1.5, 1.5] in
@@ -100,11 +144,55 @@ class BinaryConv2d(nn.Module):
         # (B, Cin, H, W) -> (B, Cout, H/stride, W/stride)
         return F.conv2d(x, self.binary_weight(), stride=self.stride, padding=self.padding)
 
+    def latent_weight(self) -> nn.Parameter:
+        return self.weight
+
+    def binarized_weight(self) -> Tensor:
+        return self.binary_weight()
+
+    def binary_macs(self, output: Tensor) -> int:
+        return _binary_conv_macs(self, output)
+
+    def frozen(self) -> nn.Module:
+        return FrozenBinaryConv2d(self)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}"
         )
+
+
+class FrozenBinaryConv2d(nn.Module, BinaryLayer):
+    """``BinaryConv2d`` with sign(w) computed once into a +-1 buffer (its inference form).
+
+    Args:
+        conv: The trained convolution.
+    """
+
+    def __init__(self, conv: BinaryConv2d) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        with torch.no_grad():
+            self.register_buffer("weight", conv.binary_weight().detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+
+    def binarized_weight(self) -> Tensor:
+        return self.weight
+
+    def binary_macs(self, output: Tensor) -> int:
+        return _binary_conv_macs(self, output)
+
+    def frozen(self) -> nn.Module:
+        return self
+
+
+def binary_layers(model: nn.Module) -> list[BinaryLayer]:
+    """The modules of ``model`` that are binary layers (``BinaryLayer``), in module order."""
+    return [m for m in model.modules() if isinstance(m, BinaryLayer)]
 
 
 def set_weight_temperature(model: nn.Module, temperature: float) -> int:

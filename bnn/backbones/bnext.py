@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from bnn.backbones._registry import BACKBONES, BackboneSpec
 from bnn.backbones.binary import BinaryActivation, BinaryConv2d
+from bnn.backbones.quantizers import DEFAULT_QUANTIZER
 
 BNEXT_SOURCE = "https://github.com/hpi-xnor/BNext (README, ImageNet checkpoints)"
 
@@ -80,9 +81,11 @@ class BinaryUnit(nn.Module):
         kernel_size: 3 or 1.
         stride: 1 or 2.
         elm_attention: Use the ELM attention form.
+        input_quantizer: The binary activation's quantiser (``bnn.backbones.quantizers``).
     """
 
-    def __init__(self, channels: int, kernel_size: int, stride: int = 1, elm_attention: bool = False) -> None:
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, elm_attention: bool = False,
+                 input_quantizer: str = DEFAULT_QUANTIZER) -> None:
         super().__init__()
         self.elm_attention = elm_attention
         self.stride = stride
@@ -91,7 +94,7 @@ class BinaryUnit(nn.Module):
         self.clamp_scale_in_eval = kernel_size == 1
         self.scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.5))
         self.move = LearnableBias(channels)
-        self.binary_activation = BinaryActivation()
+        self.binary_activation = BinaryActivation(input_quantizer)
         self.binary_conv = BinaryConv2d(channels, channels, kernel_size, stride)
         self.norm1 = nn.BatchNorm2d(channels)
         self.norm2 = nn.BatchNorm2d(channels)
@@ -136,17 +139,19 @@ class Block(nn.Module):
     When the width doubles, two 1x1 units run on the same input and are concatenated.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, elm_attention: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, elm_attention: bool,
+                 input_quantizer: str = DEFAULT_QUANTIZER) -> None:
         super().__init__()
-        self.Attention = BinaryUnit(in_channels, 3, stride, elm_attention=elm_attention)
+        q = input_quantizer
+        self.Attention = BinaryUnit(in_channels, 3, stride, elm_attention=elm_attention, input_quantizer=q)
         self.widens = in_channels != out_channels
         if self.widens:
             if out_channels != 2 * in_channels:
                 raise ValueError(f"a BNext block widens by 2x only, got {in_channels} -> {out_channels}")
-            self.FFN_1 = BinaryUnit(in_channels, 1)
-            self.FFN_2 = BinaryUnit(in_channels, 1)
+            self.FFN_1 = BinaryUnit(in_channels, 1, input_quantizer=q)
+            self.FFN_2 = BinaryUnit(in_channels, 1, input_quantizer=q)
         else:
-            self.FFN = BinaryUnit(in_channels, 1)
+            self.FFN = BinaryUnit(in_channels, 1, input_quantizer=q)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.Attention(x)
@@ -161,9 +166,10 @@ class BNext(nn.Module):
     Args:
         channels: Output channels of ``feature[0..n]`` (see ``CHANNELS``).
         num_classes: Classes of the ``fc`` head; 0 replaces it by identity (pooled features out).
+        input_quantizer: Quantiser of every binary activation (``bnn.backbones.quantizers``).
     """
 
-    def __init__(self, channels: Sequence[int], num_classes: int = 1000) -> None:
+    def __init__(self, channels: Sequence[int], num_classes: int = 1000, input_quantizer: str = DEFAULT_QUANTIZER) -> None:
         super().__init__()
         channels = list(channels)
         self.channels = channels
@@ -172,7 +178,7 @@ class BNext(nn.Module):
             c_in, c_out = channels[i - 1], channels[i]
             stride = 2 if (c_in != c_out and c_out != channels[1]) else 1
             elm_attention = i > 1 and i % 2 == 0  # block 1 and odd blocks: "bias"; even: "scale"
-            self.feature.append(Block(c_in, c_out, stride, elm_attention))
+            self.feature.append(Block(c_in, c_out, stride, elm_attention, input_quantizer))
         self.num_features = self.head_hidden_size = channels[-1]
         self.prelu = nn.PReLU(self.num_features)
         self.pool1 = nn.AdaptiveAvgPool2d(1)
@@ -198,8 +204,8 @@ class BNext(nn.Module):
 
 
 def _bnext_factory(size: str):
-    def factory(num_classes: int = 1000) -> BNext:
-        return BNext(CHANNELS[size], num_classes=num_classes)
+    def factory(num_classes: int = 1000, input_quantizer: str = DEFAULT_QUANTIZER) -> BNext:
+        return BNext(CHANNELS[size], num_classes=num_classes, input_quantizer=input_quantizer)
 
     factory.__name__ = f"bnext_{size}"
     factory.__doc__ = f"BNext-{size} ({CHANNELS[size][-1]} output features)."

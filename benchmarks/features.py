@@ -11,7 +11,7 @@ agree. It reports per-image milliseconds (median over repeats, after a warm-up r
 ``grey`` (quantisation + ``cvtColor`` against ``grey_levels``), then ``sobel``, ``fft`` and ``lbp``
 each alone from RGB (the reference's grey conversion plus that feature, image by image, against
 ``extract`` of that one channel), then the total (the whole pipeline) with the default backend
-(on CPU the fused Numba kernels of ``bnn.feature_kernels``) and with ``backend="torch"`` (the
+(on CPU the fused Numba kernels of ``bnn.features.cpu``) and with ``backend="torch"`` (the
 batched torch ops that also run on CUDA), and a final ``total speed-up`` line against the goal
 (10x) and the floor (8x) of issue 13.
 

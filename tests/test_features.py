@@ -18,15 +18,20 @@ from skimage import data as skdata
 
 from benchmarks.feature_reference import ref_fft, ref_lbp_codes, ref_sobel
 from benchmarks.feature_reference import ref_grey as ref_grey_hwc
-from bnn import features as bf
 from bnn.features import (
     FEATURES,
+    Feature,
     canonical_order,
     extract,
     feature_flops,
     feature_flops_by_name,
     grey_levels,
 )
+from bnn.features import cpu as cpu_module
+from bnn.features import dispatch as extract_module
+from bnn.features import fft as fft_module
+from bnn.features import grey as grey_module
+from bnn.features import lbp as lbp_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # The FFT output is 20 ln(|z| + 1e-9) / 255, which crosses zero where |z| ~ 1; there the ~1e-12
@@ -34,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the value, so a small absolute floor is added to rtol=1e-4. 1e-6 is ~1e-6 of the output range.
 FFT_ATOL = 1e-6
 SIZES = [(31, 47), (64, 64), (47, 31), (13, 9)]
-# The two CPU implementations of extract: bnn.feature_kernels (Numba) and the batched torch ops.
+# The two CPU implementations of extract: bnn.features.cpu (fused Numba kernels) and the batched torch ops.
 CPU_BACKENDS = ("kernels", "torch")
 
 
@@ -190,7 +195,7 @@ def test_lbp_codes_identical_on_edge_cases(index):
     ours = extract(grey_to_rgb(grey), ["lbp"])[0, 0]
     np.testing.assert_array_equal(np.rint(ours.double().numpy() * 255), expected)
     # The float64 replica of skimage's interpolation (used for very tall images) agrees too.
-    replica = bf._lbp_codes_float64(torch.from_numpy(grey).float()[None])[0]
+    replica = lbp_module._lbp_codes_float64(torch.from_numpy(grey).float()[None])[0]
     np.testing.assert_array_equal(replica.numpy(), expected)
 
 
@@ -203,12 +208,12 @@ def test_lbp_codes_are_bit_counts():
 @pytest.mark.integration
 def test_lbp_ties_match_skimage_on_every_row_below_the_exact_bound(monkeypatch):
     """``_lbp``'s integer path counts equal samples and centre as bit 1; skimage agrees on every
-    row below ``_LBP_EXACT_ROWS`` for all 256 levels (its float64 ``(1 - d) a + d a`` is never
+    row below ``LBP_EXACT_ROWS`` for all 256 levels (its float64 ``(1 - d) a + d a`` is never
     below ``a`` there), the range its docstring claims. Images of that height with columns
     repeating with period 3: for every column c >= 3 both interpolated samples (column c - 3, rows
     r -/+ 5 and 6) and the centre share a level, on every row."""
-    monkeypatch.setattr(bf, "_lbp_codes_float64", None)  # the integer path must serve this height
-    height, lbp = bf._LBP_EXACT_ROWS, FEATURES.get("lbp")
+    monkeypatch.setattr(lbp_module, "_lbp_codes_float64", None)  # the integer path must serve this height
+    height, lbp = lbp_module.LBP_EXACT_ROWS, FEATURES.get("lbp")
     for first in range(0, 256, 3):
         trio = np.resize(np.arange(first, min(first + 3, 256), dtype=np.uint8), 3)
         grey = np.ascontiguousarray(np.tile(trio, (height, 2)))  # (2**20, 6)
@@ -302,7 +307,7 @@ def test_forked_child_runs_the_serial_kernels():
     thread as a DataLoader worker runs (then the FFT as well); same numbers, normal exit."""
     script = """
 import os, sys, torch
-from bnn import feature_kernels
+from bnn.features import kernels as feature_kernels
 from bnn.features import extract
 torch.set_num_threads(2)
 images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -352,7 +357,8 @@ def test_backend_errors(monkeypatch):
     images = torch.rand(1, 3, 16, 16)
     with pytest.raises(ValueError, match="auto, torch, kernels"):
         extract(images, ["fft"], backend="numpy")
-    monkeypatch.setattr(bf, "_LBP_EXACT_ROWS", 8)  # taller images take the float64 LBP path
+    monkeypatch.setattr(lbp_module, "LBP_EXACT_ROWS", 8)  # taller images take the float64 LBP path
+    monkeypatch.setitem(cpu_module.FUSED_MAX_ROWS, "lbp", 8)  # ... and not the fused kernel
     with pytest.raises(ValueError, match="at most 8 rows"):
         extract(images, ["lbp"], backend="kernels")
     assert torch.equal(extract(images, ["lbp"]), extract(images, ["lbp"], backend="torch"))
@@ -374,8 +380,8 @@ def test_batch_equals_per_image(name, backend):
 def test_cpu_chunking_does_not_change_results(name, backend, monkeypatch):
     images = torch.rand(7, 3, 20, 30)
     whole, whole_grey = extract(images, [name], backend=backend), grey_levels(images)
-    chunk = "_KERNEL_CHUNK_PIXELS" if backend == "kernels" else "_CPU_CHUNK_PIXELS"
-    monkeypatch.setattr(bf, chunk, 2 * 20 * 30)  # 2 images per chunk
+    module, chunk = (cpu_module, "_KERNEL_CHUNK_PIXELS") if backend == "kernels" else (grey_module, "CPU_CHUNK_PIXELS")
+    monkeypatch.setattr(module, chunk, 2 * 20 * 30)  # 2 images per chunk
     torch.testing.assert_close(extract(images, [name], backend=backend), whole, rtol=0, atol=0)
     assert torch.equal(grey_levels(images), whole_grey)
 
@@ -513,9 +519,9 @@ def test_fft_worst_cases_match_numpy(size):
 def test_fft_modulated_half_spectrum_is_the_shifted_spectrum(size):
     # (-1)^(n1 + n2) modulation + Hermitian mirror == fftshift(|fft2|), checked in float64.
     x = torch.rand(3, *size, dtype=torch.float64)
-    half = torch.fft.rfft2(x * bf._checkerboard(*size, x.device)).abs()
+    half = torch.fft.rfft2(x * fft_module._checkerboard(*size, x.device)).abs()
     out = torch.empty_like(x)
-    bf._shifted_from_half(half, 1.0, out)
+    fft_module._shifted_from_half(half, 1.0, out)
     expected = np.abs(np.fft.fftshift(np.fft.fft2(x.numpy()), axes=(1, 2)))
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12, atol=1e-12)
 
@@ -545,3 +551,23 @@ def test_grey_quantisation_at_level_boundaries(compat, dtype):
     images = near.view(1, 1, 1, -1).expand(1, 3, 1, near.numel()).contiguous()
     ours = grey_levels(images, compat)[0, 0].to(torch.uint8).numpy()
     np.testing.assert_array_equal(ours, ref_grey(images[0], compat)[0])
+
+
+def test_a_channel_without_a_kernel_leaves_the_others_on_the_fused_path(monkeypatch):
+    """Per-channel dispatch: a registered channel the fused CPU kernel does not compute takes the
+    torch ops alone; sobel, fft and lbp stay on the kernel and give the same values as without it."""
+    def inverted(grey, out, workspace):  # 1 - Y / 255, a channel with no kernel
+        torch.div(grey, 255.0, out=out).neg_().add_(1.0)
+
+    monkeypatch.setitem(FEATURES._entries, "inverted", Feature(inverted, lambda h, w: 2 * h * w, "Inv."))
+    calls = []
+    real = cpu_module.extract_fused
+    monkeypatch.setattr(extract_module, "extract_fused", lambda images, first, *a: (calls.append(dict(first)), real(images, first, *a)))
+    images = torch.rand(3, 3, 24, 40)
+    mixed = extract(images, ["sobel", "inverted", "fft", "lbp"])
+    assert calls == [{"sobel": 0, "fft": 2, "lbp": 3}]
+    fused_alone = extract(images, ["sobel", "fft", "lbp"])
+    assert torch.equal(mixed[:, [0, 2, 3]], fused_alone)
+    assert torch.equal(mixed[:, 1], 1.0 - grey_levels(images) / 255.0)
+    with pytest.raises(ValueError, match="backend 'kernels' needs"):
+        extract(images, ["sobel", "inverted"], backend="kernels")

@@ -36,6 +36,7 @@ from skimage import data as skdata
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.feature_reference
 
 from benchmarks.feature_reference import ref_fft, ref_grey, ref_lbp, ref_sobel, reference  # noqa: E402
+from benchmarks.results import RECORD_HELP, recorded  # noqa: E402
 from bnn.features import extract, grey_levels  # noqa: E402
 from bnn.host import cpu_model  # noqa: E402
 
@@ -94,79 +95,81 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--record", action="store_true", help=RECORD_HELP)
     args = parser.parse_args()
+    with recorded("features", args.record):
 
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    batch = make_batch(args.batch, args.size)
-    images_hwc = batch.permute(0, 2, 3, 1).numpy().copy()  # what the per-image pipeline reads
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
+        batch = make_batch(args.batch, args.size)
+        images_hwc = batch.permute(0, 2, 3, 1).numpy().copy()  # what the per-image pipeline reads
 
-    print(
-        f"CPU: {cpu_model()}, torch threads: {torch.get_num_threads()}, "
-        f"OpenCV threads: {cv2.getNumThreads()}, torch {torch.__version__}, cv2 {cv2.__version__}"
-    )
-    print(
-        f"batch {args.batch} x 3 x {args.size} x {args.size} "
-        f"({args.batch // 2} uniform noise, {args.batch - args.batch // 2} natural crops), "
-        f"median of {args.repeats} repeats after a warm-up"
-    )
-
-    # Sanity check: same numbers (the default backend: the fused kernels on CPU).
-    ours = extract(batch, NAMES, compat="authors").double().numpy()
-    ref = reference(images_hwc, "authors")
-    lbp_same = np.array_equal(np.rint(ours[:, 2] * 255), np.rint(ref[:, 2] * 255))
-    rel = np.abs(ours[:, :2] - ref[:, :2]) / np.maximum(np.abs(ref[:, :2]), 1e-3)  # (B, 2, H, W)
-    print(
-        f"agreement: sobel max rel. error {rel[:, 0].max():.2e}, fft max rel. error "
-        f"{rel[:, 1].max():.2e} (tolerance 1e-4), lbp codes identical: {lbp_same}"
-    )
-
-    per_image = 1e3 / args.batch
-
-    def ref_alone(name: str) -> Callable[[], object]:
-        feature = REF_FEATURES[name]
-        return lambda: [feature(ref_grey(image, "authors")) for image in images_hwc]
-
-    def ours_alone(name: str, backend: str = "auto") -> Callable[[], object]:
-        return lambda: extract(batch, [name], compat="authors", backend=backend)
-
-    cases = [
-        (
-            "grey (grey_levels, torch ops)",
-            lambda: [ref_grey(image, "authors") for image in images_hwc],
-            lambda: grey_levels(batch, "authors"),
+        print(
+            f"CPU: {cpu_model()}, torch threads: {torch.get_num_threads()}, "
+            f"OpenCV threads: {cv2.getNumThreads()}, torch {torch.__version__}, cv2 {cv2.__version__}"
         )
-    ]
-    for name in NAMES:  # each feature alone from RGB, its grey levels included on both sides
-        cases.append((f"{name} (grey + {name})", ref_alone(name), ours_alone(name)))
-    cases.append(
-        (
-            "total (grey + sobel + fft + lbp)",
-            lambda: reference(images_hwc, "authors"),
-            lambda: extract(batch, NAMES, compat="authors"),
+        print(
+            f"batch {args.batch} x 3 x {args.size} x {args.size} "
+            f"({args.batch // 2} uniform noise, {args.batch - args.batch // 2} natural crops), "
+            f"median of {args.repeats} repeats after a warm-up"
         )
-    )
-    cases.append(
-        (
-            "total, torch ops (backend='torch')",
-            lambda: reference(images_hwc, "authors"),
-            lambda: extract(batch, NAMES, compat="authors", backend="torch"),
-        )
-    )
-    rows = []
-    for label, ref_fn, ours_fn in cases:
-        t_ref, t_ours = median_seconds([ref_fn, ours_fn], args.repeats)
-        rows.append((label, t_ref * per_image, t_ours * per_image))
 
-    print(f"{'':36s} {'reference ms/img':>16s} {'ours ms/img':>12s} {'ratio':>7s}")
-    for label, t_ref, t_ours in rows:
-        print(f"{label:36s} {t_ref:16.3f} {t_ours:12.3f} {t_ref / t_ours:6.1f}x")
-    ratios = {label: t_ref / t_ours for label, t_ref, t_ours in rows}
-    first_word = {label.split()[0].rstrip(","): ratio for label, ratio in ratios.items()}
-    print("per-feature ratios: " + ", ".join(f"{k} {first_word[k]:.1f}x" for k in NAMES))
-    total = ratios["total (grey + sobel + fft + lbp)"]
-    verdict = "goal met" if total >= GOAL else ("above floor" if total >= FLOOR else "BELOW FLOOR")
-    print(f"total speed-up: {total:.1f}x (goal {GOAL:g}x, floor {FLOOR:g}x): {verdict}")
+        # Sanity check: same numbers (the default backend: the fused kernels on CPU).
+        ours = extract(batch, NAMES, compat="authors").double().numpy()
+        ref = reference(images_hwc, "authors")
+        lbp_same = np.array_equal(np.rint(ours[:, 2] * 255), np.rint(ref[:, 2] * 255))
+        rel = np.abs(ours[:, :2] - ref[:, :2]) / np.maximum(np.abs(ref[:, :2]), 1e-3)  # (B, 2, H, W)
+        print(
+            f"agreement: sobel max rel. error {rel[:, 0].max():.2e}, fft max rel. error "
+            f"{rel[:, 1].max():.2e} (tolerance 1e-4), lbp codes identical: {lbp_same}"
+        )
+
+        per_image = 1e3 / args.batch
+
+        def ref_alone(name: str) -> Callable[[], object]:
+            feature = REF_FEATURES[name]
+            return lambda: [feature(ref_grey(image, "authors")) for image in images_hwc]
+
+        def ours_alone(name: str, backend: str = "auto") -> Callable[[], object]:
+            return lambda: extract(batch, [name], compat="authors", backend=backend)
+
+        cases = [
+            (
+                "grey (grey_levels, torch ops)",
+                lambda: [ref_grey(image, "authors") for image in images_hwc],
+                lambda: grey_levels(batch, "authors"),
+            )
+        ]
+        for name in NAMES:  # each feature alone from RGB, its grey levels included on both sides
+            cases.append((f"{name} (grey + {name})", ref_alone(name), ours_alone(name)))
+        cases.append(
+            (
+                "total (grey + sobel + fft + lbp)",
+                lambda: reference(images_hwc, "authors"),
+                lambda: extract(batch, NAMES, compat="authors"),
+            )
+        )
+        cases.append(
+            (
+                "total, torch ops (backend='torch')",
+                lambda: reference(images_hwc, "authors"),
+                lambda: extract(batch, NAMES, compat="authors", backend="torch"),
+            )
+        )
+        rows = []
+        for label, ref_fn, ours_fn in cases:
+            t_ref, t_ours = median_seconds([ref_fn, ours_fn], args.repeats)
+            rows.append((label, t_ref * per_image, t_ours * per_image))
+
+        print(f"{'':36s} {'reference ms/img':>16s} {'ours ms/img':>12s} {'ratio':>7s}")
+        for label, t_ref, t_ours in rows:
+            print(f"{label:36s} {t_ref:16.3f} {t_ours:12.3f} {t_ref / t_ours:6.1f}x")
+        ratios = {label: t_ref / t_ours for label, t_ref, t_ours in rows}
+        first_word = {label.split()[0].rstrip(","): ratio for label, ratio in ratios.items()}
+        print("per-feature ratios: " + ", ".join(f"{k} {first_word[k]:.1f}x" for k in NAMES))
+        total = ratios["total (grey + sobel + fft + lbp)"]
+        verdict = "goal met" if total >= GOAL else ("above floor" if total >= FLOOR else "BELOW FLOOR")
+        print(f"total speed-up: {total:.1f}x (goal {GOAL:g}x, floor {FLOOR:g}x): {verdict}")
 
 
 if __name__ == "__main__":

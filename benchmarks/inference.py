@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
+from benchmarks.results import RECORD_HELP, recorded  # noqa: E402
 from bnn.__main__ import main as bnn_main  # noqa: E402
 from bnn.checkpoint import load_detector  # noqa: E402
 from bnn.config import FitConfig  # noqa: E402
@@ -241,137 +242,139 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-detect", action="store_true", help="skip the detect command runs")
     parser.add_argument("--detect-subprocess", action="store_true",
                         help="run detect as `python -m bnn detect` in a child process (default: in-process main)")
+    parser.add_argument("--record", action="store_true", help=RECORD_HELP)
     args = parser.parse_args(argv)
+    with recorded("inference", args.record):
 
-    import openvino as ov
-    import timm
+        import openvino as ov
+        import timm
 
-    print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}; "
-          f"OpenVINO: LATENCY hint; torch {torch.__version__}; openvino {ov.__version__}; "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    torch.manual_seed(0)
-    config = None
-    if args.checkpoint:
-        detector, config = load_detector(args.checkpoint, device="cpu")
-        detectors = {f"{detector.backbone_name} ({detector.features_label})": detector.eval()}
-    else:
-        detectors = {name: create_detector(name, "rgb+fft+lbp").eval() for name in args.backbones}
-    size = args.size or (config.resolution if config else 224)
-    batch = args.batch
-    tmp = tempfile.TemporaryDirectory()
-    folder = Path(tmp.name) / "jpeg"
-    paths = write_jpegs(folder, max(args.images, batch), args.jpeg_size, args.jpeg_quality)
-    transform = build_transform(size, train=False)  # detect's preprocessing
-    decoded = torch.stack([transform(load_rgb(p)) for p in paths[:batch]])
-    print(f"inputs: {len(paths)} crops of scikit-image photographs, {args.jpeg_size}x{args.jpeg_size} JPEG "
-          f"quality {args.jpeg_quality} ({sum(p.stat().st_size for p in paths) / len(paths) / 1024:.0f} KiB "
-          f"each on average), preprocessed as detect does to {size}x{size}")
-    features = next(iter(detectors.values()))
-    baseline = timm.create_model(args.baseline, pretrained=False, num_classes=1).eval()
-    images = {1: decoded[:1], batch: decoded}
-    with torch.no_grad():
-        channels = {b: features.input_channels(x) for b, x in images.items()}
+        print(f"CPU: {cpu_model()}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}; "
+              f"OpenVINO: LATENCY hint; torch {torch.__version__}; openvino {ov.__version__}; "
+              f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        torch.manual_seed(0)
+        config = None
+        if args.checkpoint:
+            detector, config = load_detector(args.checkpoint, device="cpu")
+            detectors = {f"{detector.backbone_name} ({detector.features_label})": detector.eval()}
+        else:
+            detectors = {name: create_detector(name, "rgb+fft+lbp").eval() for name in args.backbones}
+        size = args.size or (config.resolution if config else 224)
+        batch = args.batch
+        tmp = tempfile.TemporaryDirectory()
+        folder = Path(tmp.name) / "jpeg"
+        paths = write_jpegs(folder, max(args.images, batch), args.jpeg_size, args.jpeg_quality)
+        transform = build_transform(size, train=False)  # detect's preprocessing
+        decoded = torch.stack([transform(load_rgb(p)) for p in paths[:batch]])
+        print(f"inputs: {len(paths)} crops of scikit-image photographs, {args.jpeg_size}x{args.jpeg_size} JPEG "
+              f"quality {args.jpeg_quality} ({sum(p.stat().st_size for p in paths) / len(paths) / 1024:.0f} KiB "
+              f"each on average), preprocessed as detect does to {size}x{size}")
+        features = next(iter(detectors.values()))
+        baseline = timm.create_model(args.baseline, pretrained=False, num_classes=1).eval()
+        images = {1: decoded[:1], batch: decoded}
+        with torch.no_grad():
+            channels = {b: features.input_channels(x) for b, x in images.items()}
 
-    if not args.checkpoint:
-        for detector in detectors.values():
-            calibrate_batchnorm(detector, channels[batch][:24])
-    rows, runners = [], []
-    for i, (label, detector) in enumerate(detectors.items()):
-        detector_rows, detector_runners = _detector_rows(detector, label, channels, size, Path(tmp.name) / str(i))
-        rows += detector_rows
-        runners.append(detector_runners)
-    baseline_ov = ov.convert_model(baseline, example_input=(images[1],))
-    baseline_compiled = {b: _ov_compile(baseline_ov, b, 3, size) for b in (1, batch)}
-
-    def baseline_openvino(b):
-        request, array = baseline_compiled[b][1], images[b].numpy()
-        return lambda: request.infer({0: array})
-
-    baseline_torch_row = f"{args.baseline} PyTorch eager fp32"
-    baseline_ov_row = f"{args.baseline} OpenVINO fp32"
-    rows += [(baseline_torch_row, lambda b: lambda: baseline(images[b])), (baseline_ov_row, baseline_openvino)]
-
-    latency, throughput = {}, {}
-    with torch.inference_mode():
-        feature_latency = median_seconds(lambda: features.input_channels(images[1]), args.repeats)
-        feature_batch = median_seconds(lambda: features.input_channels(images[batch]), args.throughput_repeats, 1)
-        for name, make in tqdm(rows, desc="timing", unit="row", disable=not sys.stderr.isatty()):
-            latency[name] = median_seconds(make(1), args.repeats)
-            throughput[name] = batch / median_seconds(make(batch), args.throughput_repeats, 1)
-
-    width = max(len(name) for name, _ in rows) + 2
-    print(f"\n{size}x{size}; latency: batch 1, median of {args.repeats}; throughput: batch {batch}, "
-          f"median of {args.throughput_repeats}. Network only (detector: channels -> logit).")
-    print(f"{'row':{width}} {'latency ms':>11} {'images/s':>9}")
-    for name, _ in rows:
-        print(f"{name:{width}} {latency[name] * 1e3:11.2f} {throughput[name]:9.1f}")
-    print(f"{'features fft+lbp (extract, every detector row)':{width}} {feature_latency * 1e3:11.2f} "
-          f"{batch / feature_batch:9.1f}")
-
-    def ratio(a, b):
-        print(f"  {a} vs {b}: latency {latency[b] / latency[a]:.2f}x, throughput {throughput[a] / throughput[b]:.2f}x")
-
-    print("\nSpeed-ups (>1: the first is faster), network only:")
-    for label in detectors:
-        binary = f"{label} OpenVINO binary (1-bit)"
-        for other in (f"{label} PyTorch eager (as trained)", f"{label} PyTorch inference form",
-                      f"{label} OpenVINO float +-1", baseline_ov_row, baseline_torch_row):
-            ratio(binary, other)
-        ratio(f"{label} PyTorch inference form", f"{label} PyTorch eager (as trained)")
-
-    label, run = next(iter(detectors)), runners[0]
-    engines = {f"{label} OpenVINO binary (1-bit)": run["binary"],
-               f"{label} PyTorch inference form": run["inference"],
-               f"{label} PyTorch eager (as trained)": run["eager"]}
-    binary_name, inference_name, eager_name = engines
-    if not args.no_end_to_end:
-        one, many = {}, {}
-        for name, model in tqdm(engines.items(), desc="end to end", unit="row", disable=not sys.stderr.isatty()):
-            one[name] = end_to_end(model, paths, transform, 1, args.repeats, 2)
-            many[name] = end_to_end(model, paths, transform, batch, args.throughput_repeats, 1)
-        print(f"\nEnd to end, {args.jpeg_size}x{args.jpeg_size} JPEG file -> probability, as detect "
-              f"computes it: latency = batch 1, median of {args.repeats} files; throughput = batch {batch}, "
-              f"median of {args.throughput_repeats}; stages in median ms per image.")
-        head = "".join(f"{stage:>9}" for stage in STAGES)
-        print(f"{'row':{width}} {'batch':>5} {head} {'total ms':>9} {'images/s':>9}")
-        for name in engines:
-            for b, result in ((1, one[name]), (batch, many[name])):
-                stages = "".join(f"{result[stage] * 1e3:9.2f}" for stage in STAGES)
-                print(f"{name:{width}} {b:5d} {stages} {result['total'] * 1e3:9.2f} {1 / result['total']:9.1f}")
-        print("\nSpeed-ups end to end (>1: the first is faster):")
-        for other in (eager_name, inference_name):
-            print(f"  {binary_name} vs {other}: latency {one[other]['total'] / one[binary_name]['total']:.2f}x, "
-                  f"throughput {many[other]['total'] / many[binary_name]['total']:.2f}x")
-
-    if not args.no_detect:
-        detect_folder = Path(tmp.name) / "detect"
-        detect_folder.mkdir()
-        for p in paths[: args.images]:
-            (detect_folder / p.name).symlink_to(p)
-        checkpoint = Path(args.checkpoint) if args.checkpoint else Path(tmp.name) / "best.pt"
         if not args.checkpoint:
-            detector = next(iter(detectors.values()))
-            saved = FitConfig(backbone=detector.backbone_name, features=detector.features_label, resolution=size)
-            torch.save({"model": detector.state_dict(), "config": saved.model_dump()}, checkpoint)
-        how = "`python -m bnn detect` child process" if args.detect_subprocess else "in-process bnn.__main__.main"
-        print(f"\npython -m bnn detect <folder of {args.images} JPEG files> --json --batch-size {batch} "
-              f"({how}; wall time including model loading and compilation):")
-        speed, probs = {}, {}
-        for engine, source, name in (("openvino", run["binary_dir"], binary_name),
-                                     ("torch", checkpoint, inference_name)):
-            seconds, lines = run_detect(detect_folder, source, engine, batch, args.detect_subprocess)
-            rows_out = [json.loads(line) for line in lines if line.startswith("{")]
-            if len(rows_out) != args.images:
-                raise RuntimeError(f"detect --engine {engine} printed {len(rows_out)} predictions for {args.images} files")
-            probs[engine] = [row["prob_fake"] for row in rows_out]
-            speed[engine] = args.images / seconds
-            print(f"  --engine {engine:8} ({name}): {seconds:6.2f} s, {speed[engine]:6.1f} images/s")
-        diff = max(abs(a - b) for a, b in zip(probs["openvino"], probs["torch"], strict=True))
-        print(f"  detect --engine openvino vs --engine torch: {speed['openvino'] / speed['torch']:.2f}x images/s; "
-              f"max |probability difference| {diff:.2g}")
-    print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    tmp.cleanup()
-    return 0
+            for detector in detectors.values():
+                calibrate_batchnorm(detector, channels[batch][:24])
+        rows, runners = [], []
+        for i, (label, detector) in enumerate(detectors.items()):
+            detector_rows, detector_runners = _detector_rows(detector, label, channels, size, Path(tmp.name) / str(i))
+            rows += detector_rows
+            runners.append(detector_runners)
+        baseline_ov = ov.convert_model(baseline, example_input=(images[1],))
+        baseline_compiled = {b: _ov_compile(baseline_ov, b, 3, size) for b in (1, batch)}
+
+        def baseline_openvino(b):
+            request, array = baseline_compiled[b][1], images[b].numpy()
+            return lambda: request.infer({0: array})
+
+        baseline_torch_row = f"{args.baseline} PyTorch eager fp32"
+        baseline_ov_row = f"{args.baseline} OpenVINO fp32"
+        rows += [(baseline_torch_row, lambda b: lambda: baseline(images[b])), (baseline_ov_row, baseline_openvino)]
+
+        latency, throughput = {}, {}
+        with torch.inference_mode():
+            feature_latency = median_seconds(lambda: features.input_channels(images[1]), args.repeats)
+            feature_batch = median_seconds(lambda: features.input_channels(images[batch]), args.throughput_repeats, 1)
+            for name, make in tqdm(rows, desc="timing", unit="row", disable=not sys.stderr.isatty()):
+                latency[name] = median_seconds(make(1), args.repeats)
+                throughput[name] = batch / median_seconds(make(batch), args.throughput_repeats, 1)
+
+        width = max(len(name) for name, _ in rows) + 2
+        print(f"\n{size}x{size}; latency: batch 1, median of {args.repeats}; throughput: batch {batch}, "
+              f"median of {args.throughput_repeats}. Network only (detector: channels -> logit).")
+        print(f"{'row':{width}} {'latency ms':>11} {'images/s':>9}")
+        for name, _ in rows:
+            print(f"{name:{width}} {latency[name] * 1e3:11.2f} {throughput[name]:9.1f}")
+        print(f"{'features fft+lbp (extract, every detector row)':{width}} {feature_latency * 1e3:11.2f} "
+              f"{batch / feature_batch:9.1f}")
+
+        def ratio(a, b):
+            print(f"  {a} vs {b}: latency {latency[b] / latency[a]:.2f}x, throughput {throughput[a] / throughput[b]:.2f}x")
+
+        print("\nSpeed-ups (>1: the first is faster), network only:")
+        for label in detectors:
+            binary = f"{label} OpenVINO binary (1-bit)"
+            for other in (f"{label} PyTorch eager (as trained)", f"{label} PyTorch inference form",
+                          f"{label} OpenVINO float +-1", baseline_ov_row, baseline_torch_row):
+                ratio(binary, other)
+            ratio(f"{label} PyTorch inference form", f"{label} PyTorch eager (as trained)")
+
+        label, run = next(iter(detectors)), runners[0]
+        engines = {f"{label} OpenVINO binary (1-bit)": run["binary"],
+                   f"{label} PyTorch inference form": run["inference"],
+                   f"{label} PyTorch eager (as trained)": run["eager"]}
+        binary_name, inference_name, eager_name = engines
+        if not args.no_end_to_end:
+            one, many = {}, {}
+            for name, model in tqdm(engines.items(), desc="end to end", unit="row", disable=not sys.stderr.isatty()):
+                one[name] = end_to_end(model, paths, transform, 1, args.repeats, 2)
+                many[name] = end_to_end(model, paths, transform, batch, args.throughput_repeats, 1)
+            print(f"\nEnd to end, {args.jpeg_size}x{args.jpeg_size} JPEG file -> probability, as detect "
+                  f"computes it: latency = batch 1, median of {args.repeats} files; throughput = batch {batch}, "
+                  f"median of {args.throughput_repeats}; stages in median ms per image.")
+            head = "".join(f"{stage:>9}" for stage in STAGES)
+            print(f"{'row':{width}} {'batch':>5} {head} {'total ms':>9} {'images/s':>9}")
+            for name in engines:
+                for b, result in ((1, one[name]), (batch, many[name])):
+                    stages = "".join(f"{result[stage] * 1e3:9.2f}" for stage in STAGES)
+                    print(f"{name:{width}} {b:5d} {stages} {result['total'] * 1e3:9.2f} {1 / result['total']:9.1f}")
+            print("\nSpeed-ups end to end (>1: the first is faster):")
+            for other in (eager_name, inference_name):
+                print(f"  {binary_name} vs {other}: latency {one[other]['total'] / one[binary_name]['total']:.2f}x, "
+                      f"throughput {many[other]['total'] / many[binary_name]['total']:.2f}x")
+
+        if not args.no_detect:
+            detect_folder = Path(tmp.name) / "detect"
+            detect_folder.mkdir()
+            for p in paths[: args.images]:
+                (detect_folder / p.name).symlink_to(p)
+            checkpoint = Path(args.checkpoint) if args.checkpoint else Path(tmp.name) / "best.pt"
+            if not args.checkpoint:
+                detector = next(iter(detectors.values()))
+                saved = FitConfig(backbone=detector.backbone_name, features=detector.features_label, resolution=size)
+                torch.save({"model": detector.state_dict(), "config": saved.model_dump()}, checkpoint)
+            how = "`python -m bnn detect` child process" if args.detect_subprocess else "in-process bnn.__main__.main"
+            print(f"\npython -m bnn detect <folder of {args.images} JPEG files> --json --batch-size {batch} "
+                  f"({how}; wall time including model loading and compilation):")
+            speed, probs = {}, {}
+            for engine, source, name in (("openvino", run["binary_dir"], binary_name),
+                                         ("torch", checkpoint, inference_name)):
+                seconds, lines = run_detect(detect_folder, source, engine, batch, args.detect_subprocess)
+                rows_out = [json.loads(line) for line in lines if line.startswith("{")]
+                if len(rows_out) != args.images:
+                    raise RuntimeError(f"detect --engine {engine} printed {len(rows_out)} predictions for {args.images} files")
+                probs[engine] = [row["prob_fake"] for row in rows_out]
+                speed[engine] = args.images / seconds
+                print(f"  --engine {engine:8} ({name}): {seconds:6.2f} s, {speed[engine]:6.1f} images/s")
+            diff = max(abs(a - b) for a, b in zip(probs["openvino"], probs["torch"], strict=True))
+            print(f"  detect --engine openvino vs --engine torch: {speed['openvino'] / speed['torch']:.2f}x images/s; "
+                  f"max |probability difference| {diff:.2g}")
+        print(f"\nload average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        tmp.cleanup()
+        return 0
 
 
 if __name__ == "__main__":

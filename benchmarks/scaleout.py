@@ -35,6 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the throw-away PostgreSQL cluster and MLflow server
+sys.path.insert(0, str(REPO))  # benchmarks.results
+
+from benchmarks.results import RECORD_HELP, recorded  # noqa: E402
 
 STUDY = """\
 name: load
@@ -85,33 +88,35 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 3, 8])
     parser.add_argument("--cells", type=int, default=16, help="grid size (a multiple of 8)")
+    parser.add_argument("--record", action="store_true", help=RECORD_HELP)
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bnn-load-") as tmp:
-        tmp = Path(tmp)
-        for backend in args.backends:
-            for workers in args.workers:
-                root = tmp / f"{backend}-{workers}"
-                root.mkdir()
-                if backend == "sqlite":
-                    row = run_grid(root, f"sqlite:///{root}/mlflow.db", f"sqlite:///{root}/optuna.db", workers,
-                                   args.cells)
-                else:
-                    from pg_mlflow import mlflow_tracking_server, postgres_cluster
+    with recorded("scaleout", args.record):
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="bnn-load-") as tmp:
+            tmp = Path(tmp)
+            for backend in args.backends:
+                for workers in args.workers:
+                    root = tmp / f"{backend}-{workers}"
+                    root.mkdir()
+                    if backend == "sqlite":
+                        row = run_grid(root, f"sqlite:///{root}/mlflow.db", f"sqlite:///{root}/optuna.db", workers,
+                                       args.cells)
+                    else:
+                        from pg_mlflow import mlflow_tracking_server, postgres_cluster
 
-                    with postgres_cluster() as cluster, mlflow_tracking_server(cluster.url("mlflow")) as server:
-                        row = run_grid(root, server, cluster.url("optuna"), workers, args.cells)
-                rows.append({"backend": backend if backend == "sqlite" else "postgres + mlflow server",
-                             "workers": workers, **row})
-                print(rows[-1], flush=True)
-    print("\n| backend | workers | cells | wall (s) | cells/min | fit median (s) | runner overhead median / p90 (s) "
-          "| overhead / 60 s cell | store races retried | clean |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['backend']} | {r['workers']} | {r['cells']} | {r['wall_s']:.0f} | {r['cells_per_min']:.1f} | "
-              f"{r['fit_median_s']:.2f} | {r['overhead_median_s']:.3f} / {r['overhead_p90_s']:.3f} | "
-              f"{100 * r['share_of_60s']:.2f} % | {r['retries']} | {'yes' if r['clean'] else 'NO: ' + '; '.join(r['errors'])} |")
-    return 0 if all(r["clean"] for r in rows) else 1
+                        with postgres_cluster() as cluster, mlflow_tracking_server(cluster.url("mlflow")) as server:
+                            row = run_grid(root, server, cluster.url("optuna"), workers, args.cells)
+                    rows.append({"backend": backend if backend == "sqlite" else "postgres + mlflow server",
+                                 "workers": workers, **row})
+                    print(rows[-1], flush=True)
+        print("\n| backend | workers | cells | wall (s) | cells/min | fit median (s) | runner overhead median / p90 (s) "
+              "| overhead / 60 s cell | store races retried | clean |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['backend']} | {r['workers']} | {r['cells']} | {r['wall_s']:.0f} | {r['cells_per_min']:.1f} | "
+                  f"{r['fit_median_s']:.2f} | {r['overhead_median_s']:.3f} / {r['overhead_p90_s']:.3f} | "
+                  f"{100 * r['share_of_60s']:.2f} % | {r['retries']} | {'yes' if r['clean'] else 'NO: ' + '; '.join(r['errors'])} |")
+        return 0 if all(r["clean"] for r in rows) else 1
 
 
 if __name__ == "__main__":

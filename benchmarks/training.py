@@ -11,14 +11,19 @@ computed inside the detector as in ``bnn.train.fit``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bnn import create_detector
-from bnn.device import resolve_device
-from bnn.host import cpu_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.results
+
+from benchmarks.results import RECORD_HELP, recorded  # noqa: E402
+from bnn import create_detector  # noqa: E402
+from bnn.device import resolve_device  # noqa: E402
+from bnn.host import cpu_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -70,16 +75,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--features", default="rgb+fft+lbp")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--record", action="store_true", help=RECORD_HELP)
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print(f"device: {device} ({where}), torch threads: {torch.get_num_threads()}, batch {args.batch}, "
-          f"features {args.features}")
-    print(f"{'backbone':<14}{'size':>6}{'train img/s':>14}{'eval img/s':>13}")
-    for backbone in args.backbones:
-        for size in args.sizes:
-            train, evaluation = measure(backbone, size, args.batch, args.steps, args.features, device)
-            print(f"{backbone:<14}{size:>6}{train:>14.1f}{evaluation:>13.1f}")
+    with recorded("training", args.record):
+        device = resolve_device(args.device)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+        print(f"device: {device} ({where}), torch threads: {torch.get_num_threads()}, batch {args.batch}, "
+              f"features {args.features}")
+        print(f"{'backbone':<14}{'size':>6}{'train img/s':>14}{'eval img/s':>13}")
+        for backbone in args.backbones:
+            for size in args.sizes:
+                train, evaluation = measure(backbone, size, args.batch, args.steps, args.features, device)
+                print(f"{backbone:<14}{size:>6}{train:>14.1f}{evaluation:>13.1f}")
 
 
 if __name__ == "__main__":

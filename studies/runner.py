@@ -108,6 +108,30 @@ def check_inputs(study: Study) -> None:
                                     "(a best.pt written by `python -m bnn train` or a study cell)")
 
 
+FINISHED, FAILED, KILLED, TAKEN_OVER = "FINISHED", "FAILED", "KILLED", "TAKEN OVER"
+
+
+@dataclass
+class CellOutcome:
+    """How one claimed cell ended; ``Runner._finish`` is the one place that writes it into the
+    MLflow run, the Optuna trial, the run summary and the ``cell_end`` event.
+
+    Attributes:
+        status: ``FINISHED``, ``NOT COMPARABLE`` (finished, objective NaN), ``FAILED``, ``KILLED``
+            (interrupted) or ``TAKEN OVER`` (another worker runs the cell: nothing is written).
+        message: Why it failed, was interrupted or is not comparable.
+        values: The objective values of a finished cell (Optuna's ``tell``).
+        event: Further ``cell_end`` fields of a finished cell: ``result``, ``fit_seconds`` and
+            ``started`` (``time.perf_counter()`` at its claim), from which ``_finish`` adds
+            ``seconds`` and ``runner_seconds``.
+    """
+
+    status: str
+    message: str = ""
+    values: list[float] = field(default_factory=list)
+    event: dict = field(default_factory=dict)
+
+
 class Runner:
     """Runs the cells of one study in this process (see the module docstring)."""
 
@@ -205,11 +229,7 @@ class Runner:
         run_id = self.tracker.cell_run(cell)
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("axes", cell.axes_label())
-        trial.set_user_attr("failure", reason)
-        self.tracker.end(run_id, "FAILED", reason)
-        self.optuna_study.tell(trial, state=TrialState.FAIL)
-        summary.failed[cell.cell_id] = reason
-        self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": reason})
+        self._finish(trial, cell, run_id, CellOutcome(FAILED, reason), summary)
 
     def _run_search(self, summary: RunSummary) -> None:
         """TPE trials until the budget is used: trials finished or running (any worker) plus the
@@ -306,21 +326,18 @@ class Runner:
                                          **latency_tags})
                 self.queue.check_claim(trial)  # once more before the run is ended (logging artifacts takes time)
         except ClaimLost:
-            self._leave_taken_over(cell, run_id, summary)
+            self._finish(trial, cell, run_id, CellOutcome(TAKEN_OVER), summary)
             return
         except StudyInterrupted as err:
-            if not self.queue.holds_claim(trial):  # the run belongs to the worker that took the cell over
-                self._leave_taken_over(cell, run_id, summary)
-                raise
-            trial.set_user_attr("failure", f"interrupted by {err}")
-            self.tracker.end(run_id, "KILLED", f"interrupted by {err}")
-            self.optuna_study.tell(trial, state=TrialState.FAIL)
-            self.on_event("cell_end", {"cell": cell, "status": "KILLED"})
+            # Not holding the claim: the run belongs to the worker that took the cell over.
+            taken = not self.queue.holds_claim(trial)
+            self._finish(trial, cell, run_id, CellOutcome(TAKEN_OVER) if taken else
+                         CellOutcome(KILLED, f"interrupted by {err}"), summary)
             raise
         except Exception as err:
             if not self.queue.holds_claim(trial):
                 log.warning("cell %s: %s: %s after the cell was taken over", cell_id, type(err).__name__, err)
-                self._leave_taken_over(cell, run_id, summary)
+                self._finish(trial, cell, run_id, CellOutcome(TAKEN_OVER), summary)
                 return
             fault = storage_fault(err)
             mapped = user_error(err)  # the storage, or the cell's data or settings: one line, no traceback
@@ -328,34 +345,55 @@ class Runner:
                 log.exception("cell %s failed", cell_id)
             else:
                 log.error("cell %s failed: %s", cell_id, fault or mapped[0])
-            message = fault or f"{type(err).__name__}: {err}"
-            self._record_failure(trial, run_id, message)
-            summary.failed[self._label(trial, cell_id)] = message
-            self.on_event("cell_end", {"cell": cell, "status": "FAILED", "error": message})
+            self._finish(trial, cell, run_id, CellOutcome(FAILED, fault or f"{type(err).__name__}: {err}"), summary)
             return
         scalars = {**result.scalars(), **protocol, **latency}
         # Results live in MLflow only (see studies.record); Optuna gets the objective values.
         values = [objective_value(scalars, o.metric) for o in self.study.spec.objectives]
-        status = "FINISHED"
+        event = {"result": result, "started": started, "fit_seconds": fit_seconds}
         if any(math.isnan(v) for v in values):  # finished, but cannot be ranked: done, never re-run automatically
             metric = self.study.spec.objectives[[math.isnan(v) for v in values].index(True)].metric
             reason = not_comparable_reason(metric, scalars)
             if metric in self.study.spec.latency.metric_names():
                 reason += f" (latency not measured: {latency_tags.get(TAG_LATENCY_SKIPPED, 'unknown reason')})"
             log.warning("cell %s is %s: %s", cell_id, NOT_COMPARABLE, reason)
-            self.tracker.mark_not_comparable(run_id, reason)
-            trial.set_user_attr("not_comparable", reason)
+            outcome = CellOutcome(NOT_COMPARABLE.upper(), reason, event=event)
+        else:
+            outcome = CellOutcome(FINISHED, values=values, event=event)
+        self._finish(trial, cell, run_id, outcome, summary)
+
+    def _finish(self, trial: optuna.Trial, cell: Cell, run_id: str, outcome: CellOutcome, summary: RunSummary) -> None:
+        """Writes ``outcome`` into the cell's MLflow run and Optuna trial, the summary and one
+        ``cell_end`` event (a taken-over cell: the summary and the event only)."""
+        label = self._label(trial, cell.cell_id)
+        event = {"cell": cell, "status": outcome.status, **outcome.event}
+        if outcome.status == TAKEN_OVER:
+            log.warning("cell %s: this worker's heartbeat expired and another worker took the cell over; "
+                        "leaving it (and MLflow run %s) to that worker", cell.cell_id, run_id)
+            summary.taken_over.append(cell.cell_id)
+        elif outcome.status == KILLED:
+            trial.set_user_attr("failure", outcome.message)
+            self.tracker.end(run_id, "KILLED", outcome.message)
+            self.optuna_study.tell(trial, state=TrialState.FAIL)
+        elif outcome.status == FAILED:
+            self._record_failure(trial, run_id, outcome.message)
+            summary.failed[label] = outcome.message
+            event["error"] = outcome.message
+        elif outcome.status == NOT_COMPARABLE.upper():
+            self.tracker.mark_not_comparable(run_id, outcome.message)
+            trial.set_user_attr("not_comparable", outcome.message)
             self.tracker.end(run_id, "FINISHED")
             self.optuna_study.tell(trial, state=TrialState.PRUNED)
-            summary.not_comparable[self._label(trial, cell_id)] = reason
-            status = NOT_COMPARABLE.upper()
+            summary.not_comparable[label] = outcome.message
+            summary.completed.append(cell.cell_id)
         else:
             self.tracker.end(run_id, "FINISHED")
-            self.optuna_study.tell(trial, values if len(values) > 1 else values[0])
-        summary.completed.append(cell_id)
-        seconds = time.perf_counter() - started
-        self.on_event("cell_end", {"cell": cell, "status": status, "result": result, "seconds": seconds,
-                                   "fit_seconds": fit_seconds, "runner_seconds": seconds - fit_seconds})
+            self.optuna_study.tell(trial, outcome.values if len(outcome.values) > 1 else outcome.values[0])
+            summary.completed.append(cell.cell_id)
+        if "started" in event:  # a finished cell: its wall time from claim to both stores written
+            seconds = time.perf_counter() - event.pop("started")
+            event.update(seconds=seconds, runner_seconds=seconds - event["fit_seconds"])
+        self.on_event("cell_end", event)
 
     def _record_failure(self, trial: optuna.Trial, run_id: str, message: str) -> None:
         """Marks the cell's MLflow run and Optuna trial FAILED, each store on its own: when one cannot
@@ -379,14 +417,6 @@ class Runner:
         """How the summary names an attempt: the cell id, with the trial number in a search (two
         trials can draw the same cell)."""
         return f"trial {trial.number} (cell {cell_id})" if self.study.is_search else cell_id
-
-    def _leave_taken_over(self, cell: Cell, run_id: str, summary: RunSummary) -> None:
-        """A worker whose trial was failed as stale leaves the cell, its trial and its MLflow run to
-        the worker that took it over, writing nothing into either."""
-        log.warning("cell %s: this worker's heartbeat expired and another worker took the cell over; "
-                    "leaving it (and MLflow run %s) to that worker", cell.cell_id, run_id)
-        summary.taken_over.append(cell.cell_id)
-        self.on_event("cell_end", {"cell": cell, "status": "TAKEN OVER"})
 
     def _epoch_logger_once(self, run_id: str) -> Callable[[EpochStats], None]:
         """The tracker's epoch logger, logging each epoch of the cell's run once over all attempts:

@@ -48,6 +48,7 @@ def evaluate(
     model: Detector,
     loader: DataLoader,
     device: torch.device,
+    *,
     pos_weight: float = 1.0,
     amp: bool = True,
     max_batches: int | None = None,
@@ -58,6 +59,14 @@ def evaluate(
     """Runs ``model`` over ``loader`` (whose dataset is an ``ImageDataset``).
 
     Args:
+        model: The detector (put in eval mode).
+        loader: Batches of ``(images, labels, paths, skipped)`` from ``bnn.splits.make_loader``.
+        device: Where the batches go.
+        pos_weight: BCE weight of the fake class (``#real / #fake`` of the training split).
+        amp: Autocast on CUDA (``bnn.device.amp_context``).
+        max_batches: Stop after this many batches (``None``: all).
+        desc: Progress-bar label (the split's name).
+        should_stop: Polled before every batch.
         val_threshold: Decision threshold chosen on validation, for ``Metrics.accuracy_valthr``
             (``None``: the set's own equal-error-rate threshold, as for the validation split).
 

@@ -30,7 +30,7 @@ from bnn.data.audit import AUDIT_METRICS, AuditReport
 from bnn.detector import Detector
 from bnn.device import amp_context, resolve_device, seed_everything
 from bnn.distill import load_teacher, mix_distillation, teacher_logits
-from bnn.evaluation import evaluate
+from bnn.evaluation import Evaluation, evaluate
 from bnn.metrics import Metrics, bootstrap_ci, per_source_metrics
 from bnn.optim import lr_at, parameter_groups, per_step_lr
 from bnn.progress import ProgressLog, progress_bar
@@ -365,13 +365,11 @@ def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoa
     loader = make_loader(train_split, config, device, shuffle=True, epoch=epoch)
     loss_sum, seen, train_skipped = trainer.train_epoch(loader, epoch, lr)
     train_seconds = time.perf_counter() - start
-    val = evaluate(model, val_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "val",
-                   trainer.should_stop)
+    val = _evaluate(trainer, val_loader, "val")
     trainer.skipped_total += train_skipped + val.skipped
     selection = None
     if selection_loader is not None:
-        selection = evaluate(model, selection_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches,
-                             "selection (test)", trainer.should_stop)
+        selection = _evaluate(trainer, selection_loader, "selection (test)")
     stats = EpochStats(
         epoch=epoch,
         train_loss=loss_sum / max(seen, 1),
@@ -393,6 +391,15 @@ def _run_epoch(trainer: _Trainer, train_split: ImageDataset, val_loader: DataLoa
     return stats
 
 
+def _evaluate(trainer: _Trainer, loader: DataLoader, desc: str, val_threshold: float | None = None) -> Evaluation:
+    """``bnn.evaluation.evaluate`` of the trainer's model with the fit's loss weight, AMP, batch cap
+    and stop request."""
+    config = trainer.config
+    return evaluate(trainer.model, loader, trainer.device, pos_weight=trainer.pos_weight, amp=config.amp,
+                    max_batches=config.max_eval_batches, desc=desc, should_stop=trainer.should_stop,
+                    val_threshold=val_threshold)
+
+
 def _final_result(
     trainer: _Trainer, splits: dict[str, ImageDataset], val_loader: DataLoader, best_path: Path,
     data: dict[str, str], audit: AuditReport | None = None,
@@ -401,14 +408,10 @@ def _final_result(
     config, model, device = trainer.config, trainer.model, trainer.device
     selected = read_checkpoint(best_path, device)
     model.load_state_dict(selected["model"])
-    val = evaluate(model, val_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "val",
-                   trainer.should_stop)
+    val = _evaluate(trainer, val_loader, "val")
     set_val_threshold(best_path, selected, val.metrics.eer_threshold)  # for `bnn evaluate`'s accuracy_valthr
     test_loader = make_loader(splits["test"], config, device, shuffle=False)
-    test = evaluate(
-        model, test_loader, device, trainer.pos_weight, config.amp, config.max_eval_batches, "test",
-        trainer.should_stop, val_threshold=val.metrics.eer_threshold,
-    )
+    test = _evaluate(trainer, test_loader, "test", val_threshold=val.metrics.eer_threshold)
     return FitResult(
         config=config,
         best_epoch=trainer.best.epoch,

@@ -2,7 +2,8 @@
 
 Figures that benchmarks measure are not copied into prose by hand: ``--record`` makes a benchmark
 write everything it printed to ``docs/results/<benchmark>-<YYYY-MM-DD>-<commit>.md``, headed by
-the command, the commit (``-dirty`` when the work tree had uncommitted changes), the host (CPU
+the command, the commit (``-dirty`` when tracked files outside ``docs/`` had uncommitted
+changes), the host (CPU
 model, cores, torch threads) and the versions of the libraries that set the speed. The docs link
 to these files; a newer run is a new file beside the older ones.
 """
@@ -27,11 +28,13 @@ VERSIONED = ("torch", "numpy", "numba", "openvino", "opencv-python-headless", "s
 
 
 def commit_stamp(repo: Path = REPO) -> str:
-    """The short commit of ``repo``, ``-dirty`` when tracked files changed, ``unknown`` outside git."""
+    """The short commit of ``repo``, ``-dirty`` when tracked files outside ``docs/`` changed,
+    ``unknown`` outside git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        # Edits under docs/ (where these records go) do not change what a benchmark measures.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"], cwd=repo,
                                capture_output=True, text=True, check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

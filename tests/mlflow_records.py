@@ -1,15 +1,17 @@
-"""MLflow study records written as the runner writes them, for the analysis and report tests.
+"""MLflow study records written by the runner's own writer, for the analysis and report tests.
 
-``make_study_record`` writes a study with the names of ``studies.record`` (parent run, one child
-run per cell with params, tags, final and per-epoch metrics, artifacts) for cells that the runner
-cannot train in a test (BNext-S, ResNet-50, many seeds); ``make_shared_records`` writes the
-studies that ``tests/test_analysis.py`` and ``tests/test_reports.py`` read, once a session (the
-``study_records`` fixture of ``tests/conftest.py``). That the runner's writer and this reader agree
-is ``tests/test_record_contract.py``'s job.
+``make_study_record`` writes, through ``studies.record_writer.Tracker`` (the one writer of the
+record), a study whose cells the runner cannot train in a test (BNext-S, ResNet-50, many seeds):
+each cell's ``FitResult`` is made up here (its metrics, cost and ROC chosen below) and the
+Tracker logs it as it logs a trained one (run, tags, params, per-epoch and final metrics, dataset
+inputs, artifacts). ``make_shared_records`` writes the studies that ``tests/test_analysis.py`` and
+``tests/test_reports.py`` read, once a session (the ``study_records`` fixture of
+``tests/conftest.py``). That a trained study's record reads back is ``tests/test_record_contract.py``'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -18,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 
+from bnn.cost import Cost
+from bnn.metrics import Metrics
+from bnn.train import EpochStats, FitResult
 from studies import record as R
+from studies.record_writer import Tracker
+from studies.spec import Cell, Study, load_study
 
 GIT_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SPECS = {  # backbone: (display name, family, binary, base OPs, BOPs, params, binary params)
@@ -94,48 +100,14 @@ class StudyRecord:
     unfinished: dict[str, str] = field(default_factory=dict)  # run id -> status
 
 
-def _ops(backbone: str, features: str) -> tuple[int, int, int]:
-    """(ops, bops, flops): adapter 3x3 conv of (3 + extra) channels -> 3 at 224x224 on top."""
-    _, _, _, base, bops, _, _ = SPECS[backbone]
+def _cost(backbone: str, features: str, frozen: bool) -> Cost:
+    """Adapter 3x3 conv of (3 + extra) channels -> 3 at 224x224 on top of the backbone's OPs."""
+    _, _, _, base, bops, n_params, binary_params = SPECS[backbone]
     channels = len(features.split("+")) + 2
     ops = base + 224 * 224 * 3 * channels * 9
-    return ops, bops, ops - bops // 64
-
-
-def _params(
-    backbone: str, features: str, frozen: bool, seed: int, dataset: str, axes: str
-) -> dict[str, str]:
-    """The flattened FitConfig, as ``studies.record_writer.Tracker`` logs it (strings, nested keys dotted)."""
-    return {
-        R.PARAM_BACKBONE: backbone,
-        R.PARAM_FEATURES: features,
-        R.PARAM_FREEZE_BACKBONE: str(frozen),
-        "pretrained": "None",
-        "compat": "exact",
-        R.PARAM_DATASET: dataset,
-        "data_root": "None",
-        "data_params.count": "64",
-        "resolution": "32",
-        "epochs": str(EPOCHS),
-        "batch_size": "16",
-        "grad_accumulation": "1",
-        "lr": "0.0001",
-        "min_lr": "1e-05",
-        "lr_decay_epochs": "5",
-        "weight_decay": "0.01",
-        "betas": "[0.9, 0.999]",
-        "grad_clip_norm": "1.0",
-        "amp": "True",
-        "device": "auto",
-        "num_workers": "None",
-        R.PARAM_SEED: str(seed),
-        "max_train_samples": "None",
-        "max_val_samples": "None",
-        "max_test_samples": "None",
-        "max_train_batches": "None",
-        "max_eval_batches": "None",
-        R.PARAM_AXES: axes,
-    }
+    return Cost(bops=bops, flops=ops - bops // 64, ops=ops, params=n_params, binary_params=binary_params,
+                trainable_params=300 if frozen else n_params, storage_bytes=n_params // 8,
+                feature_flops=1000 * (len(features.split("+")) - 1))
 
 
 def _roc(auc: float) -> dict[str, list[float]]:
@@ -149,10 +121,87 @@ def _roc(auc: float) -> dict[str, list[float]]:
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.linspace(1, 0, 21).tolist()}
 
 
+def _split(accuracy: float, auc: float, eer: float, ap: float, real: float, fake: float, roc=None) -> Metrics:
+    # Calibration and operating-point metrics are left out of these records (``_Made.omitted``):
+    # the demo record is a study without the evaluation protocol's extra sections.
+    nan = float("nan")
+    return Metrics(accuracy=accuracy, auc=auc, eer=eer, ap=ap, accuracy_real=real, accuracy_fake=fake, ece=nan,
+                   brier=nan, tpr_at_fpr_1pct=nan, tpr_at_fpr_0p1pct=nan, eer_threshold=nan, accuracy_valthr=nan,
+                   count=32, roc=roc or {})
+
+
+_NOT_RECORDED = ("ece", "brier", "tpr_at_fpr_1pct", "tpr_at_fpr_0p1pct", "eer_threshold", "accuracy_valthr")
+
+
+@dataclass
+class _Made(FitResult):
+    """A made-up cell outcome; ``scalars()`` leaves out ``omitted`` (a record of an older version,
+    or one a report must refuse)."""
+
+    omitted: tuple[str, ...] = ()
+
+    def scalars(self) -> dict[str, float]:
+        return {k: v for k, v in super().scalars().items() if k not in self.omitted}
+
+
+def _result(cell: Cell, accuracy: float, dataset: str, staging: Path, omit: tuple[str, ...]) -> _Made:
+    config = cell.config
+    val = _split(accuracy + 0.01, (1 + accuracy) / 2 + 0.002, 1 - accuracy, accuracy, accuracy, accuracy)
+    test = _split(accuracy, (1 + accuracy) / 2, 1 - accuracy - 0.01, accuracy + 0.02, accuracy + 0.01,
+                  accuracy - 0.01, roc=_roc((1 + accuracy) / 2))
+    history = [_epoch(epoch, accuracy, config.seed) for epoch in range(EPOCHS)]
+    labels = [0, 1] * 16
+    predictions = [{"path": f"{i:03d}.png", "label": label, "prob_fake": 0.9 if label else 0.1, "source": ""}
+                   for i, label in enumerate(labels)]
+    omitted = (*(f"{split}_{m}" for split in ("val", "test") for m in _NOT_RECORDED), *omit)
+    return _Made(config=config, best_epoch=EPOCHS - 1, history=history, val=val, test=test,
+                 cost=_cost(config.backbone, config.features, config.freeze_backbone),
+                 checkpoint=staging / "best.pt", skipped_images=0,
+                 data={split: f"{dataset} benchmark (generated locally, 64 images)" for split in ("train", "val", "test")},
+                 data_digest={"train": "abc"}, test_predictions=predictions, omitted=omitted)
+
+
+def _epoch(epoch: int, accuracy: float, seed: int) -> EpochStats:
+    progress = (epoch + 1) / EPOCHS
+    return EpochStats(epoch=epoch, train_loss=0.7 - 0.3 * progress - 0.05 * seed, val_loss=0.72 - 0.25 * progress,
+                      val_accuracy=0.5 + (accuracy + 0.01 - 0.5) * progress, val_auc=0.5 + accuracy / 2 * progress,
+                      lr=1e-4 / (epoch + 1), epoch_seconds=2.0, train_images_per_second=32.0,
+                      eval_images_per_second=64.0, skipped_images=0)
+
+
+def _study(tracking_uri: str, study: str, staging: Path, dataset: str, objectives: list[dict] | None) -> Study:
+    """The study file (written to ``staging``) whose configuration every cell shares."""
+    lines = [
+        f"name: {study}",
+        f"tracking_uri: {tracking_uri}",
+        f"dataset: {dataset}",
+        *(["data_params: {count: 64}"] if dataset == "synthetic" else []),
+        f"defaults: {{backbone: bnext_tiny, resolution: 32, epochs: {EPOCHS}, batch_size: 16}}",
+        "grid:",
+        "  features: {powerset: [sobel, fft, lbp]}",
+        f"objective: {json.dumps(objectives or [{'metric': 'val_accuracy', 'direction': 'maximize'}])}",
+        f"latency: {{enabled: {str(bool(objectives)).lower()}}}",
+        "log_checkpoint: false",
+        f"runs_dir: {staging / 'runs'}",
+    ]
+    path = staging / f"{study}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_study(path)
+
+
+def _drop_predictions(client: MlflowClient, run_id: str) -> None:
+    """Removes the run's test predictions from its (local) artifact store: these records are of
+    runs without per-image predictions, as an older version logged them."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    root = Path(url2pathname(urlparse(client.get_run(run_id).info.artifact_uri).path))
+    shutil.rmtree(root / Path(R.ARTIFACT_PREDICTIONS).parent)
+
+
 def make_study_record(
     tracking_uri: str,
     study: str = "demo",
-    artifact_root: Path | None = None,
     cells: list | None = None,
     dataset: str = "synthetic",
     unfinished: bool = True,
@@ -161,165 +210,68 @@ def make_study_record(
     latency: bool = False,
     objectives: list[dict] | None = None,
 ) -> StudyRecord:
-    """Writes a study's MLflow record following the runner's contract.
+    """Writes a study's MLflow record with ``studies.record_writer.Tracker``.
 
     Args:
-        tracking_uri: E.g. ``sqlite:///{tmp_path}/mlflow.db``.
+        tracking_uri: E.g. ``sqlite:///{tmp_path}/mlflow.db`` (artifacts go beside the database).
         study: Study = experiment name.
-        artifact_root: Folder for the experiment's artifacts (required for SQLite stores).
         cells: ``(backbone, features, frozen, [test accuracy per seed])``; default ``DEFAULT_CELLS``
             (8 feature sets of BNext-T, a frozen BNext-T, BNext-S, ResNet-50; two seeds for two).
-        dataset: The ``dataset`` param of every cell.
-        unfinished: Also add a FAILED and a RUNNING cell run.
+        dataset: The ``dataset`` of every cell.
+        unfinished: Also add a FAILED and a RUNNING cell run (BNext-M RGB, seeds 0 and 1).
         omit_metrics: Final metrics not to log (to make a report fail).
-        commit_tag: The git commit's tag (``R.LEGACY_TAG_GIT_COMMIT`` for a record of an older version).
+        commit_tag: The git commit's tag (``R.LEGACY_TAG_GIT_COMMIT`` for a record of an older
+            version); its value is ``GIT_COMMIT``.
         latency: Log measured latency as ``latency_of`` says (two hosts, a skipped cell, a cell
-            recorded as before latency existed).
-        objectives: The study's objectives, tagged on the parent run (``R.TAG_OBJECTIVES``).
+            recorded as before latency existed), as the runner logs a measurement.
+        objectives: The study's objectives (the parent run's ``R.TAG_OBJECTIVES``); without them
+            the record is one of a version before objectives were tagged.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
-    location = (Path(artifact_root) / study).as_uri() if artifact_root else None
-    experiment_id = client.create_experiment(study, artifact_location=location)
-    parent = client.create_run(
-        experiment_id,
-        run_name=study,
-        tags={
-            R.TAG_ROLE: R.ROLE_STUDY,
-            R.TAG_STUDY: study,
-            commit_tag: GIT_COMMIT,
-            **({R.TAG_OBJECTIVES: json.dumps(objectives)} if objectives else {}),
-        },
-    )
-    parent_id = parent.info.run_id
     staging = Path(tempfile.mkdtemp(prefix="study-record-"))
-    study_file = staging / f"{study}.yaml"
-    study_file.write_text(f"name: {study}\ngrid:\n  features: {{powerset: [sobel, fft, lbp]}}\n")
-    client.log_artifact(parent_id, str(study_file), artifact_path=R.ARTIFACT_STUDY_DIR)
-    record = StudyRecord(tracking_uri, study, experiment_id, parent_id)
-
-    cells = DEFAULT_CELLS if cells is None else cells
-    for index, (backbone, features, frozen, accuracies) in enumerate(cells):
-        for seed, accuracy in enumerate(accuracies):
-            name, family, binary, _, _, n_params, binary_params = SPECS[backbone]
-            ops, bops, flops = _ops(backbone, features)
-            axes = f"features={features}|backbone={backbone}|freeze_backbone={frozen}"
-            axes += f"|seed={seed}" if len(accuracies) > 1 else ""
-            tags = {
-                R.TAG_PARENT_RUN_ID: parent_id,
-                R.TAG_ROLE: R.ROLE_CELL,
-                R.TAG_CELL_ID: f"{index:06x}{seed:06x}",
-                R.TAG_CELL_STUDY: study,
-                R.TAG_MODEL: name,
-                R.TAG_FAMILY: family,
-                R.TAG_BINARY: str(binary).lower(),
-                R.TAG_DATA: f"{dataset} benchmark (generated locally, 64 images)",
-                R.TAG_SYNTHETIC: str(dataset == "synthetic").lower(),
-                R.TAG_DATA_DIGEST: "train:abc",
-                R.TAG_ATTEMPTS: "1",
-                commit_tag: GIT_COMMIT,
-            }
-            timed, timing_tags = latency_of(backbone, features, frozen, seed) if latency else ({}, {})
-            tags.update(timing_tags)
-            run_id = client.create_run(
-                experiment_id, run_name=f"{name} {features}", tags=tags
-            ).info.run_id
-            params = _params(backbone, features, frozen, seed, dataset, axes)
-            final = {
-                "val_accuracy": accuracy + 0.01,
-                "val_auc": (1 + accuracy) / 2 + 0.002,
-                "val_eer": 1 - accuracy,
-                "val_ap": accuracy,
-                "val_accuracy_real": accuracy,
-                "val_accuracy_fake": accuracy,
-                "test_accuracy": accuracy,
-                "test_auc": (1 + accuracy) / 2,
-                "test_eer": 1 - accuracy - 0.01,
-                "test_ap": accuracy + 0.02,
-                "test_accuracy_real": accuracy + 0.01,
-                "test_accuracy_fake": accuracy - 0.01,
-                "val_count": 32,
-                "test_count": 32,
-                "best_epoch": EPOCHS - 1,
-                "skipped_images": 0,
-                "bops": bops,
-                "flops": flops,
-                "ops": ops,
-                "params": n_params,
-                "binary_params": binary_params,
-                "trainable_params": 300 if frozen else n_params,
-                "storage_bytes": n_params // 8,
-                "feature_flops": 1000 * (len(features.split("+")) - 1),
-                **timed,
-            }
-            final = {k: v for k, v in final.items() if k not in omit_metrics}
-            metrics = [Metric(k, float(v), 0, 0) for k, v in final.items()]
-            for epoch in range(EPOCHS):
-                progress = (epoch + 1) / EPOCHS
-                epoch_values = dict(
-                    zip(
-                        R.EPOCH_METRICS,  # train loss, val loss, val acc, val AUC, lr, s, images/s
-                        (
-                            0.7 - 0.3 * progress - 0.05 * seed,
-                            0.72 - 0.25 * progress,
-                            0.5 + (accuracy + 0.01 - 0.5) * progress,
-                            0.5 + accuracy / 2 * progress,
-                            1e-4 / (epoch + 1),
-                            2.0,
-                            32.0,
-                        ),
-                        strict=True,
-                    )
-                )
-                metrics += [Metric(k, v, epoch, epoch) for k, v in epoch_values.items()]
-            client.log_batch(
-                run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()]
-            )
-            tmp = staging / run_id
-            roc = tmp / R.ARTIFACT_ROC
-            roc.parent.mkdir(parents=True)
-            roc.write_text(json.dumps(_roc((1 + accuracy) / 2)))
-            (tmp / R.ARTIFACT_CONFIG).write_text(
-                f"backbone: {backbone}\nfeatures: {features}\nseed: {seed}\n"
-            )
-            client.log_artifact(run_id, str(tmp / R.ARTIFACT_CONFIG))
-            client.log_artifacts(run_id, str(roc.parent), artifact_path=Path(R.ARTIFACT_ROC).parent.as_posix())
-            client.set_terminated(run_id, "FINISHED")
-            record.finished.append(
-                {
-                    "run_id": run_id,
-                    "backbone": backbone,
-                    "features": features,
-                    "frozen": frozen,
-                    "seed": seed,
-                    **final,
-                }
-            )
-    if unfinished:
-        for status in ("FAILED", "RUNNING"):
-            tags = {
-                R.TAG_PARENT_RUN_ID: parent_id,
-                R.TAG_ROLE: R.ROLE_CELL,
-                R.TAG_CELL_ID: f"bad{status.lower()}",
-                R.TAG_CELL_STUDY: study,
-                R.TAG_MODEL: "BNext-M",
-                R.TAG_FAMILY: "BNext",
-                R.TAG_BINARY: R.TRUE,
-                commit_tag: GIT_COMMIT,
-            }
-            run_id = client.create_run(
-                experiment_id, run_name=f"BNext-M {status}", tags=tags
-            ).info.run_id
-            params = _params("bnext_middle", "rgb", False, 0, dataset, "backbone=bnext_middle")
-            client.log_batch(
-                run_id,
-                params=[Param(k, v) for k, v in params.items()],
-                metrics=[Metric(R.EPOCH_METRICS[0], 0.69, 0, 0)],
-                tags=[RunTag(R.TAG_FAILURE, "boom")] if status == "FAILED" else [],
-            )
-            if status != "RUNNING":
-                client.set_terminated(run_id, status)
+    spec = _study(tracking_uri, study, staging, dataset, objectives)
+    planned = [(backbone, features, frozen, seed, accuracy, len(accuracies) > 1)
+               for backbone, features, frozen, accuracies in (DEFAULT_CELLS if cells is None else cells)
+               for seed, accuracy in enumerate(accuracies)]
+    failing = [("bnext_middle", "rgb", False, seed, None, False) for seed in (0, 1)] if unfinished else []
+    made = []
+    for backbone, features, frozen, seed, accuracy, seeded in planned + failing:
+        axes = {"features": features, "backbone": backbone, "freeze_backbone": frozen, **({"seed": seed} if seeded else {})}
+        config = spec.base.model_copy(update={"backbone": backbone, "features": features, "freeze_backbone": frozen,
+                                              "seed": seed})
+        made.append((Cell.of(config, axes, spec.runs_dir), accuracy))
+    spec = dataclasses.replace(spec, cells=[cell for cell, _ in made])
+    tracker = Tracker(spec)
+    record = StudyRecord(tracking_uri, study, tracker.experiment_id, tracker.parent_id)
+    runs = [tracker.parent_id]
+    for cell, accuracy in made:
+        run_id = tracker.cell_run(cell)
+        runs.append(run_id)
+        if accuracy is None:  # the FAILED and the RUNNING cell: one epoch's train loss
+            status = "FAILED" if cell.config.seed == 0 else "RUNNING"
+            tracker.client.log_metric(run_id, R.EPOCH_METRICS[0], 0.69, step=0)
+            if status == "FAILED":
+                tracker.end(run_id, status, "boom")
             record.unfinished[run_id] = status
-    client.set_terminated(parent_id, "FINISHED")
+            continue
+        result = _result(cell, accuracy, dataset, staging, omit_metrics)
+        for stats in result.history:
+            tracker.epoch_logger(run_id)(stats)
+        tracker.log_result(run_id, result)
+        config = cell.config
+        timed, timing_tags = latency_of(config.backbone, config.features, config.freeze_backbone, config.seed) \
+            if latency else ({}, {})
+        if timed or timing_tags:
+            tracker.log_scalars(run_id, timed, timing_tags)
+        tracker.end(run_id, "FINISHED")
+        _drop_predictions(tracker.client, run_id)
+        record.finished.append({"run_id": run_id, "backbone": config.backbone, "features": config.features,
+                                "frozen": config.freeze_backbone, "seed": config.seed, **result.scalars(), **timed})
+    tracker.finish_parent("FINISHED")
+    for run_id in runs:  # the commit a fixed one (and its tag an older version's, if asked)
+        tracker.client.delete_tag(run_id, R.TAG_GIT_COMMIT)
+        tracker.client.set_tag(run_id, commit_tag, GIT_COMMIT)
+    if not objectives:
+        tracker.client.delete_tag(tracker.parent_id, R.TAG_OBJECTIVES)
     shutil.rmtree(staging, ignore_errors=True)
     return record
 
@@ -333,37 +285,34 @@ def make_shared_records(root: Path) -> dict[str, StudyRecord]:
     objectives (``OBJECTIVES``); the others are recorded as before latency and objectives were.
     """
     uri = f"sqlite:///{root}/mlflow.db"
-    artifacts = root / "artifacts"
     coco = [
         ("bnext_tiny", "rgb+fft+lbp", False, [0.95]),
         ("bnext_tiny", "rgb+fft+lbp", True, [0.85]),
     ]
     return {
         "demo": make_study_record(
-            uri, "demo", artifact_root=artifacts, latency=True, objectives=OBJECTIVES
+            uri, "demo", latency=True, objectives=OBJECTIVES
         ),
         "other": make_study_record(  # as an older version wrote it: the custom commit tag
             uri,
             "other",
-            artifact_root=artifacts,
             cells=DEFAULT_CELLS[:1],
             unfinished=False,
             commit_tag=R.LEGACY_TAG_GIT_COMMIT,
         ),
         "coco": make_study_record(
-            uri, "coco", artifact_root=artifacts, cells=coco, dataset="cocofake", unfinished=False
+            uri, "coco", cells=coco, dataset="cocofake", unfinished=False
         ),
         "broken": make_study_record(
             uri,
             "broken",
-            artifact_root=artifacts,
             cells=DEFAULT_CELLS[:2],
             unfinished=False,
             omit_metrics=("test_auc",),
         ),
         "aliased": _renamed(
             make_study_record(
-                uri, "aliased", artifact_root=artifacts, cells=DEFAULT_CELLS[:1], unfinished=False
+                uri, "aliased", cells=DEFAULT_CELLS[:1], unfinished=False
             ),
             "aliased-experiment",
         ),

@@ -70,6 +70,7 @@ def test_calibrated_random_detector_gives_distinct_logits(setup):
     assert logits.abs().min() > 0 and logits.std() > 0.01 and logits.abs().max() < 50
 
 
+@pytest.mark.integration
 def test_end_to_end_times_each_stage_of_detect(setup, bench):
     _, paths, detector, _ = setup
     transform = build_transform(SIZE, train=False)

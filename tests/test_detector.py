@@ -83,12 +83,22 @@ def test_display_label_is_the_papers_name(features, full, added):
     assert display_label(features) == full and display_label(features, added=True) == added
 
 
+# Building and running BNext-M and BNext-L takes 10-40 s per test on 2 cores: their contract
+# tests run in the integration tier, every other backbone's in the default one.
+_HEAVY_BACKBONES = frozenset({"bnext_middle", "bnext_large"})
+
+
+def _tier(backbone: str, *, light: bool = True) -> tuple:
+    return () if light and backbone not in _HEAVY_BACKBONES else (pytest.mark.integration,)
+
+
 def _grid():
-    """Every backbone with no extra channel and with all of them in the default tier; the other
-    feature sets (the same adapter with fewer inputs) in the integration tier."""
+    """Every backbone with no extra channel and with all of them in the default tier (BNext-M and
+    BNext-L in the integration tier); the other feature sets (the same adapter with fewer inputs)
+    in the integration tier."""
     for backbone in list_backbones():
         for features in FEATURE_SETS:
-            marks = () if features in (FEATURE_SETS[0], FEATURE_SETS[-1]) else (pytest.mark.integration,)
+            marks = _tier(backbone, light=features in (FEATURE_SETS[0], FEATURE_SETS[-1]))
             yield pytest.param(backbone, features, marks=marks, id=f"{backbone}-{features}")
 
 
@@ -116,7 +126,7 @@ def test_contract_forward_backward(backbone, features):
     detector.zero_grad(set_to_none=True)  # the backbone is shared with the next test
 
 
-@pytest.mark.parametrize("backbone", list_backbones())
+@pytest.mark.parametrize("backbone", [pytest.param(b, marks=_tier(b)) for b in list_backbones()])
 def test_contract_inference_form_is_identical(backbone):
     """``for_inference`` (sign(w) computed once, plain sign) changes no output bit in eval mode."""
     detector = Detector(_backbone(backbone), parse_features("rgb+fft")).eval()

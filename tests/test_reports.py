@@ -133,6 +133,7 @@ def test_render_without_protocol_data_has_no_protocol_sections(rendered):
     assert "significantly different" not in (out / "ablation.md").read_text()
 
 
+@pytest.mark.integration
 def test_render_png_is_a_real_image(rendered):
     _, out = rendered
     for name in (

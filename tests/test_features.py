@@ -26,6 +26,7 @@ from bnn.features import (
     feature_flops,
     feature_flops_by_name,
     grey_levels,
+    input_channels,
 )
 from bnn.features import cpu as cpu_module
 from bnn.features import dispatch as extract_module
@@ -351,6 +352,30 @@ def test_recycled_output_is_never_in_use():
     del array
     fifth = extract(images, ["sobel", "fft", "lbp"])  # nothing uses the old memory any more
     assert torch.equal(fifth, kept)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_out_receives_the_channels_and_is_checked(backend):
+    images = torch.rand(3, 3, 24, 24)
+    fresh = extract(images, ["sobel", "fft", "lbp"], backend=backend)
+    out = torch.full((3, 3, 24, 24), float("nan"))
+    assert extract(images, ["sobel", "fft", "lbp"], backend=backend, out=out) is out
+    assert torch.equal(out, fresh)
+    for bad, why in [(torch.empty(3, 2, 24, 24), r"shape \(3, 3, 24, 24\)"),
+                     (torch.empty(3, 3, 24, 24, dtype=torch.float64), "float64"),
+                     (torch.empty(3, 24, 24, 3).permute(0, 3, 1, 2), "non-contiguous")]:
+        with pytest.raises(ValueError, match=why):
+            extract(images, ["sobel", "fft", "lbp"], backend=backend, out=bad)
+
+
+def test_input_channels_results_stay_independent():
+    """``input_channels`` reuses its scratch output from call to call; no result it returned changes."""
+    first_images, second_images = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
+    first = input_channels(first_images, ("fft", "lbp"))
+    kept = first.clone()
+    second = input_channels(second_images, ("fft", "lbp"))
+    assert torch.equal(first, kept) and not torch.equal(first, second)
+    assert torch.equal(first[:, 3:], extract(first_images, ["fft", "lbp"]))
 
 
 def test_backend_errors(monkeypatch):

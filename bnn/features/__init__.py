@@ -52,7 +52,7 @@ whatever the input dtype. Two implementations, chosen by ``extract``'s ``backend
   reused ``Workspace`` and write each feature straight into its output channel.
 
 Modules (imports flow down): ``dispatch`` (``extract``, ``input_channels``, which path each
-channel takes), ``cpu`` (the fused path, its buffers and recycled outputs), ``sobel`` | ``fft`` |
+channel takes), ``cpu`` (the fused path and its buffers), ``sobel`` | ``fft`` |
 ``lbp`` (one channel each, its derivation next to its code, registered in this order: the
 authors' concatenation order), ``grey`` (grey levels), ``api`` (``Feature``, ``FEATURES``,
 ``Workspace``, canonical order, cost, checks) and ``kernels`` (the Numba kernels, NumPy arrays in,

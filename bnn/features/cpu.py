@@ -1,6 +1,6 @@
 """The fused CPU path of ``extract``: the Numba kernels of ``bnn.features.kernels`` (grey levels,
 Sobel, LBP and the FFT's input in one pass per image, then ``torch.fft.rfft2``), with this thread's
-reused buffers and output arrays.
+reused buffers.
 """
 
 from __future__ import annotations
@@ -80,28 +80,6 @@ def extract_fused(images: Tensor, first: dict[str, int], compat: str, out: Tenso
             threads=threads, batch=size,
         )  # fmt: skip
 
-
-
-def recycled_output(shape: tuple[int, int, int, int]) -> Tensor:
-    """A float32 CPU tensor of ``shape`` whose memory this thread returned before and nobody uses.
-
-    A fresh output of a few tens of MB is mapped by the kernel page by page on first write (about
-    0.3 ms per 224x224 image of three channels here: a third of the whole kernel path), and
-    glibc gives blocks above 32 MB back to the kernel on free. So the kernel path returns tensors
-    on NumPy arrays that this thread keeps: ``torch.from_numpy`` holds a reference to its array
-    for as long as any tensor (or view) on it lives, so an array whose only reference is the
-    cache's own is free to hand out again. At most two arrays are kept per thread.
-    """
-    pool: list[np.ndarray] = getattr(_KERNEL_BUFFERS, "outputs", [])
-    _KERNEL_BUFFERS.outputs = pool
-    for array in pool:
-        # References: the list's and getrefcount's argument; any other is a live tensor or view.
-        if array.shape == shape and sys.getrefcount(array) == 2:
-            return torch.from_numpy(array)
-    array = np.empty(shape, dtype=np.float32)
-    pool.insert(0, array)
-    del pool[2:]
-    return torch.from_numpy(array)
 
 
 class _KernelBuffers(NamedTuple):

@@ -123,20 +123,25 @@ FRESH_IMPORTS = textwrap.dedent(
         importlib.import_module(lib)
     project = ("bnn", "studies", "analysis", "reports")
     assert not [m for m in sys.modules if m.split(".")[0] in project], "project module imported early"
-    failed = []
-    for name in sys.argv[1:]:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                importlib.import_module(name)
-            except BaseException:
-                traceback.print_exc()
-                os._exit(1)
-            os._exit(0)
-        _, status = os.waitpid(pid, 0)
+    failed, running = [], {}
+    names = list(sys.argv[1:])
+    while names or running:  # one forked child per module, as many at once as there are cores
+        while names and len(running) < (os.cpu_count() or 1):
+            name = names.pop(0)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    importlib.import_module(name)
+                except BaseException:
+                    traceback.print_exc()
+                    os._exit(1)
+                os._exit(0)
+            running[pid] = name
+        pid, status = os.wait()
         if os.waitstatus_to_exitcode(status) != 0:
-            failed.append(name)
-    print("FAILED:", " ".join(failed))
+            failed.append(running[pid])
+        del running[pid]
+    print("FAILED:", " ".join(sorted(failed)))
     sys.exit(1 if failed else 0)
     """
 )

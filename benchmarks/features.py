@@ -92,10 +92,11 @@ def median_seconds(fns: list[Callable[[], object]], repeats: int) -> list[float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=int, default=64, help="images per batch (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=224, help="image height and width in pixels (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed repeats, the median is shown (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch and OpenCV threads (default: torch's, here %(default)s)")
     parser.add_argument("--record", action="store_true", help=RECORD_HELP)
     args = parser.parse_args()
     with recorded("features", args.record):

@@ -234,7 +234,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     status = exit_status_help("some inputs were skipped (detect: unreadable images)")
-    parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__, epilog=status,
+    parser = argparse.ArgumentParser(prog="python -m bnn", description=__doc__.replace("``", ""), epilog=status,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     cost = sub.add_parser(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from scipy.stats import bootstrap, rankdata
@@ -66,6 +66,12 @@ class Metrics:
     accuracy_valthr: float
     count: int
     roc: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of_empty_split(cls) -> Metrics:
+        """The metrics of a split without images: every metric NaN, ``count`` 0, no ROC points."""
+        values = {f.name: float("nan") for f in fields(cls) if f.name not in ("count", "roc")}
+        return cls(**values, count=0)
 
     def scalars(self, prefix: str = "") -> dict[str, float]:
         """Scalar metrics as ``{prefix + name: value}`` (ROC points excluded)."""
@@ -202,9 +208,7 @@ def compute_metrics(labels, scores, threshold: float = 0.5, val_threshold: float
         raise ValueError(f"labels {y.shape} and scores {s.shape} differ in length")
     nan = float("nan")
     if y.size == 0:
-        return Metrics(accuracy=nan, auc=nan, eer=nan, ap=nan, accuracy_real=nan, accuracy_fake=nan, ece=nan,
-                       brier=nan, tpr_at_fpr_1pct=nan, tpr_at_fpr_0p1pct=nan, eer_threshold=nan,
-                       accuracy_valthr=nan, count=0)
+        return Metrics.of_empty_split()
     predicted = (s >= threshold).astype(np.int64)
     correct = predicted == y
     real, fake = y == 0, y == 1

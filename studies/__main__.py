@@ -295,7 +295,7 @@ def _main(argv: list[str] | None) -> int:
     from studies.spec import MAX_CELLS
 
     status = exit_status_help("some cells failed (run)")
-    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__, epilog=status,
+    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__.replace("``", ""), epilog=status,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "validate": cmd_validate, "ui": cmd_ui}

@@ -124,10 +124,8 @@ def _roc(auc: float) -> dict[str, list[float]]:
 def _split(accuracy: float, auc: float, eer: float, ap: float, real: float, fake: float, roc=None) -> Metrics:
     # Calibration and operating-point metrics are left out of these records (``_Made.omitted``):
     # the demo record is a study without the evaluation protocol's extra sections.
-    nan = float("nan")
-    return Metrics(accuracy=accuracy, auc=auc, eer=eer, ap=ap, accuracy_real=real, accuracy_fake=fake, ece=nan,
-                   brier=nan, tpr_at_fpr_1pct=nan, tpr_at_fpr_0p1pct=nan, eer_threshold=nan, accuracy_valthr=nan,
-                   count=32, roc=roc or {})
+    return dataclasses.replace(Metrics.of_empty_split(), accuracy=accuracy, auc=auc, eer=eer, ap=ap,
+                               accuracy_real=real, accuracy_fake=fake, count=32, roc=roc or {})
 
 
 _NOT_RECORDED = ("ece", "brier", "tpr_at_fpr_1pct", "tpr_at_fpr_0p1pct", "eer_threshold", "accuracy_valthr")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m studies run|plan|status|validate|ui FILE``."""
+"""Command line: ``python -m studies run|plan|status|validate|ui|submit FILE``."""
 
 from __future__ import annotations
 
@@ -49,9 +49,18 @@ server) to split the cells between workers; re-running resumes where it stopped.
     "ui": """examples:
   python -m studies ui quickstart.yaml                # MLflow UI on http://127.0.0.1:5000
   python -m studies ui quickstart.yaml --port 5001
-It prints (and opens, where there is a browser) the study's runs sorted by its objective. Ctrl-C or
-SIGTERM stops the server and everything it started; the exit status is then 0. A study tracked on an
-http(s):// server gets that server's link instead, and nothing is started.""",
+  python -m studies ui quickstart.yaml --optuna       # and optuna-dashboard on http://127.0.0.1:5001
+It prints (and opens, where there is a browser) the study's runs sorted by its objective; --optuna also
+prints the link to the study's page in optuna-dashboard (one trial per cell, its cell_id a user
+attribute). Ctrl-C or SIGTERM stops the servers and everything they started; the exit status is then 0.
+A study tracked on an http(s):// server gets that server's link instead, and no MLflow UI is started.""",
+    "submit": """examples:
+  python -m studies submit results_cocofake.yaml --slurm --workers 8 --gres gpu:1 --time 24:00:00 \\
+      --set tracking_uri=http://mlflow-host:5000 --set storage=postgresql://bnn@db-host/optuna
+  python -m studies submit quickstart.yaml --slurm --workers 2 --nodelist node1 --dry-run   # print only
+It writes runs/<study>/slurm/<study>.sbatch (one array task per worker, logs beside it) and submits it
+with sbatch. Submitting again resumes whatever is left. More than one worker on SQLite stores needs
+--nodelist with one node (docs/scaling_out.md).""",
 }
 
 
@@ -229,6 +238,9 @@ def _run(args, stop) -> int:
                 logging.getLogger("studies").info("cell %s %s", info["cell"].cell_id, info["status"])
         elif kind == "waiting":
             bar.set_postfix_str(f"waiting for {info['running']} cell(s) running elsewhere")
+        elif kind == "registered":
+            logging.getLogger("studies").info("best cell registered as models:/%s/%s (MLflow Model Registry)",
+                                              info["name"], info["version"])
 
     runner = Runner(study, on_event=on_event, stop=stop)
     done_before = sum(1 for s in status_tables.study_states(study)[0].values() if s in DONE_STATES)
@@ -254,6 +266,9 @@ def _run(args, stop) -> int:
     for cell_id in summary.taken_over:
         console.print(f"[yellow]taken over[/] {cell_id}: this worker stalled past the heartbeat grace period "
                       "and another worker runs the cell")
+    for name, version in summary.registered.items():
+        console.print(f"best cell registered: models:/{name}/{version} (serve: mlflow models serve -m "
+                      f"models:/{name}/{version} --env-manager local)")
     console.print(f"browse: python -m studies ui {args.file}")
     if summary.interrupted:
         console.print("[yellow]interrupted[/]: re-run the same command to resume")
@@ -261,10 +276,37 @@ def _run(args, stop) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_submit(args) -> int:
+    from studies.slurm import SlurmError, SlurmOptions, build_job, submit
+
+    if not args.slurm:
+        raise SlurmError("submit needs a scheduler: --slurm (the only one supported)")
+    options = SlurmOptions(workers=args.workers, time=args.time, gres=args.gres, partition=args.partition,
+                           cpus_per_task=args.cpus_per_task, nodelist=args.nodelist)
+    options.check()  # a bad --time before the study is loaded
+    study = _load(args)
+    for url in (study.storage, study.tracking_uri):
+        require_driver(url)
+    from studies.spec import MAX_CELLS
+
+    job = build_job(study, args.set, options, max_cells=None if args.max_cells == MAX_CELLS else args.max_cells)
+    if args.dry_run:  # the script only (plain text: redirect it into a file); nothing written or submitted
+        sys.stdout.write(job.text)
+        print(f"dry run: nothing written or submitted (submit would write {job.script_path})", file=sys.stderr)
+        return 0
+    job_id = submit(job)
+    print(f"submitted job {job_id}: {args.workers} array task(s) of study {study.name}\n"
+          f"  script: {job.script_path}\n  logs:   {job.log_pattern(job_id, '<task>')}\n"
+          f"  progress: python -m studies status {args.file}; submit again (or sbatch the script) to resume")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from studies.ui import serve
 
-    return serve(_load(args), args.port, open_browser=not args.no_browser)  # plain print: a URL unwrapped
+    optuna_port = (args.optuna_port or args.port + 1) if args.optuna else None
+    return serve(_load(args), args.port, open_browser=not args.no_browser,  # plain print: a URL unwrapped
+                 optuna_port=optuna_port)
 
 
 def _positive(text: str) -> int:
@@ -298,13 +340,15 @@ def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__.replace("``", ""), epilog=status,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "validate": cmd_validate, "ui": cmd_ui}
+    handlers = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "validate": cmd_validate, "ui": cmd_ui,
+                "submit": cmd_submit}
     helps = {
         "run": "run a study's cells (resumes; several workers may share a storage)",
         "plan": "list the cells with their status and cost, without running anything",
         "status": "progress and results of a study",
         "validate": "check a study file only",
-        "ui": "start the MLflow UI on 127.0.0.1 for the study's tracking store",
+        "ui": "start the MLflow UI (and with --optuna optuna-dashboard) on 127.0.0.1 for the study",
+        "submit": "write a Slurm array job for the study (one worker per task) and submit it with sbatch",
     }
     for name, handler in handlers.items():
         p = sub.add_parser(name, help=helps[name], description=helps[name], epilog=f"{EXAMPLES[name]}\n\n{status}",
@@ -319,9 +363,25 @@ def _main(argv: list[str] | None) -> int:
             p.add_argument("--workers", type=_positive, default=1, metavar="N",
                            help="worker processes on this machine (default 1); each single-threaded "
                                 "(OMP_NUM_THREADS=1) unless OMP_NUM_THREADS is set")
+        if name == "submit":
+            p.add_argument("--slurm", action="store_true", help="as a Slurm array job (required: the only scheduler)")
+            p.add_argument("--workers", type=_positive, default=1, metavar="N", help="array tasks, one worker each")
+            p.add_argument("--time", metavar="LIMIT", help="time limit: minutes, HH:MM:SS or D-HH:MM:SS; SIGTERM "
+                           "comes a tenth of it before (10 s to 5 min), and the cell stops cleanly")
+            p.add_argument("--gres", metavar="GRES", help="generic resources per task, e.g. gpu:1")
+            p.add_argument("--partition", metavar="P", help="Slurm partition (default: the cluster's)")
+            p.add_argument("--cpus-per-task", type=_positive, metavar="C",
+                           help="CPUs per task (the worker's OMP_NUM_THREADS; default 1)")
+            p.add_argument("--nodelist", metavar="NODE", help="run every task on these nodes (one node allows "
+                           "SQLite stores with several workers)")
+            p.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
         if name == "ui":
             p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
             p.add_argument("--no-browser", action="store_true", help="print the link only")
+            p.add_argument("--optuna", action="store_true",
+                           help="also start optuna-dashboard on the study's Optuna storage (127.0.0.1)")
+            p.add_argument("--optuna-port", type=int, default=None, metavar="PORT",
+                           help="optuna-dashboard's port (default: --port + 1)")
         p.set_defaults(func=handler)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

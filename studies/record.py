@@ -31,7 +31,8 @@ The record:
   ``PARAM_AXES``. Metrics: ``EPOCH_METRICS`` with step = epoch; the final ``val_*``/``test_*``
   metrics of the checkpoint selected on validation (``FINAL_METRICS`` among them), ``COST_METRICS``,
   ``best_epoch``, ``skipped_images`` (step 0). Artifacts: ``config.yaml``, ``ARTIFACT_ROC``,
-  ``predictions/``, ``plots/``, ``checkpoint/`` when the study logs checkpoints.
+  ``predictions/``, ``plots/``, ``checkpoint/`` when the study logs checkpoints,
+and then the logged model ``MODEL_NAME`` (see its section below).
 
 Old records stay readable: the commit was once the custom tag ``git_commit``
 (``LEGACY_TAG_GIT_COMMIT``), which the reader still falls back to.
@@ -59,6 +60,9 @@ from typing import Any
 # failed log_batch with 8 workers on an MLflow server (benchmarks/scaleout.py). Off unless the user
 # set it; every process of a study (and the MLflow server ``studies ui`` starts) inherits this.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# No progress bars in a study's log for the artifacts MLflow downloads itself (logging a detector
+# model validates its input example on a downloaded copy). Off unless the user set it.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlflow.utils import mlflow_tags  # noqa: E402  (after the telemetry switch above)
 
@@ -177,6 +181,19 @@ ARTIFACT_PREDICTIONS = "predictions/test_predictions.csv"  # per test image, PRE
 PREDICTION_COLUMNS = ("path", "label", "prob_fake", "source")
 DATASET_SOURCE_TYPE = "local"
 TAG_MAX_LENGTH = 5000
+
+# --- the selected detector as an MLflow logged model (bnn.serving), and the registered best ------
+# Each finished cell of a study that logs checkpoints logs MODEL_NAME (engine torch), its final
+# metrics linked to it; when the study finishes, its best cell by the first objective is a version
+# of the registered model (study key registered_model, default the study name) with alias
+# REGISTRY_ALIAS_BEST, and that cell's MODEL_NAME_OPENVINO a version of <name>OPENVINO_SUFFIX.
+MODEL_NAME = "detector"
+MODEL_NAME_OPENVINO = "detector_openvino"
+MODEL_NAMES = {"torch": MODEL_NAME, "openvino": MODEL_NAME_OPENVINO}  # bnn.serving.ENGINES
+TAG_MODEL_ENGINE = "bnn.engine"  # logged model: torch | openvino (also TAG_CELL_ID, TAG_CELL_STUDY)
+REGISTRY_ALIAS_BEST = "best"  # models:/<name>@best is the current best cell
+OPENVINO_SUFFIX = "-openvino"
+TAG_VERSION_OBJECTIVE = "bnn.objective"  # model version: "<metric>=<value>" it was selected by
 
 # --- the reader's columns -------------------------------------------------------------------------
 # Tag -> column of a cell row; every other tag is left out.

@@ -12,6 +12,7 @@ import json
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,15 @@ import torch
 
 from bnn.backbones import BACKBONES
 from bnn.host import cpu_model
+from bnn.serving import (
+    CHECKPOINT_FILE,
+    DETECTOR_ARTIFACT,
+    INPUT_COLUMN,
+    MODEL_CODE,
+    ServedDetector,
+    example_image,
+    prepare_folder,
+)
 from studies.db_setup import retry_on_race, sqlite_path
 from studies.record import (
     ARTIFACT_AUDIT,
@@ -34,7 +44,9 @@ from studies.record import (
     DATASET_SOURCE_TYPE,
     EPOCH_FIELDS,
     EXPERIMENT_KIND,
+    MODEL_NAMES,
     NO_AXES,
+    OPENVINO_SUFFIX,
     PACKAGES,
     PARAM_AXES,
     PARAM_BACKBONE,
@@ -44,6 +56,7 @@ from studies.record import (
     PARAM_MAX_LENGTH,
     PARAM_SEED,
     PREDICTION_COLUMNS,
+    REGISTRY_ALIAS_BEST,
     ROLE_CELL,
     ROLE_STUDY,
     TAG_ATTEMPTS,
@@ -66,6 +79,7 @@ from studies.record import (
     TAG_LATENCY_THREADS,
     TAG_MAX_LENGTH,
     TAG_MODEL,
+    TAG_MODEL_ENGINE,
     TAG_NOT_COMPARABLE,
     TAG_OBJECTIVES,
     TAG_PARENT_RUN_ID,
@@ -80,6 +94,7 @@ from studies.record import (
     TAG_SYNTHETIC,
     TAG_TRAIN_HOST,
     TAG_TRAIN_THREADS,
+    TAG_VERSION_OBJECTIVE,
     TAG_VERSION_PREFIX,
     filter_role,
     search_all,
@@ -102,14 +117,22 @@ def git_commit() -> str:
         return "unknown"
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def serving_requirements() -> list[str]:
+    """The logged models' pip requirements: the installed versions of what ``bnn.serving`` imports
+    (given, so MLflow does not load the model in a subprocess to infer them). ``bnn-deepfake`` is
+    this project, not on PyPI: serve with ``--env-manager local`` in its environment."""
+    names = ("bnn-deepfake", "mlflow", "torch", "torchvision", "timm", "openvino", "pillow", "numpy", "pandas")
+    return [f"{name}=={version}" for name, version in package_versions(names).items()]
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -369,6 +392,7 @@ class Tracker:
             self._log_plots(run_id, result, tmp)
         if self.study.spec.log_checkpoint:
             self.client.log_artifact(run_id, str(result.checkpoint), artifact_path=ARTIFACT_CHECKPOINT_DIR)
+            self.log_detector_model(run_id, result.checkpoint)  # after the metrics: they link to it
 
     def log_scalars(self, run_id: str, scalars: dict[str, float], tags: dict[str, str] | None = None) -> None:
         """Adds final metrics (and their ``protocol_tags``) to a finished cell's run: the protocol
@@ -429,6 +453,110 @@ class Tracker:
         plot = Path(ARTIFACT_PLOTS)
         fig.savefig(tmp / plot.name)
         self.client.log_artifact(run_id, str(tmp / plot.name), artifact_path=plot.parent.as_posix())
+
+    # --- the selected detector as an MLflow model (bnn.serving) ---------------------------------
+    def logged_detector(self, run_id: str, engine: str = "torch"):
+        """The READY logged model of ``engine`` whose source is this cell run, or None."""
+        found = self.client.search_logged_models(
+            [self.experiment_id], max_results=10,
+            filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAMES[engine]}'")
+        ready = [m for m in found if str(m.status) in ("READY", "LoggedModelStatus.READY")]
+        return ready[0] if ready else None
+
+    def log_detector_model(self, run_id: str, checkpoint: str | Path, engine: str = "torch") -> str:
+        """Logs the cell's ``best.pt`` as an MLflow logged model (``MODEL_NAMES[engine]``) of its run,
+        the run's step-0 metrics (the final ones) linked to it; returns its model id. A run that
+        has one already (a retried cell) keeps it."""
+        import mlflow
+        import pandas as pd
+        from mlflow.models import Model, infer_signature
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        existing = self.logged_detector(run_id, engine)
+        if existing is not None:
+            return existing.model_id
+        run = self.client.get_run(run_id)
+        tags = {TAG_MODEL_ENGINE: engine, TAG_CELL_ID: run.data.tags.get(TAG_CELL_ID, ""),
+                TAG_CELL_STUDY: self.study.name}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = prepare_folder(checkpoint, Path(tmp) / DETECTOR_ARTIFACT, engine)
+            code = Path(tmp) / "detector_model.py"
+            code.write_text(MODEL_CODE)
+            example = pd.DataFrame({INPUT_COLUMN: [example_image()]})
+            signature = infer_signature(example, ServedDetector(folder, device="cpu").predict(example))
+            model = self.client.create_logged_model(self.experiment_id, name=MODEL_NAMES[engine], source_run_id=run_id,
+                                                    tags=tags, params=dict(run.data.params))
+            # mlflow.pyfunc.log_model is Model.log(flavor=mlflow.pyfunc) on the active run; called
+            # directly, it takes this cell's run explicitly (no global active run) and links the
+            # run's step-0 metrics (the final ones) to the model.
+            with _use_tracking_uri(self.study.tracking_uri), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # pandas' deprecations inside MLflow's checks
+                try:
+                    Model.log(artifact_path=None, name=MODEL_NAMES[engine], flavor=mlflow.pyfunc,
+                              python_model=str(code), artifacts={DETECTOR_ARTIFACT: str(folder)},
+                              signature=signature, input_example=example,
+                              pip_requirements=serving_requirements(), run_id=run_id, model_id=model.model_id)
+                except BaseException:
+                    self.client.finalize_logged_model(model.model_id, "FAILED")  # never taken for a model
+                    raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
+
+    def register_best(self) -> dict[str, str]:
+        """Registers the best finished cell (first objective; not stale, not comparable, with a
+        logged model) as a version of the study's registered model with alias ``best``, and its
+        OpenVINO model under ``<name>-openvino``. Idempotent: a model already registered gets no
+        new version (the alias moves to its version). Returns registered name -> version ("" none)."""
+        name = self.study.spec.registered_model or self.study.name
+        objective = self.study.spec.objectives[0]
+        ranked = []
+        for run in search_all(self.client, self.experiment_id, ROLE_CELL):
+            tags, value = run.data.tags, run.data.metrics.get(objective.metric)
+            if run.info.status != "FINISHED" or TAG_NOT_COMPARABLE in tags or TAG_STALE in tags:
+                continue
+            if value is None or value != value:  # NaN
+                continue
+            ranked.append((-value if objective.direction == "maximize" else value, run.info.start_time or 0, run))
+        for _, _, run in sorted(ranked, key=lambda r: r[:2]):
+            model = self.logged_detector(run.info.run_id)
+            if model is None:
+                continue
+            label = f"{objective.metric}={run.data.metrics[objective.metric]:.6g}"
+            versions = {name: self._register(name, model.model_id, run, label)}
+            openvino = self.logged_detector(run.info.run_id, "openvino")
+            if openvino is None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint = self.client.download_artifacts(
+                        run.info.run_id, f"{ARTIFACT_CHECKPOINT_DIR}/{CHECKPOINT_FILE}", tmp)
+                    openvino_id = self.log_detector_model(run.info.run_id, checkpoint, "openvino")
+            else:
+                openvino_id = openvino.model_id
+            versions[name + OPENVINO_SUFFIX] = self._register(name + OPENVINO_SUFFIX, openvino_id, run, label)
+            return versions
+        return {}
+
+    def _register(self, name: str, model_id: str, run, label: str) -> str:
+        """The version of ``name`` holding ``model_id`` (created when none does), aliased ``best``."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, tags={TAG_CELL_STUDY: self.study.name})
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        versions = self.client.search_model_versions(f"name = '{name}'", max_results=1000)
+        same = [v for v in versions if v.model_id == model_id or v.source == f"models:/{model_id}"]
+        if same:
+            version = same[0].version
+        else:
+            version = self.client.create_model_version(
+                name, f"models:/{model_id}", run_id=run.info.run_id, model_id=model_id,
+                tags={TAG_CELL_ID: run.data.tags.get(TAG_CELL_ID, ""), TAG_VERSION_OBJECTIVE: label},
+                description=f"{run.info.run_name}: the best cell of study {self.study.name} by {label}").version
+        current = self.client.get_registered_model(name).aliases.get(REGISTRY_ALIAS_BEST)
+        if str(current) != str(version):
+            self.client.set_registered_model_alias(name, REGISTRY_ALIAS_BEST, str(version))
+        return str(version)
 
     def end(self, run_id: str, status: str, message: str | None = None) -> None:
         """Terminates a run as FINISHED, FAILED or KILLED (with the reason as ``TAG_FAILURE``)."""

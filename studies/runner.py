@@ -83,6 +83,7 @@ class RunSummary:
     not_comparable: dict[str, str] = field(default_factory=dict)  # finished, objective NaN: why
     skipped_done: int = 0
     interrupted: bool = False
+    registered: dict[str, str] = field(default_factory=dict)  # registered model -> version of the best cell
 
 
 def check_inputs(study: Study) -> None:
@@ -435,16 +436,34 @@ class Runner:
     def _close_parent(self, summary: RunSummary) -> None:
         if self.study.is_search:
             self.tracker.finish_parent("KILLED" if summary.interrupted else "FINISHED")
+            if not summary.interrupted:
+                self._register_best(summary)
             return
         states = cell_states(self.optuna_study)
         if all(states.get(c) in DONE_STATES for c in self.cells):
             self.tracker.finish_parent("FINISHED")
+            self._register_best(summary)
         elif summary.interrupted:
             self.tracker.finish_parent("KILLED")
         elif not any(s in ("running", "waiting") for s in states.values()):
             self.tracker.finish_parent("FAILED")
 
 
+
+    def _register_best(self, summary: RunSummary) -> None:
+        """Once the study is finished: its best cell's models in the MLflow Model Registry
+        (``Tracker.register_best``), one worker at a time (the last workers of a study finish
+        together); a registry that cannot be written is logged, and the cells stay done."""
+        if not self.study.spec.log_checkpoint:
+            return
+        try:
+            with study_lock(self.study.storage, self.storage.engine, f"model registry of {self.study.name}"):
+                summary.registered = self.tracker.register_best()
+        except Exception as err:
+            log.error("study %s: the best cell was not registered: %s: %s", self.study.name, type(err).__name__, err)
+            summary.failed["model registry"] = f"{type(err).__name__}: {err}"
+        for name, version in summary.registered.items():
+            self.on_event("registered", {"name": name, "version": version})
 
 
 def epoch_text(stats: EpochStats) -> str:

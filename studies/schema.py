@@ -132,6 +132,8 @@ class StudyFile(BaseModel):
     objective: Objective | list[Objective] = Objective()
     latency: Latency = Field(default_factory=Latency)
     log_checkpoint: bool = True
+    # The MLflow registered model of the study's best cell (docs/serving.md); default: the study name.
+    registered_model: str | None = Field(None, pattern=STUDY_NAME_PATTERN, max_length=MAX_NAME_LENGTH)
     evaluate: list[dict[str, Any]] = []
     robustness: list[dict[str, Any]] = []
 

@@ -10,7 +10,10 @@ runs (one per cell) under the collapsed parent run and shows no metric column. `
 - tags the experiment ``mlflow.experimentKind=custom_model_development`` when it is missing (the
   fallback the UI uses when the URL names no ``workflowType``);
 - starts ``mlflow ui`` in its own session (process group) with one worker on small machines and
-  without MLflow's job consumers, and stops the whole group on Ctrl-C or SIGTERM.
+  without MLflow's job consumers, and stops the whole group on Ctrl-C or SIGTERM;
+- with ``--optuna``, starts optuna-dashboard (its own package, ``optuna-dashboard STORAGE``) on the
+  study's Optuna storage in a second process group, linked to the study's page
+  (``/dashboard/studies/<id>``), and stops it the same way.
 
 The URL format follows MLflow 3.17's frontend (``mlflow/server/js/build``): ``workflowType`` is read
 by the workflow-type context; the saved view is an experiment tag ``mlflow.sharedViewState.<id>``
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,9 +37,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from studies.cell_queue import open_storage
 from studies.db_setup import open_shared
 from studies.record import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, create_mlflow_schema
 
@@ -175,15 +182,15 @@ def create_store(tracking_uri: str) -> None:
     open_shared(tracking_uri, lambda: None, "creating the MLflow store", initialise=create_mlflow_schema)
 
 
-def check_port_free(port: int, host: str = HOST) -> None:
-    """Raises PortInUseError when something listens on ``host:port``."""
+def check_port_free(port: int, host: str = HOST, option: str = "--port") -> None:
+    """Raises PortInUseError (naming ``option``) when something listens on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no owner
         try:
             sock.bind((host, port))
         except OSError as err:
             raise PortInUseError(f"port {port} on {host} is in use ({err.strerror}); "
-                                 "choose another with --port") from None
+                                 f"choose another with {option}") from None
 
 
 def server_command(tracking_uri: str, port: int, workers: int) -> list[str]:
@@ -303,55 +310,133 @@ def _has_gui() -> bool:
     return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def serve(study, port: int, open_browser: bool = True, say=None) -> int:
-    """Starts ``mlflow ui`` on the study's store and blocks until it exits or is stopped.
+def dashboard_command(storage_url: str, port: int) -> list[str]:
+    """optuna-dashboard on ``storage_url`` at 127.0.0.1:``port`` (the console script beside this Python).
+
+    Raises:
+        DashboardMissingError: optuna-dashboard is not installed.
+    """
+    script = Path(sys.executable).with_name("optuna-dashboard")
+    found = str(script) if script.exists() else shutil.which("optuna-dashboard")
+    if found is None:
+        raise DashboardMissingError("--optuna needs optuna-dashboard: pip install optuna-dashboard "
+                                    '(it is in the dev extras: pip install -e ".[dev]")')
+    return [found, storage_url, "--host", HOST, "--port", str(port), "--server", "wsgiref", "--quiet"]
+
+
+class DashboardMissingError(ValueError):
+    """``--optuna`` without optuna-dashboard installed (one line and exit code 2)."""
+
+
+def dashboard_url(base: str, study_id: int | None) -> str:
+    """optuna-dashboard's page of one Optuna study (``/dashboard/studies/<id>``), or its study list."""
+    return f"{base}/dashboard/studies/{study_id}" if study_id is not None else f"{base}/dashboard"
+
+
+def optuna_study_id(study) -> int | None:
+    """The Optuna storage's id of the study (``None``: no trial stored yet); creates a missing
+    SQLite storage whole, as a worker would, so the dashboard never creates one half-way."""
+    storage = open_storage(study.storage, create=True)
+    try:
+        return storage.get_study_id_from_name(study.name)
+    except KeyError:
+        return None
+    finally:
+        storage.engine.dispose()
+
+
+@dataclass
+class _Server:
+    """One server process this command starts: its command line, the URL that answers once it is
+    up, and what to print."""
+
+    name: str
+    command: list[str]
+    base: str
+    health: str
+    link: str
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+
+
+def serve(study, port: int, open_browser: bool = True, say=None, optuna_port: int | None = None) -> int:
+    """Starts ``mlflow ui`` on the study's store (and, with ``optuna_port``, optuna-dashboard on its
+    Optuna storage) and blocks until one exits or the command is stopped.
 
     Returns:
         0 after a stop by SIGINT (Ctrl-C) or SIGTERM, the server's status when it ended by itself.
+
+    Raises:
+        PortInUseError: a port is taken. DashboardMissingError: ``optuna_port`` without optuna-dashboard.
     """
     import webbrowser
 
     say = say or (lambda message: print(message, flush=True))
     base = f"http://{HOST}:{port}"
+    servers: list[_Server] = []
+    if optuna_port is not None:
+        if optuna_port == port:
+            raise PortInUseError(f"--optuna-port {optuna_port} is the MLflow UI's --port; choose another")
+        command = dashboard_command(study.storage, optuna_port)
+        check_port_free(optuna_port, option="--optuna-port")
+        optuna_base = f"http://{HOST}:{optuna_port}"
+        servers.append(_Server("optuna-dashboard", command, optuna_base, f"{optuna_base}/api/meta",
+                               dashboard_url(optuna_base, optuna_study_id(study))))
     if is_server_uri(study.tracking_uri):
         experiment_id, view_id = _lookup_on_server(study)
-        say(f"study '{study.name}' is tracked on the server {study.tracking_uri}: nothing to start")
+        say(f"study '{study.name}' is tracked on the server {study.tracking_uri}: no MLflow UI to start")
         say(f"open {runs_url(study.tracking_uri, experiment_id, view_id, _objective(study))}")
-        return 0
-    check_port_free(port)
-    create_store(study.tracking_uri)
-    experiment_id, view_id = prepare_experiment(study)
-    url = runs_url(base, experiment_id, view_id, _objective(study))
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    proc = None
-    try:
+        if not servers:
+            return 0
+    else:
+        check_port_free(port)
+        create_store(study.tracking_uri)
+        experiment_id, view_id = prepare_experiment(study)
         workers = workers_for(os.cpu_count())
-        proc = subprocess.Popen(server_command(study.tracking_uri, port, workers), env=server_env(),
-                                start_new_session=True)
-        say(f"starting the MLflow UI for study '{study.name}' on {base} ({workers} worker{'s' * (workers > 1)})")
-        if not wait_until_up(proc, f"{base}/health"):
-            code = proc.poll()
-            say(f"the MLflow UI did not start (exit status {code})" if code is not None
-                else f"the MLflow UI did not answer within {START_TIMEOUT_S:.0f} s")
-            return code or 1
+        servers.insert(0, _Server(f"MLflow UI ({workers} worker{'s' * (workers > 1)})",
+                                  server_command(study.tracking_uri, port, workers), base, f"{base}/health",
+                                  runs_url(base, experiment_id, view_id, _objective(study)), server_env()))
         if experiment_id is None:
             say(f"study '{study.name}' has no MLflow record yet (python -m studies run {study.path.name})")
-        say(f"open {url}")
-        say("Ctrl-C stops it")
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for server in servers:
+            server.proc = subprocess.Popen(server.command, env=server.env, start_new_session=True)
+            say(f"starting the {server.name} for study '{study.name}' on {server.base}")
+        for server in servers:
+            if not wait_until_up(server.proc, server.health):
+                code = server.proc.poll()
+                say(f"the {server.name} did not start (exit status {code})" if code is not None
+                    else f"the {server.name} did not answer within {START_TIMEOUT_S:.0f} s")
+                return code or 1
+        for server in servers:
+            say(f"open {server.link}")
+        say("Ctrl-C stops " + ("it" if len(servers) == 1 else "them"))
         if open_browser and _has_gui():
             with contextlib.suppress(Exception):
-                webbrowser.open(url)
-        return proc.wait()
+                webbrowser.open(servers[0].link)
+        return _wait_first([server.proc for server in servers])
     except _Stop:
         return 0
     finally:
-        if proc is not None:
-            # A second Ctrl-C while stopping must not leave the group behind.
-            for sig in previous:
-                signal.signal(sig, signal.SIG_IGN)
-            stop_group(proc)
+        # A second Ctrl-C while stopping must not leave a group behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        for server in servers:
+            if server.proc is not None:
+                stop_group(server.proc)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _wait_first(procs: list[subprocess.Popen], poll_s: float = 0.5) -> int:
+    """The exit status of the first of ``procs`` to end (the others are stopped by the caller)."""
+    while True:
+        for proc in procs:
+            code = proc.poll()
+            if code is not None:
+                return code
+        time.sleep(poll_s)
 
 
 def _objective(study) -> tuple[str, str]:

@@ -160,7 +160,7 @@ def test_bad_split_and_unknown_params(cifake_root: Path):
     with pytest.raises(KeyError, match="cifake"):
         create_dataset("cifak", "train")
     assert set(dataset_params("cocofake")) >= {"fake_root", "val_fraction", "max_samples", "seed"}
-    assert set(DATASETS.names()) == {"cocofake", "dffd", "cifake", "folder", "synthetic"}
+    assert set(DATASETS.names()) == {"cocofake", "dffd", "cifake", "folder", "hf", "synthetic"}
 
 
 def test_max_samples_stratified_and_deterministic(cifake_root: Path):

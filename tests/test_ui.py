@@ -28,6 +28,7 @@ from studies.__main__ import main
 from studies.ui import (
     PortInUseError,
     check_port_free,
+    dashboard_url,
     runs_url,
     sort_key,
     view_state,
@@ -119,6 +120,34 @@ def test_a_taken_port_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use"), err
 
 
+def test_dashboard_links_the_study_page():
+    assert dashboard_url("http://127.0.0.1:5001", 3) == "http://127.0.0.1:5001/dashboard/studies/3"
+    assert dashboard_url("http://127.0.0.1:5001", None) == "http://127.0.0.1:5001/dashboard"
+
+
+def test_a_taken_optuna_port_is_one_line_and_exit_2(tmp_path, capsys):
+    path = _tiny(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        assert main(["ui", str(path), "--optuna", "--optuna-port", str(taken), "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert f"port {taken} on 127.0.0.1 is in use" in err and "--optuna-port" in err
+    assert "Traceback" not in err
+    assert main(["ui", str(path), "--port", "5123", "--optuna", "--optuna-port", "5123", "--no-browser"]) == 2
+    assert "is the MLflow UI's --port" in capsys.readouterr().err
+
+
+def test_optuna_without_the_dashboard_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))  # no optuna-dashboard beside it
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["ui", str(_tiny(tmp_path)), "--optuna", "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install optuna-dashboard" in err and "Traceback" not in err
+    assert not (tmp_path / "optuna.db").exists()  # refused before anything was created
+
+
 def test_a_study_on_a_tracking_server_gets_its_link_and_starts_nothing(tmp_path, capsys):
     port = _free_port()  # nothing listens: the link falls back to the server's experiments list
     path = _tiny(tmp_path, tracking_uri=f"http://127.0.0.1:{port}")
@@ -189,12 +218,13 @@ def _group(pgid: int) -> list[int]:
 class UI:
     """``python -m studies ui FILE --port PORT`` as a subprocess, its output collected."""
 
-    def __init__(self, path: Path, port: int):
+    def __init__(self, path: Path, port: int, *extra: str):
         self.port = port
         self.lines: list[str] = []
         self.url: str | None = None
+        self.links: list[str] = []  # every "open URL" line, in order
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "studies", "ui", str(path), "--port", str(port), "--no-browser"],
+            [sys.executable, "-m", "studies", "ui", str(path), "--port", str(port), "--no-browser", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path.cwd(),
             env={**os.environ, "PYTHONPATH": str(REPO)})
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -204,12 +234,13 @@ class UI:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
             if line.startswith("open http"):
-                self.url = line.split(" ", 1)[1].strip()
+                self.links.append(line.split(" ", 1)[1].strip())
+                self.url = self.links[0]
 
-    def wait_until_up(self, timeout: float = START_TIMEOUT_S) -> str:
+    def wait_until_up(self, timeout: float = START_TIMEOUT_S, links: int = 1) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if self.url:
+            if len(self.links) >= links:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
                     assert response.status == 200
                 return self.url
@@ -339,11 +370,14 @@ def test_browser_sees_each_cell_with_its_objective(tmp_path, capsys):
     features = {run.info.run_name: run.data.params["features"] for run in cells}
     assert len(expected) == 3
 
-    port = _free_port()
-    ui = UI(path, port)
+    cell_ids = {run.data.tags["cell_id"] for run in cells}
+    port, dashboard_port = _free_port(), _free_port()
+    ui = UI(path, port, "--optuna", "--optuna-port", str(dashboard_port))
     driver = None
     try:
-        url = ui.wait_until_up()
+        url = ui.wait_until_up(links=2)
+        dashboard = ui.links[1]
+        assert dashboard.startswith(f"http://127.0.0.1:{dashboard_port}/dashboard/studies/")
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?")
         assert "workflowType=machine_learning" in url
         assert client.get_experiment(experiment.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -381,9 +415,31 @@ def test_browser_sees_each_cell_with_its_objective(tmp_path, capsys):
         assert all(seen[name]["inView"] for name in expected), seen
         assert "/runs?" in driver.current_url and "workflowType=machine_learning" in driver.current_url
         assert "Sort: val_accuracy" in driver.find_element("tag name", "body").text
+
+        # optuna-dashboard on the study's Optuna storage: the study, one trial per cell, its cell_id.
+        driver.get(f"{dashboard}/trials")
+        text = {"body": ""}
+
+        def trials_shown(d) -> bool:
+            text["body"] = d.find_element("tag name", "body").text
+            return f"{len(cell_ids)} Trials" in text["body"]
+
+        try:
+            WebDriverWait(driver, 120, poll_frequency=1).until(trials_shown)
+            for number in range(len(cell_ids)):  # each trial's page lists its user attributes
+                driver.find_element("xpath", f"//*[normalize-space(text())='Trial {number}']").click()
+                WebDriverWait(driver, 30, poll_frequency=0.5).until(
+                    lambda d, n=number: f"Trial {n} (trial_id=" in d.find_element("tag name", "body").text)
+                text["body"] += driver.find_element("tag name", "body").text
+        finally:
+            shot = _screenshot(driver, "optuna_dashboard_trials.png")
+            print(f"screenshot: {shot}")
+        assert "tiny_ui" in text["body"]
+        assert {cid for cid in cell_ids if f"cell_id {cid}" in text["body"]} == cell_ids, text["body"][-2000:]
     finally:
         if driver is not None:
             driver.quit()
         code = ui.stop(signal.SIGTERM) if ui.proc.poll() is None else ui.proc.returncode
     assert code == 0
     _assert_all_gone(tree, groups, port)
+    check_port_free(dashboard_port)

@@ -1,5 +1,5 @@
-"""Data: readers for COCOFake, DFFD, CIFAKE, any real/fake folder tree and the built-in synthetic
-benchmark, behind one registry; the preprocessing of Lanzino et al., "Faster Than Lies: Real-time
+"""Data: readers for COCOFake, DFFD, CIFAKE, any real/fake folder tree, Hugging Face datasets and the
+built-in synthetic benchmark, behind one registry; the preprocessing of Lanzino et al., "Faster Than Lies: Real-time
 Deepfake Detection using Binary Neural Networks", CVPRW 2024.
 
 Every dataset is an ``ImageDataset`` of ``(path, label)`` items, label 1 = fake and 0 = real,
@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from bnn.data import cifake, cocofake, dffd, folder, synthetic  # noqa: F401  (fills the registry)
+from bnn.data import cifake, cocofake, dffd, folder, hf, synthetic  # noqa: F401  (fills the registry)
 from bnn.data._registry import DATASETS, DatasetSpec, Listing
 from bnn.data.dataset import (
     MAX_UNREADABLE_FRACTION,
@@ -67,7 +67,7 @@ def create_dataset(
     """Builds one split of a registered dataset.
 
     Args:
-        name: ``cocofake``, ``dffd``, ``cifake``, ``folder`` or ``synthetic``.
+        name: ``cocofake``, ``dffd``, ``cifake``, ``folder``, ``hf`` or ``synthetic``.
         split: ``train``, ``val`` or ``test`` (see each reader for how val/test are defined).
         root: Dataset folder; ``None`` reads the dataset's environment variable
             (``BNN_DATA_COCO2014``, ``BNN_DATA_DFFD``, ``BNN_DATA_CIFAKE``, ``BNN_DATA_FOLDER``) or,
